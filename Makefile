@@ -1,0 +1,64 @@
+# Two commands a new user needs:  make run   (pipeline, embedded defaults)
+#                                 make test  (whole test suite)
+# Everything else here is what those two call.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+PIPENV_VERSION ?= 2026.10.3
+SHARED_DATA ?= ../shared/data
+DATASETS := taiwan_credit credit_risk lending_club risk_flag
+
+export PIPENV_VENV_IN_PROJECT := 1
+export PIPENV_NOSPIN := 1
+export PIPENV_YES := 1
+export PIPENV_IGNORE_VIRTUALENVS := 1
+export DVC_NO_ANALYTICS := 1
+PIPENV := $(PYTHON) -m pipenv
+
+.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean
+
+run: install data repro metrics  ## install, link data, run the pipeline, print the metrics
+
+test: install-dev data  ## install dev dependencies and run every test
+	$(PIPENV) run pytest $(PYTEST_ARGS)
+
+pipenv:
+	@$(PYTHON) -m pipenv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "pipenv==$(PIPENV_VERSION)"
+
+install: pipenv
+	$(PIPENV) sync
+
+install-dev: pipenv
+	$(PIPENV) sync --dev
+
+# Link the public datasets from ../shared/data when that folder exists; otherwise
+# see README "Data" for where to download each file into data/external/<dataset>/.
+data:
+	@for ds in $(DATASETS); do \
+	  mkdir -p data/external/$$ds; \
+	  if [ -d "$(SHARED_DATA)/$$ds" ]; then \
+	    for f in "$(SHARED_DATA)/$$ds"/*; do \
+	      [ -e "data/external/$$ds/$$(basename "$$f")" ] || ln -s "$$(cd "$$(dirname "$$f")" && pwd)/$$(basename "$$f")" "data/external/$$ds/"; \
+	    done; \
+	  fi; \
+	done
+	@ls data/external/*/ 2>/dev/null | sed 's/^/  /'
+
+data-download: install  ## fetch the original UCI file by URL (sha256-checked)
+	$(PIPENV) run python -m src.data.ingest --download
+
+repro:
+	$(PIPENV) run dvc repro
+
+metrics:
+	$(PIPENV) run dvc metrics show
+
+lint: install-dev
+	$(PIPENV) run ruff check .
+
+bench: install-dev data
+	$(PIPENV) run python bench/pipeline.py
+	$(PIPENV) run python bench/model_quality.py
+
+clean:
+	rm -rf data/raw data/interim data/processed models

@@ -1,0 +1,63 @@
+"""Small helpers every stage shares: logging set-up, user-facing errors, file output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from src.config import ConfigError
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class PipelineError(RuntimeError):
+    """An error the user can act on; printed as one clear line, never as a traceback."""
+
+
+def setup_logging() -> None:
+    """Configure the root logger once, from the entry point (never at import time)."""
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+
+
+def run_main(stage: Callable[[], None]) -> None:
+    """Run a stage's ``main`` so that expected failures exit 1 with a readable message."""
+    setup_logging()
+    log = logging.getLogger(stage.__module__)
+    try:
+        stage()
+    except (PipelineError, ConfigError) as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON with a trailing newline, creating the folder; small files, diff-friendly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path, index=False)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise PipelineError(f"{path} is missing: run the stage that produces it first (dvc repro)")
+    return pd.read_parquet(path)

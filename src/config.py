@@ -1,0 +1,379 @@
+"""Typed settings built from ``params.yaml``, the project's single source of configuration.
+
+Every stage calls :func:`load_settings` instead of reading YAML itself, so a typo in
+params.yaml fails once, early, with a message naming the key, rather than as a
+``KeyError`` deep inside training.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+FeatureType = Literal["numeric", "categorical"]
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing a key or holds a value the pipeline cannot use."""
+
+
+def _require(mapping: dict[str, Any], key: str, where: str) -> Any:
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise ConfigError(f"params.yaml: missing key '{where}.{key}'")
+    return mapping[key]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One model input column: its type and the values a valid row may hold."""
+
+    name: str
+    type: FeatureType
+    label: str
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+    # code -> human-readable label for categorical columns; None = open set
+    # (any non-empty string, e.g. 300 city names).
+    values: dict[Any, str] | None = None
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.type == "categorical"
+
+    @property
+    def value_kind(self) -> type:
+        """The Python type of the category codes (int codes stay ints, labels stay str)."""
+        if self.values and all(isinstance(k, int) and not isinstance(k, bool) for k in self.values):
+            return int
+        return str
+
+
+@dataclass(frozen=True)
+class DownloadSpec:
+    """Where the original raw file can be fetched from, and how to trust it."""
+
+    url: str
+    sha256: str | None
+    member: str | None
+    file: str
+    format: str
+    read_options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    file: str
+    format: str
+    read_options: dict[str, Any]
+    sha256: str | None
+    homepage: str
+    instructions: str
+    download: DownloadSpec | None = None
+
+
+@dataclass(frozen=True)
+class CleanRule:
+    """A regex replacement applied to a string column before validation."""
+
+    pattern: str
+    replace: str
+
+    def compiled(self) -> re.Pattern[str]:
+        return re.compile(self.pattern)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything the pipeline needs to know about one dataset."""
+
+    name: str
+    title: str
+    source: SourceSpec
+    rename: dict[str, str]
+    id_column: str | None
+    target_column: str
+    positive: Any
+    drop: tuple[str, ...]
+    clean: dict[str, CleanRule]
+    target_encode: tuple[str, ...]
+    features: dict[str, FeatureSpec]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.features)
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [n for n, f in self.features.items() if not f.is_categorical]
+
+    @property
+    def ordinal_features(self) -> list[str]:
+        """Categorical columns not target-encoded: encoded by position in their value set."""
+        return [n for n, f in self.features.items() if f.is_categorical and n not in self.target_encode]
+
+    @property
+    def expected_columns(self) -> list[str]:
+        """The snake_case columns a raw file must provide, in first-seen order."""
+        return list(dict.fromkeys(self.rename.values()))
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+    external: Path
+    raw: Path
+    interim: Path
+    processed: Path
+    models: Path
+    metrics: Path
+    plots: Path
+    reports: Path
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    sample_rows: int | None
+    sample_seed: int
+    download_timeout: float
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    max_reject_share: float
+    log_examples: int
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    valid_size: float
+    test_size: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    seed: int
+    target_encoder: dict[str, Any]
+    early_stopping_rounds: int
+    log_every: int
+    lgbm: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ThresholdSettings:
+    cost_false_negative: float
+    cost_false_positive: float
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    calibration_bins: int
+    top_features: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    dataset: str
+    profile: Profile
+    paths: Paths
+    ingest: IngestSettings
+    validate: ValidateSettings
+    split: SplitSettings
+    train: TrainSettings
+    threshold: ThresholdSettings
+    evaluate: EvaluateSettings
+    raw: dict[str, Any] = field(repr=False)
+
+    # Stage file locations, derived in one place so stages and tests agree.
+    @property
+    def external_dir(self) -> Path:
+        return self.paths.external / self.dataset
+
+    @property
+    def raw_table(self) -> Path:
+        return self.paths.raw / f"{self.dataset}.parquet"
+
+    @property
+    def clean_table(self) -> Path:
+        return self.paths.interim / "clean.parquet"
+
+    @property
+    def rejected_table(self) -> Path:
+        return self.paths.interim / "rejected.parquet"
+
+    def split_table(self, name: str) -> Path:
+        return self.paths.processed / f"{name}.parquet"
+
+    @property
+    def model_file(self) -> Path:
+        return self.paths.models / "model.joblib"
+
+    @property
+    def model_meta_file(self) -> Path:
+        return self.paths.models / "model_meta.json"
+
+
+def _feature(name: str, raw: dict[str, Any], where: str) -> FeatureSpec:
+    ftype = _require(raw, "type", where)
+    if ftype not in ("numeric", "categorical"):
+        raise ConfigError(f"params.yaml: '{where}.type' must be numeric or categorical, got {ftype!r}")
+    values = raw.get("values")
+    if ftype == "categorical" and values is not None:
+        if not isinstance(values, dict) or not values:
+            raise ConfigError(f"params.yaml: '{where}.values' must map each code to a label")
+        values = {k: str(v) for k, v in values.items()}
+    lo, hi = raw.get("min"), raw.get("max")
+    if lo is not None and hi is not None and float(lo) > float(hi):
+        raise ConfigError(f"params.yaml: '{where}' has min {lo} > max {hi}")
+    return FeatureSpec(
+        name=name,
+        type=ftype,
+        label=str(raw.get("label", name)),
+        unit=raw.get("unit"),
+        min=None if lo is None else float(lo),
+        max=None if hi is None else float(hi),
+        nullable=bool(raw.get("nullable", False)),
+        values=values if ftype == "categorical" else None,
+    )
+
+
+def _source(raw: dict[str, Any], where: str) -> SourceSpec:
+    download = raw.get("download")
+    dl = None
+    if download:
+        dl = DownloadSpec(
+            url=_require(download, "url", f"{where}.download"),
+            sha256=download.get("sha256"),
+            member=download.get("member"),
+            file=_require(download, "file", f"{where}.download"),
+            format=download.get("format", "csv"),
+            read_options=dict(download.get("read_options") or {}),
+        )
+    return SourceSpec(
+        file=_require(raw, "file", where),
+        format=raw.get("format", "csv"),
+        read_options=dict(raw.get("read_options") or {}),
+        sha256=raw.get("sha256"),
+        homepage=str(raw.get("homepage", "")),
+        instructions=str(raw.get("instructions", "")),
+        download=dl,
+    )
+
+
+def build_profile(name: str, raw: dict[str, Any]) -> Profile:
+    """Check one profile for internal consistency and return it typed."""
+    where = f"profiles.{name}"
+    rename = {str(k): str(v) for k, v in _require(raw, "rename", where).items()}
+    target = _require(raw, "target", where)
+    target_column = _require(target, "column", f"{where}.target")
+    features = {
+        fname: _feature(fname, fraw, f"{where}.features.{fname}")
+        for fname, fraw in _require(raw, "features", where).items()
+    }
+    known = set(rename.values())
+    for col in [*features, target_column]:
+        if col not in known:
+            raise ConfigError(f"params.yaml: '{where}': column '{col}' is not produced by '{where}.rename'")
+    target_encode = tuple(raw.get("target_encode") or ())
+    for col in target_encode:
+        if col not in features or not features[col].is_categorical:
+            raise ConfigError(f"params.yaml: '{where}.target_encode' names '{col}', which is not a categorical feature")
+    for col, spec in features.items():
+        if spec.is_categorical and spec.values is None and col not in target_encode:
+            raise ConfigError(
+                f"params.yaml: '{where}.features.{col}' is an open category set; list its values or target-encode it"
+            )
+    clean = {
+        col: CleanRule(pattern=str(_require(rule, "pattern", f"{where}.clean.{col}")),
+                       replace=str(rule.get("replace", "")))
+        for col, rule in (raw.get("clean") or {}).items()
+    }
+    return Profile(
+        name=name,
+        title=str(raw.get("title", name)),
+        source=_source(_require(raw, "source", where), f"{where}.source"),
+        rename=rename,
+        id_column=raw.get("id_column"),
+        target_column=target_column,
+        positive=_require(target, "positive", f"{where}.target"),
+        drop=tuple(raw.get("drop") or ()),
+        clean=clean,
+        target_encode=target_encode,
+        features=features,
+    )
+
+
+def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
+    """Build settings from an already-parsed params mapping (used by tests)."""
+    dataset = _require(params, "dataset", "")
+    profiles = _require(params, "profiles", "")
+    if dataset not in profiles:
+        raise ConfigError(
+            f"params.yaml: dataset '{dataset}' has no profile; known profiles: {', '.join(sorted(profiles))}"
+        )
+    paths_raw = _require(params, "paths", "")
+    paths = Paths(root=root, **{k: root / str(_require(paths_raw, k, "paths")) for k in (
+        "external", "raw", "interim", "processed", "models", "metrics", "plots", "reports")})
+    ing = _require(params, "ingest", "")
+    val = _require(params, "validate", "")
+    spl = _require(params, "split", "")
+    trn = _require(params, "train", "")
+    thr = _require(params, "threshold", "")
+    ev = _require(params, "evaluate", "")
+    split = SplitSettings(
+        valid_size=float(_require(spl, "valid_size", "split")),
+        test_size=float(_require(spl, "test_size", "split")),
+        seed=int(_require(spl, "seed", "split")),
+    )
+    if not (0 < split.valid_size < 1 and 0 < split.test_size < 1 and split.valid_size + split.test_size < 1):
+        raise ConfigError("params.yaml: split.valid_size and split.test_size must be in (0, 1) and sum below 1")
+    sample_rows = ing.get("sample_rows")
+    return Settings(
+        dataset=dataset,
+        profile=build_profile(dataset, profiles[dataset]),
+        paths=paths,
+        ingest=IngestSettings(
+            sample_rows=None if sample_rows in (None, 0) else int(sample_rows),
+            sample_seed=int(ing.get("sample_seed", 0)),
+            download_timeout=float(ing.get("download_timeout", 60)),
+        ),
+        validate=ValidateSettings(
+            max_reject_share=float(_require(val, "max_reject_share", "validate")),
+            log_examples=int(val.get("log_examples", 3)),
+        ),
+        split=split,
+        train=TrainSettings(
+            seed=int(_require(trn, "seed", "train")),
+            target_encoder=dict(_require(trn, "target_encoder", "train")),
+            early_stopping_rounds=int(_require(trn, "early_stopping_rounds", "train")),
+            log_every=int(trn.get("log_every", 100)),
+            lgbm=dict(_require(trn, "lgbm", "train")),
+        ),
+        threshold=ThresholdSettings(
+            cost_false_negative=float(_require(thr, "cost_false_negative", "threshold")),
+            cost_false_positive=float(_require(thr, "cost_false_positive", "threshold")),
+        ),
+        evaluate=EvaluateSettings(
+            calibration_bins=int(_require(ev, "calibration_bins", "evaluate")),
+            top_features=int(_require(ev, "top_features", "evaluate")),
+        ),
+        raw=params,
+    )
+
+
+def load_settings(params_file: str | Path = PARAMS_FILE) -> Settings:
+    """Read params.yaml; paths in it are relative to the file's own folder."""
+    path = Path(params_file).resolve()
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run from the project root, where params.yaml lives")
+    with path.open(encoding="utf-8") as fh:
+        params = yaml.safe_load(fh)
+    return settings_from_dict(params, path.parent)
