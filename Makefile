@@ -51,7 +51,7 @@ repro:
 	$(PIPENV) run dvc repro
 
 metrics:
-	$(PIPENV) run dvc metrics show
+	@$(PIPENV) run python -m src.report
 
 lint: install-dev
 	$(PIPENV) run ruff check .

@@ -21,10 +21,22 @@ class PipelineError(RuntimeError):
     """An error the user can act on; printed as one clear line, never as a traceback."""
 
 
+class _MainModuleName(logging.Filter):
+    """Show ``python -m src.data.ingest``'s records as ``src.data.ingest``, not ``__main__``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "__main__":
+            spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+            record.name = spec.name if spec else record.name
+        return True
+
+
 def setup_logging() -> None:
     """Configure the root logger once, from the entry point (never at import time)."""
     level = os.environ.get("LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_MainModuleName())
 
 
 def run_main(stage: Callable[[], None]) -> None:

@@ -19,6 +19,30 @@ PARAMS_FILE = "params.yaml"
 FeatureType = Literal["numeric", "categorical"]
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, never yes/no/on/off/y/n.
+
+    DVC reads and rewrites params.yaml (``dvc exp run -S``) as YAML 1.2, which
+    drops the quotes from values like "yes"; YAML 1.1 would then turn the
+    category code ``yes`` into ``True``. Loading with 1.2 rules keeps both
+    readers in agreement.
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """Parse a params file the way DVC does (YAML 1.2 booleans)."""
+    with Path(path).open(encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=_Yaml12Loader)
+
+
 class ConfigError(ValueError):
     """params.yaml is missing a key or holds a value the pipeline cannot use."""
 
@@ -374,6 +398,4 @@ def load_settings(params_file: str | Path = PARAMS_FILE) -> Settings:
     path = Path(params_file).resolve()
     if not path.exists():
         raise ConfigError(f"{path} not found: run from the project root, where params.yaml lives")
-    with path.open(encoding="utf-8") as fh:
-        params = yaml.safe_load(fh)
-    return settings_from_dict(params, path.parent)
+    return settings_from_dict(read_params(path), path.parent)

@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
-from src.config import Settings, settings_from_dict
+from src.config import Settings, read_params, settings_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATASETS = ("taiwan_credit", "credit_risk", "lending_club")
@@ -21,8 +20,7 @@ def shared_data_dir() -> Path:
 
 
 def load_params() -> dict:
-    with (ROOT / "params.yaml").open(encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+    return read_params(ROOT / "params.yaml")
 
 
 def make_settings(dataset: str, root: Path, **overrides: dict) -> Settings:

@@ -24,14 +24,14 @@ def synthetic_risk_flag(unlabeled_csv: Path, rows: int | None = None, seed: int 
     if rows is not None and rows < len(df):
         df = df.sample(n=rows, random_state=seed).sort_index()
     rng = np.random.default_rng(seed)
-    state_effect = {s: e for s, e in zip(sorted(df["STATE"].unique()), rng.normal(0, 0.5, df["STATE"].nunique()),
-                                         strict=True)}
-    logit = (-2.2
-             - 0.8 * (df["Income"] / 1e7)
-             - 0.03 * (df["Age"] - 50) / 10
-             + 0.6 * (df["House_Ownership"] == "rented")
-             - 0.3 * (df["Car_Ownership"] == "yes")
-             - 0.05 * df["CURRENT_JOB_YRS"]
+    states = sorted(df["STATE"].unique())
+    state_effect = dict(zip(states, rng.normal(0, 1.0, len(states)), strict=True))
+    logit = (-1.2
+             - 2.0 * (df["Income"] / 1e7)
+             - 0.3 * (df["Age"] - 50) / 10
+             + 1.2 * (df["House_Ownership"] == "rented")
+             - 0.8 * (df["Car_Ownership"] == "yes")
+             - 0.12 * df["CURRENT_JOB_YRS"]
              + df["STATE"].map(state_effect))
     label = rng.random(len(df)) < 1 / (1 + np.exp(-logit))
     out = df.rename(columns={"ID": "Id"})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import logging
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +80,14 @@ def read_raw(path: Path, fmt: str, read_options: dict[str, Any]) -> pd.DataFrame
     }
     if fmt not in readers:
         raise PipelineError(f"{path}: unsupported format '{fmt}' (use one of {', '.join(readers)})")
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError)
+    if fmt in ("xls", "xlsx"):
+        # xlrd/openpyxl raise assorted types (XLRDError, CompDocError, IndexError, ...) on a
+        # truncated or corrupt workbook; any of them means "this file is not a usable workbook".
+        errors = (Exception,)
     try:
         df = readers[fmt](path, **read_options)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except errors as exc:
         raise PipelineError(f"{path}: cannot be read as {fmt}: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
     return df
@@ -141,10 +148,17 @@ def download(spec: DownloadSpec, dest_dir: Path, timeout: float) -> Path:
                     if time.monotonic() >= next_report:
                         log.info("  %.1f MB%s", done / 1e6, f" of {total / 1e6:.1f} MB" if total else "")
                         next_report = time.monotonic() + 2
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise PipelineError(f"download of {spec.url} failed: {exc}") from exc
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError, ValueError) as exc:
+            # ValueError: a URL urllib cannot parse; HTTPException: a reply that is not HTTP.
+            detail = str(exc).strip() or type(exc).__name__
+            if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
+                detail = f"the server's reply is not valid HTTP ({type(exc).__name__}: {detail!r})"
+            raise PipelineError(f"download of {spec.url} failed: {detail}") from exc
+        if total and done != total:
+            # http.client's read(n) returns b"" on a dropped connection instead of raising.
+            raise PipelineError(f"download of {spec.url} was cut short: got {done} of {total} bytes; try again")
         got = digest.hexdigest()
-        if spec.sha256 and got != spec.sha256.lower():
+        if spec.sha256 and got != spec.sha256.strip().lower():
             raise PipelineError(
                 f"download of {spec.url} has sha256 {got}, expected {spec.sha256}: refusing to use it"
             )
@@ -158,13 +172,23 @@ def download(spec: DownloadSpec, dest_dir: Path, timeout: float) -> Path:
                 with zipfile.ZipFile(tmp_file) as zf, zf.open(spec.member) as src, \
                         (Path(tmp) / "member").open("wb") as dst:
                     shutil.copyfileobj(src, dst)
-            except (zipfile.BadZipFile, KeyError) as exc:
+            except KeyError as exc:
+                raise PipelineError(
+                    f"{spec.url}: the zip has no member '{spec.member}'; it holds: {_zip_names(tmp_file)}"
+                ) from exc
+            except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error, OSError) as exc:
                 raise PipelineError(f"{spec.url}: cannot extract '{spec.member}': {exc}") from exc
             (Path(tmp) / "member").replace(target)
         else:
             tmp_file.replace(target)
     log.info("saved %s", target)
     return target
+
+
+def _zip_names(path: Path) -> str:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return ", ".join(repr(n) for n in names) if names else "nothing"
 
 
 def run(settings: Settings) -> pd.DataFrame:
@@ -197,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.download:
         spec = settings.profile.source.download
         if spec is None:
-            raise PipelineError(f"profile '{settings.dataset}' has no download URL; {settings.profile.source.instructions}")
+            raise PipelineError(
+                f"profile '{settings.dataset}' has no download URL; {settings.profile.source.instructions}"
+            )
         download(spec, settings.external_dir, settings.ingest.download_timeout)
         return
     run(settings)

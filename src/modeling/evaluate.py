@@ -129,14 +129,18 @@ def run(settings: Settings) -> dict[str, Any]:
     log.info("test: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
 
     importance = feature_importance(pipeline, settings.evaluate.top_features)
+    settings.paths.plots.mkdir(parents=True, exist_ok=True)
     for name, rows in plot_data(y_true, proba, meta["threshold"], importance,
                                 settings.evaluate.calibration_bins).items():
-        write_json(settings.paths.plots / f"{name}.json", rows)
+        if name == "confusion":  # one row per test applicant: CSV keeps it small and diffable
+            pd.DataFrame(rows).to_csv(settings.paths.plots / "confusion.csv", index=False)
+        else:
+            write_json(settings.paths.plots / f"{name}.json", rows)
     quality = json.loads((settings.paths.metrics / "data_quality.json").read_text(encoding="utf-8"))
     card = settings.paths.reports / "model_card.md"
     card.parent.mkdir(parents=True, exist_ok=True)
     card.write_text(model_card(settings, meta, metrics, quality, importance), encoding="utf-8")
-    log.info("wrote metrics/test.json, plots/*.json and %s", card.relative_to(settings.paths.root))
+    log.info("wrote metrics/test.json, plots/ and %s", card.relative_to(settings.paths.root))
     return metrics
 
 
