@@ -13,9 +13,10 @@ export PIPENV_NOSPIN := 1
 export PIPENV_YES := 1
 export PIPENV_IGNORE_VIRTUALENVS := 1
 export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
 PIPENV := $(PYTHON) -m pipenv
 
-.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean
+.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry
 
 run: install data repro metrics  ## install, link data, run the pipeline, print the metrics
 
@@ -52,6 +53,15 @@ repro:
 
 metrics:
 	@$(PIPENV) run python -m src.report
+
+# The MLflow UI and REST server on the embedded store (sqlite + local artifacts).
+MLFLOW_PORT ?= 5000
+mlflow-ui: install
+	$(PIPENV) run mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+registry: install  ## versions, aliases and gate decisions of the current profile's model
+	@$(PIPENV) run python -m src.modeling.registry list
 
 lint: install-dev
 	$(PIPENV) run ruff check .

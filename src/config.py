@@ -49,7 +49,7 @@ class ConfigError(ValueError):
 
 def _require(mapping: dict[str, Any], key: str, where: str) -> Any:
     if not isinstance(mapping, dict) or key not in mapping:
-        raise ConfigError(f"params.yaml: missing key '{where}.{key}'")
+        raise ConfigError(f"params.yaml: missing key '{f'{where}.' if where else ''}{key}'")
     return mapping[key]
 
 
@@ -204,6 +204,23 @@ class EvaluateSettings:
 
 
 @dataclass(frozen=True)
+class MlflowSettings:
+    database: str
+    artifact_root: str
+    experiment: str
+    model_name_prefix: str
+    connect_timeout: float
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    min_roc_auc: float
+    max_brier: float | None
+    max_regression: float
+    fail_pipeline: bool
+
+
+@dataclass(frozen=True)
 class Settings:
     dataset: str
     profile: Profile
@@ -214,7 +231,13 @@ class Settings:
     train: TrainSettings
     threshold: ThresholdSettings
     evaluate: EvaluateSettings
+    mlflow: MlflowSettings
+    gate: GateSettings
     raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def registered_model_name(self) -> str:
+        return f"{self.mlflow.model_name_prefix}-{self.dataset}"
 
     # Stage file locations, derived in one place so stages and tests agree.
     @property
@@ -352,6 +375,8 @@ def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
     trn = _require(params, "train", "")
     thr = _require(params, "threshold", "")
     ev = _require(params, "evaluate", "")
+    mlf = _require(params, "mlflow", "")
+    gate = _require(params, "gate", "")
     split = SplitSettings(
         valid_size=float(_require(spl, "valid_size", "split")),
         test_size=float(_require(spl, "test_size", "split")),
@@ -360,6 +385,8 @@ def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
     if not (0 < split.valid_size < 1 and 0 < split.test_size < 1 and split.valid_size + split.test_size < 1):
         raise ConfigError("params.yaml: split.valid_size and split.test_size must be in (0, 1) and sum below 1")
     sample_rows = ing.get("sample_rows")
+    if sample_rows is not None and int(sample_rows) < 0:
+        raise ConfigError(f"params.yaml: ingest.sample_rows must be null or a positive row count, got {sample_rows}")
     return Settings(
         dataset=dataset,
         profile=build_profile(dataset, profiles[dataset]),
@@ -388,6 +415,19 @@ def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
         evaluate=EvaluateSettings(
             calibration_bins=int(_require(ev, "calibration_bins", "evaluate")),
             top_features=int(_require(ev, "top_features", "evaluate")),
+        ),
+        mlflow=MlflowSettings(
+            database=str(_require(mlf, "database", "mlflow")),
+            artifact_root=str(_require(mlf, "artifact_root", "mlflow")),
+            experiment=str(_require(mlf, "experiment", "mlflow")),
+            model_name_prefix=str(_require(mlf, "model_name_prefix", "mlflow")),
+            connect_timeout=float(mlf.get("connect_timeout", 5)),
+        ),
+        gate=GateSettings(
+            min_roc_auc=float(_require(gate, "min_roc_auc", "gate")),
+            max_brier=None if gate.get("max_brier") is None else float(gate["max_brier"]),
+            max_regression=float(_require(gate, "max_regression", "gate")),
+            fail_pipeline=bool(gate.get("fail_pipeline", False)),
         ),
         raw=params,
     )

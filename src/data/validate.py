@@ -33,7 +33,9 @@ class ValidationResult:
 
 
 def _reason(record: pd.Series) -> str:
-    return f"{record['column']}: {record['check']} (value {record['value']!r})"
+    value = record["value"]
+    value = value.item() if hasattr(value, "item") else value  # np.int64(3) -> 3
+    return f"{record['column']}: {record['check']} (value {value!r})"
 
 
 def validate(raw: pd.DataFrame, profile: Profile) -> ValidationResult:

@@ -25,7 +25,7 @@ from sklearn.metrics import (
 def ks_statistic(y_true: np.ndarray, proba: np.ndarray) -> float:
     """Kolmogorov-Smirnov: the largest gap between the score CDFs of defaulters and non-defaulters."""
     fpr, tpr, _ = roc_curve(y_true, proba)
-    return float(np.max(tpr - fpr))
+    return float(np.max(np.abs(tpr - fpr)))
 
 
 def decide(proba: np.ndarray, threshold: float) -> np.ndarray:
@@ -90,6 +90,10 @@ def choose_threshold(y_true: np.ndarray, proba: np.ndarray, cost_fn: float, cost
     elif best == 0:  # decline everyone
         threshold = float(uniq[0] / 2)
     else:
-        threshold = float((uniq[best - 1] + uniq[best]) / 2)
+        # Midway, unless the two scores are adjacent floats and the midpoint rounds
+        # onto the approved one: then the declined score itself is the threshold.
+        low, high = uniq[best - 1], uniq[best]
+        mid = (low + high) / 2
+        threshold = float(mid if mid > low else high)
     return ThresholdChoice(threshold=threshold, expected_cost=float(cost[best] / n),
                            approval_rate=float(cuts[best] / n))

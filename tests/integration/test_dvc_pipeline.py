@@ -8,77 +8,15 @@ README tells a user to.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ALL_DATASETS, ROOT, load_params, real_file
-from tests.synthetic import write_synthetic_risk_flag
+from tests.conftest import ALL_DATASETS, load_params, real_file
+from tests.integration.conftest import SAMPLE_ROWS, dvc, link_data, read_json, sh
 
 pytestmark = pytest.mark.integration
-
-SAMPLE_ROWS = 4000
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid")
-    env.pop("LOG_LEVEL", None)
-    return env
-
-
-def sh(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(args), cwd=repo, env=_env(), capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return sh(repo, sys.executable, "-m", "dvc", *args, check=check)
-
-
-def project_files() -> list[str]:
-    """What a clone holds: tracked files plus new, not-ignored ones (so uncommitted work is tested too)."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.split("\n")
-    return [f for f in out if f and (ROOT / f).is_file()]
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A fresh git repository holding a copy of the project, with no data linked yet."""
-    dest = tmp_path / "repo"
-    for rel in project_files():
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, target)
-    sh(dest, "git", "init", "-q")
-    sh(dest, "git", "add", "-A")
-    sh(dest, "git", "commit", "-qm", "clone")
-    return dest
-
-
-def link_data(repo: Path, dataset: str) -> None:
-    dest = repo / "data" / "external" / dataset
-    dest.mkdir(parents=True, exist_ok=True)
-    if dataset == "risk_flag":  # SYNTHETIC labels on real unlabeled rows: the labelled file is not public here
-        write_synthetic_risk_flag(real_file("risk_flag"), dest, rows=SAMPLE_ROWS, seed=7)
-    else:
-        src = real_file(dataset)
-        (dest / src.name).symlink_to(src)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
 
 @pytest.mark.parametrize("dataset", ALL_DATASETS)
 def test_switch_profile_and_compare_runs(repo: Path, dataset: str) -> None:
@@ -104,14 +42,14 @@ def test_switch_profile_and_compare_runs(repo: Path, dataset: str) -> None:
     for plot in ("roc.json", "prc.json", "calibration.json", "importance.json", "confusion.csv"):
         assert (repo / "plots" / plot).stat().st_size > 0, plot
 
-    # Record this run, then change one training parameter: only train and evaluate rerun.
+    # Record this run, then change one training parameter: only train, evaluate and register rerun.
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", f"baseline {dataset}")
     noop = dvc(repo, "repro")
     assert "Running stage" not in noop.stdout, noop.stdout
     rerun = dvc(repo, "exp", "run", "-S", "train.lgbm.num_leaves=3", "-S", "train.lgbm.learning_rate=0.2")
     ran = {line.split("'")[1] for line in rerun.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate"}, rerun.stdout
+    assert ran == {"train", "evaluate", "register"}, rerun.stdout
 
     diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
     changed = diff["metrics/test.json"]

@@ -1,0 +1,238 @@
+"""Stage 6, register: log the run to MLflow, register the model, run the quality gate.
+
+One MLflow run per pipeline run holds the active params, the test and
+data-quality metrics, the plots and model card, the datasets' digests and row
+counts, and tags for the git commit, the dvc.lock hash and the profile. The
+model is registered as a new version with alias ``challenger``; when it passes
+the gate (floors on the test split, and no worse than the current ``champion``
+by more than ``gate.max_regression`` when both score the *same* test rows), the
+``champion`` alias moves to it. Either way ``metrics/gate.json`` and the version's
+tags record the decision and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import joblib
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from src.common import PipelineError, read_table, run_main, write_json
+from src.config import GateSettings, Settings, load_settings
+from src.modeling.metrics import score_metrics
+from src.modeling.pyfunc_model import CreditDefaultModel, example_rows, pip_requirements, signature_for
+from src.modeling.registry import CHALLENGER, CHAMPION, _client, alias_version, set_alias
+from src.modeling.tracking import connect, ensure_experiment
+
+log = logging.getLogger(__name__)
+
+GATE_METRICS = ("roc_auc", "brier", "pr_auc", "ks", "log_loss")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reasons: list[str]
+
+
+def gate_decision(challenger: dict[str, float], champion: dict[str, float] | None, gate: GateSettings) -> GateDecision:
+    """Pass/fail with every reason, from metrics of both models on the same test rows."""
+    reasons: list[str] = []
+    if challenger["roc_auc"] < gate.min_roc_auc:
+        reasons.append(f"roc_auc {challenger['roc_auc']:.4f} is below the floor gate.min_roc_auc = {gate.min_roc_auc}")
+    if gate.max_brier is not None and challenger["brier"] > gate.max_brier:
+        reasons.append(f"brier {challenger['brier']:.4f} is above the ceiling gate.max_brier = {gate.max_brier}")
+    if champion is not None:
+        drop = champion["roc_auc"] - challenger["roc_auc"]
+        if drop > gate.max_regression:
+            reasons.append(f"roc_auc {challenger['roc_auc']:.4f} trails the champion's {champion['roc_auc']:.4f} "
+                           f"by {drop:.4f}, more than gate.max_regression = {gate.max_regression}")
+    if reasons:
+        return GateDecision(False, reasons)
+    if champion is None:
+        return GateDecision(True, ["no champion yet; the floors are met"])
+    return GateDecision(True, [f"roc_auc {challenger['roc_auc']:.4f} vs champion {champion['roc_auc']:.4f} "
+                               f"(allowed regression {gate.max_regression}); floors met"])
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Nested params as dotted keys, the way `dvc params diff` names them."""
+    if isinstance(tree, dict):
+        out: dict[str, str] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else str(tree)}
+
+
+def active_params(raw: dict[str, Any], dataset: str) -> dict[str, str]:
+    """Every section of params.yaml plus the active profile (other profiles are not this run's)."""
+    sections = {k: v for k, v in raw.items() if k != "profiles"}
+    return {**flatten(sections), **flatten({"profile": raw["profiles"][dataset]})}
+
+
+def file_sha256(path: Any) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def git_commit(root: Any) -> str:
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
+                              check=True)
+        return proc.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _find_version_by_hash(client: Any, name: str, sha: str) -> Any | None:
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return next((v for v in versions if (v.tags or {}).get("model_sha256") == sha), None)
+
+
+def _score_champion(name: str, version: str, test: pd.DataFrame, features: list[str], target: str,
+                    threshold: float) -> dict[str, float]:
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    proba = model.predict(test[features]).iloc[:, 0].to_numpy()
+    return score_metrics(test[target].to_numpy(), proba, threshold)
+
+
+def run(settings: Settings) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        # MLflow's hints about dataset-source guessing and integer columns concern
+        # schema *inference*; the model's signature is declared from the profile.
+        warnings.filterwarnings("ignore", message=".*dataset source can be interpreted.*")
+        warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing.*")
+        warnings.filterwarnings("ignore", message=".*Passing a Python object as `python_model`.*")
+        return _run(settings)
+
+
+def _quiet_cloudpickle_notice(record: logging.LogRecord) -> bool:
+    return "CloudPickle" not in record.getMessage()
+
+
+def _run(settings: Settings) -> dict[str, Any]:
+    logging.getLogger("mlflow.pyfunc").addFilter(_quiet_cloudpickle_notice)
+    started = time.perf_counter()
+    profile = settings.profile
+    root = settings.paths.root
+    name = settings.registered_model_name
+    store = connect(settings)
+    client = _client()
+    meta = json.loads(settings.model_meta_file.read_text(encoding="utf-8"))
+    test_metrics = json.loads((settings.paths.metrics / "test.json").read_text(encoding="utf-8"))
+    quality = json.loads((settings.paths.metrics / "data_quality.json").read_text(encoding="utf-8"))
+    model_sha = file_sha256(settings.model_file)
+    gate_file = settings.paths.metrics / "gate.json"
+
+    existing = _find_version_by_hash(client, name, model_sha)
+    if existing is not None:
+        log.info("this model (sha256 %s) is already %s v%s; nothing to register", model_sha[:12], name,
+                 existing.version)
+        report = json.loads(existing.tags.get("gate.report", "{}")) or {"version": int(existing.version)}
+        write_json(gate_file, {**report, "already_registered": True})
+        return report
+
+    splits = {s: read_table(settings.split_table(s)) for s in ("train", "valid", "test")}
+    test = splits["test"]
+    pipeline = joblib.load(settings.model_file)
+    features, target = meta["features"], profile.target_column
+    challenger = score_metrics(test[target].to_numpy(), pipeline.predict_proba(test[features])[:, 1],
+                               meta["threshold"])
+
+    experiment_id = ensure_experiment(settings, store)
+    commit = git_commit(root)
+    dvc_lock = root / "dvc.lock"
+    tags = {
+        "dataset": profile.name,
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "dvc_lock_sha256": file_sha256(dvc_lock) if dvc_lock.exists() else "none",
+        "model_sha256": model_sha,
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{profile.name}-{commit[:8]}", tags=tags) as run:
+        mlflow.log_params(active_params(settings.raw, settings.dataset))
+        mlflow.log_metrics({f"test.{k}": float(v) for k, v in test_metrics.items() if isinstance(v, int | float)})
+        mlflow.log_metrics({f"valid.{k}": float(v) for k, v in meta["valid_metrics"].items()})
+        mlflow.log_metrics({f"data.{k}": float(quality[k]) for k in ("rows_in", "accepted", "rejected",
+                                                                     "reject_share")})
+        mlflow.log_metrics({"train.best_iteration": meta["best_iteration"], "train.seconds": meta["train_seconds"]})
+        for split, frame in splits.items():
+            dataset = mlflow.data.from_pandas(frame, source=str(settings.split_table(split).relative_to(root)),
+                                              name=f"{profile.name}-{split}", targets=target)
+            mlflow.log_input(dataset, context=split)
+            mlflow.log_metric(f"rows.{split}", len(frame))
+        for folder, artifact_path in ((settings.paths.plots, "plots"), (settings.paths.metrics, "metrics")):
+            mlflow.log_artifacts(str(folder), artifact_path)
+        mlflow.log_artifact(str(settings.paths.reports / "model_card.md"))
+        mlflow.log_artifact(str(settings.model_meta_file))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=CreditDefaultModel(),
+            artifacts={"pipeline": str(settings.model_file), "meta": str(settings.model_meta_file)},
+            code_paths=[str(root / "src")],
+            signature=signature_for(profile),
+            input_example=example_rows(test, profile),
+            pip_requirements=pip_requirements(),
+            registered_model_name=name,
+        )
+        version = str(info.registered_model_version)
+        log.info("logged run %s; registered %s v%s", run.info.run_id, name, version)
+
+    for key in GATE_METRICS:
+        client.set_model_version_tag(name, version, f"test.{key}", f"{challenger[key]:.6f}")
+    client.set_model_version_tag(name, version, "model_sha256", model_sha)
+    client.set_model_version_tag(name, version, "dataset", profile.name)
+    set_alias(client, name, CHALLENGER, version, "new version from dvc repro", kind="register")
+
+    champion_version = alias_version(client, name, CHAMPION)
+    champion = None
+    if champion_version is not None:
+        champion = _score_champion(name, champion_version, test, features, target, meta["threshold"])
+    decision = gate_decision(challenger, champion, settings.gate)
+    report = {
+        "registered_model": name,
+        "version": int(version),
+        "decision": "passed" if decision.passed else "failed",
+        "reasons": decision.reasons,
+        "challenger": {k: round(challenger[k], 6) for k in GATE_METRICS},
+        "champion_version": int(champion_version) if champion_version else None,
+        "champion": {k: round(champion[k], 6) for k in GATE_METRICS} if champion else None,
+        "test_rows": len(test),
+        "gate": {"min_roc_auc": settings.gate.min_roc_auc, "max_brier": settings.gate.max_brier,
+                 "max_regression": settings.gate.max_regression},
+    }
+    client.set_model_version_tag(name, version, "gate.decision", report["decision"])
+    client.set_model_version_tag(name, version, "gate.reasons", "; ".join(decision.reasons))
+    client.set_model_version_tag(name, version, "gate.report", json.dumps(report))
+    if decision.passed:
+        set_alias(client, name, CHAMPION, version, "passed the quality gate: " + "; ".join(decision.reasons),
+                  kind="gate")
+    else:
+        log.warning("v%s failed the quality gate; champion stays v%s: %s", version, champion_version,
+                    "; ".join(decision.reasons))
+    write_json(gate_file, report)
+    log.info("register stage took %.1f s (store: %s)", time.perf_counter() - started, store.tracking_uri)
+    if not decision.passed and settings.gate.fail_pipeline:
+        raise PipelineError(f"{name} v{version} failed the quality gate (gate.fail_pipeline is true): "
+                            + "; ".join(decision.reasons))
+    return report
+
+
+def main() -> None:
+    run(load_settings())
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,253 @@
+"""The model registry: aliases with an audit trail, and the ``registry`` CLI.
+
+    python -m src.modeling.registry list
+    python -m src.modeling.registry promote VERSION --reason "..."
+    python -m src.modeling.registry rollback [--reason "..."]
+    python -m src.modeling.registry export ALIAS DIR
+
+Every alias change writes an audit tag on the registered model
+(``audit.<UTC time>`` = who, when, alias, from, to, reason, kind), which is also
+the history ``rollback`` reads to find the previous champion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from src.common import PipelineError, run_main, write_json
+from src.config import Settings, load_settings
+from src.modeling.tracking import connect
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+AUDIT_PREFIX = "audit."
+ACTOR_ENV = "MLOPS_ACTOR"
+ROLLED_BACK_TAG = "rolled_back"
+
+
+def _client() -> Any:
+    return MlflowClient()
+
+
+def actor() -> str:
+    """Who is changing the registry: $MLOPS_ACTOR (e.g. the CI job), else the OS user."""
+    try:
+        return os.environ.get(ACTOR_ENV) or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    when: str
+    alias: str
+    from_version: str | None
+    to_version: str
+    who: str
+    reason: str
+    kind: str
+
+    @classmethod
+    def from_tag(cls, value: str) -> AuditEntry:
+        data = json.loads(value)
+        return cls(when=data["when"], alias=data["alias"], from_version=data.get("from"), to_version=data["to"],
+                   who=data["who"], reason=data["reason"], kind=data.get("kind", "promote"))
+
+
+def _is_missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
+
+def require_model(client: Any, name: str) -> Any:
+    """The registered model, or a one-line error listing the models that exist."""
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+        known = sorted(m.name for m in client.search_registered_models())
+        raise PipelineError(f"no registered model '{name}'; registered models: {', '.join(known) or 'none yet'}"
+                            " (run `dvc repro` to register one)") from exc
+
+
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the alias is not set."""
+    model = require_model(client, name)
+    return str(model.aliases[alias]) if alias in model.aliases else None
+
+
+def require_alias(client: Any, name: str, alias: str) -> str:
+    model = require_model(client, name)
+    if alias not in model.aliases:
+        known = ", ".join(f"{a} -> v{v}" for a, v in sorted(model.aliases.items())) or "none"
+        raise PipelineError(f"model '{name}' has no alias '{alias}'; aliases: {known}")
+    return str(model.aliases[alias])
+
+
+def require_version(client: Any, name: str, version: str) -> Any:
+    require_model(client, name)
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    if not str(version).isdigit() or int(version) not in versions:
+        raise PipelineError(f"model '{name}' has no version '{version}'; versions: "
+                            f"{', '.join(map(str, versions)) or 'none'}")
+    return client.get_model_version(name, str(version))
+
+
+def set_alias(client: Any, name: str, alias: str, version: str, reason: str, kind: str = "promote") -> AuditEntry:
+    """Point ``alias`` at ``version`` and record who, when, from, to and why."""
+    previous = alias_version(client, name, alias)
+    now = datetime.now(UTC)
+    entry = AuditEntry(when=now.isoformat(timespec="microseconds"), alias=alias, from_version=previous,
+                       to_version=str(version), who=actor(), reason=reason, kind=kind)
+    client.set_registered_model_alias(name, alias, str(version))
+    payload = {"when": entry.when, "who": entry.who, "alias": alias, "from": previous, "to": str(version),
+               "reason": reason, "kind": kind}
+    client.set_registered_model_tag(name, f"{AUDIT_PREFIX}{now.strftime('%Y%m%dT%H%M%S%fZ')}", json.dumps(payload))
+    client.set_model_version_tag(name, str(version), f"{alias}.since", entry.when)
+    client.set_model_version_tag(name, str(version), f"{alias}.reason", reason)
+    client.set_model_version_tag(name, str(version), f"{alias}.by", entry.who)
+    log.info("%s: alias '%s' %s -> v%s (%s, by %s)", name, alias, f"v{previous}" if previous else "(unset)",
+             version, reason, entry.who)
+    return entry
+
+
+def audit_trail(client: Any, name: str) -> list[AuditEntry]:
+    """Every recorded alias change of the model, oldest first."""
+    model = require_model(client, name)
+    tags = {k: v for k, v in model.tags.items() if k.startswith(AUDIT_PREFIX)}
+    return [AuditEntry.from_tag(tags[k]) for k in sorted(tags)]
+
+
+def promote(client: Any, name: str, version: str, reason: str) -> AuditEntry:
+    """Make ``version`` the champion by hand (bypasses the gate; the reason is recorded)."""
+    require_version(client, name, version)
+    if not reason.strip():
+        raise PipelineError("promote needs --reason: the audit trail records why the champion changed")
+    return set_alias(client, name, CHAMPION, version, reason, kind="manual-promote")
+
+
+def rollback(client: Any, name: str, reason: str) -> AuditEntry:
+    """Move the champion back to the previous champion that was not itself rolled back."""
+    current = require_alias(client, name, CHAMPION)
+    history = [e for e in audit_trail(client, name) if e.alias == CHAMPION]
+    rolled_back = {e.from_version for e in history if e.kind == "rollback"} | {current}
+    existing = {str(v.version) for v in client.search_model_versions(f"name = '{name}'")}
+    for entry in reversed(history):
+        candidate = entry.to_version
+        if candidate not in rolled_back and candidate in existing:
+            client.set_model_version_tag(name, current, ROLLED_BACK_TAG, "true")
+            return set_alias(client, name, CHAMPION, candidate, reason, kind="rollback")
+    raise PipelineError(f"model '{name}': champion is v{current} and there is no earlier champion to roll back to")
+
+
+def describe_versions(client: Any, name: str) -> list[dict[str, Any]]:
+    """One row per version: aliases, gate decision and key test metrics (newest first)."""
+    model = require_model(client, name)
+    by_version: dict[str, list[str]] = {}
+    for alias, ver in model.aliases.items():
+        by_version.setdefault(str(ver), []).append(alias)
+    rows = []
+    for mv in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)):
+        tags = mv.tags or {}
+        rows.append({
+            "version": int(mv.version),
+            "aliases": sorted(by_version.get(str(mv.version), [])),
+            "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
+            "gate": tags.get("gate.decision", "-"),
+            "roc_auc": tags.get("test.roc_auc", "-"),
+            "brier": tags.get("test.brier", "-"),
+            "run_id": mv.run_id,
+        })
+    return rows
+
+
+def export(client: Any, name: str, alias: str, dest: Path) -> Path:
+    """Download the model an alias points at into ``dest``: a self-contained pyfunc directory."""
+    version = require_alias(client, name, alias)
+    if dest.exists() and any(dest.iterdir()):
+        raise PipelineError(f"{dest} is not empty; export needs a new or empty directory")
+    dest.mkdir(parents=True, exist_ok=True)
+    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest))
+    mv = client.get_model_version(name, version)
+    write_json(dest / "registry.json", {
+        "registered_model": name, "version": int(version), "alias": alias, "run_id": mv.run_id,
+        "source": mv.source, "tags": dict(mv.tags or {}),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    })
+    log.info("exported %s v%s (@%s) to %s", name, version, alias, dest)
+    return dest
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        sys.stdout.write("no versions\n")
+        return
+    cols = ["version", "aliases", "gate", "roc_auc", "brier", "created", "run_id"]
+    cells = [[", ".join(r[c]) if isinstance(r[c], list) else str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + "\n")
+    for row in cells:
+        sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m src.modeling.registry",
+                                     description="Inspect and change the model registry's aliases.")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--model", help="registered model name (default: the current profile's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="versions, aliases and key metrics")
+    pro = sub.add_parser("promote", help="make VERSION the champion")
+    pro.add_argument("version")
+    pro.add_argument("--reason", required=True)
+    rb = sub.add_parser("rollback", help="move the champion back to the previous champion")
+    rb.add_argument("--reason", default="rollback")
+    ex = sub.add_parser("export", help="download the model behind ALIAS into DIR (self-contained)")
+    ex.add_argument("alias")
+    ex.add_argument("dir", type=Path)
+    sub.add_parser("audit", help="every alias change, oldest first")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings: Settings = load_settings(args.params)
+    connect(settings)
+    try:
+        _dispatch(args, _client(), args.model or settings.registered_model_name)
+    except MlflowException as exc:  # a registry-side refusal: one line, no traceback
+        raise PipelineError(f"MLflow: {str(exc).splitlines()[0]}") from exc
+
+
+def _dispatch(args: argparse.Namespace, client: Any, name: str) -> None:
+    if args.command == "list":
+        _print_table(describe_versions(client, name))
+    elif args.command == "promote":
+        promote(client, name, args.version, args.reason)
+    elif args.command == "rollback":
+        rollback(client, name, args.reason)
+    elif args.command == "export":
+        export(client, name, args.alias, args.dir)
+    elif args.command == "audit":
+        for e in audit_trail(client, name):
+            sys.stdout.write(f"{e.when}  {e.alias:<10} v{e.from_version or '-'} -> v{e.to_version}  "
+                             f"{e.kind:<14} by {e.who}: {e.reason}\n")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,136 @@
+"""Helpers for tests that drive the real tools (dvc, git, mlflow) in a throw-away copy of the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, real_file
+from tests.synthetic import write_synthetic_risk_flag
+
+SAMPLE_ROWS = 4000
+
+
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
+               GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid")
+    for var in ("LOG_LEVEL", "MLFLOW_TRACKING_URI", "MLOPS_ACTOR"):  # each test sets what it needs
+        env.pop(var, None)
+    return env
+
+
+def sh(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+       ) -> subprocess.CompletedProcess[str]:
+    """Run a command in ``repo``; ``env`` adds variables (e.g. MLFLOW_TRACKING_URI) to the tool environment."""
+    proc = subprocess.run(list(args), cwd=repo, env={**tool_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=600, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    return sh(repo, sys.executable, "-m", "dvc", *args, check=check, env=env)
+
+
+def project_files() -> list[str]:
+    """What a clone holds: tracked files plus new, not-ignored ones (so uncommitted work is tested too)."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    return [f for f in out if f and (ROOT / f).is_file()]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A fresh git repository holding a copy of the project, with no data linked yet."""
+    dest = tmp_path / "repo"
+    for rel in project_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    sh(dest, "git", "init", "-q")
+    sh(dest, "git", "add", "-A")
+    sh(dest, "git", "commit", "-qm", "clone")
+    return dest
+
+
+def link_data(repo: Path, dataset: str) -> None:
+    dest = repo / "data" / "external" / dataset
+    dest.mkdir(parents=True, exist_ok=True)
+    if dataset == "risk_flag":  # SYNTHETIC labels on real unlabeled rows: the labelled file is not public here
+        write_synthetic_risk_flag(real_file("risk_flag"), dest, rows=SAMPLE_ROWS, seed=7)
+    else:
+        src = real_file(dataset)
+        (dest / src.name).symlink_to(src)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200, failing early if the server process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop a server started with start_new_session=True, workers included."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, proxied artifact store) on a free 127.0.0.1 port."""
+    port = free_port()
+    store = tmp_path / "mlflow-server"
+    store.mkdir()
+    log = (store / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+         "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env=tool_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", proc=proc)
+        yield uri
+    finally:
+        stop_process_group(proc)
+        log.close()

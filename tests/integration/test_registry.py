@@ -1,0 +1,187 @@
+"""Register stage, quality gate and registry CLI against real MLflow stores.
+
+Runs the real pipeline (`dvc exp run`) in a throw-away copy of the repo, once
+against the embedded SQLite store and once against a real `mlflow server`
+process, and checks the champion/challenger story end to end: first version
+becomes champion, a worse one is blocked by the gate, a better one is promoted,
+rollback restores the previous champion, every alias change is audited, the
+pyfunc champion predicts exactly like models/model.joblib, and an exported
+model loads with no tracking server at all.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import joblib
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tests.integration.conftest import dvc, free_port, link_data, read_json, sh
+
+pytestmark = pytest.mark.integration
+
+MODEL = "credit-default-taiwan_credit"
+ROWS = 12000
+# v1: an underfit model (10 small steps); v2: a single stump, clearly worse;
+# v3: the full parameter set, clearly better than v1 (gaps well above test-set noise).
+BASELINE = ("-S", f"ingest.sample_rows={ROWS}", "-S", "train.lgbm.n_estimators=10", "-S", "train.lgbm.num_leaves=4")
+WORSE = ("-S", "train.lgbm.n_estimators=1", "-S", "train.lgbm.num_leaves=2")
+BETTER = ("-S", "train.lgbm.n_estimators=3000", "-S", "train.lgbm.num_leaves=15")
+
+
+def registry(repo: Path, *args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh(repo, sys.executable, "-m", "src.modeling.registry", *args, env=env, check=check)
+
+
+def aliases(client: MlflowClient) -> dict[str, str]:
+    """Alias -> version as strings (the SQLite store returns ints, the REST API strings)."""
+    return {alias: str(version) for alias, version in client.get_registered_model(MODEL).aliases.items()}
+
+
+def uri_for(repo: Path, store: str, server_uri: str | None) -> str:
+    return server_uri if store == "server" else f"sqlite:///{repo / 'mlflow.db'}"
+
+
+@pytest.fixture(params=["embedded", "server"])
+def store(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_champion_challenger_gate_rollback_export(repo: Path, store: str, request: pytest.FixtureRequest,
+                                                  tmp_path: Path) -> None:
+    server_uri = request.getfixturevalue("mlflow_server") if store == "server" else None
+    env = {"MLOPS_ACTOR": "pytest"}
+    if server_uri:
+        env["MLFLOW_TRACKING_URI"] = server_uri
+    link_data(repo, "taiwan_credit")
+
+    # 1. First run: version 1 becomes champion (no champion to beat; floors met).
+    dvc(repo, "exp", "run", *BASELINE, env=env)
+    gate1 = read_json(repo / "metrics" / "gate.json")
+    assert gate1["version"] == 1 and gate1["decision"] == "passed", gate1
+    if store == "embedded":
+        assert (repo / "mlflow.db").exists() and (repo / "mlartifacts").is_dir()
+    else:
+        assert not (repo / "mlflow.db").exists(), "server mode must not touch the embedded store"
+
+    # 2. A deliberately worse model is registered as challenger but blocked by the gate.
+    #    The server run also checks gate.fail_pipeline: the pipeline then fails, naming the gate.
+    fail = store == "server"
+    proc = dvc(repo, "exp", "run", *WORSE, "-S", f"gate.fail_pipeline={str(fail).lower()}", env=env, check=not fail)
+    if fail:
+        assert proc.returncode != 0 and "failed the quality gate" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    gate2 = read_json(repo / "metrics" / "gate.json")
+    assert gate2["version"] == 2 and gate2["decision"] == "failed", gate2
+    assert gate2["champion_version"] == 1 and gate2["test_rows"] == gate1["test_rows"]
+    assert any("trails the champion" in r for r in gate2["reasons"]), gate2
+
+    mlflow.set_tracking_uri(uri_for(repo, store, server_uri))
+    mlflow.set_registry_uri(uri_for(repo, store, server_uri))
+    client = MlflowClient()
+    assert aliases(client) == {"champion": "1", "challenger": "2"}
+    v2 = client.get_model_version(MODEL, "2")
+    assert v2.tags["gate.decision"] == "failed" and "trails the champion" in v2.tags["gate.reasons"]
+
+    # 3. A better model passes and takes the champion alias.
+    dvc(repo, "exp", "run", *BETTER, "-S", "gate.fail_pipeline=false", env=env)
+    gate3 = read_json(repo / "metrics" / "gate.json")
+    assert gate3["version"] == 3 and gate3["decision"] == "passed", gate3
+    assert gate3["challenger"]["roc_auc"] > gate3["champion"]["roc_auc"]
+    assert aliases(client)["champion"] == "3"
+
+    # The registered run carries params, metrics, datasets, artifacts and provenance tags.
+    run = client.get_run(client.get_model_version(MODEL, "3").run_id)
+    assert run.data.params["train.lgbm.n_estimators"] == "3000"
+    assert run.data.params["dataset"] == "taiwan_credit"
+    assert run.data.metrics["test.roc_auc"] == pytest.approx(gate3["challenger"]["roc_auc"], abs=1e-6)
+    assert run.data.tags["dataset"] == "taiwan_credit" and len(run.data.tags["dvc_lock_sha256"]) == 64
+    assert len(run.data.tags["git_commit"]) == 40
+    contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert contexts == {"train", "valid", "test"}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"plots", "metrics", "model_card.md", "model_meta.json"} <= artifacts
+
+    # pyfunc champion == models/model.joblib, exactly, on the whole test split (raw columns in).
+    test = pd.read_parquet(repo / "data" / "processed" / "test.parquet")
+    meta = read_json(repo / "models" / "model_meta.json")
+    local = joblib.load(repo / "models" / "model.joblib").predict_proba(test[meta["features"]])[:, 1]
+    champion = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    served = champion.predict(test[meta["features"]])["probability_of_default"].to_numpy()
+    np.testing.assert_array_equal(served, local)
+
+    # 4. Export the champion; it loads and predicts identically with no tracking server reachable.
+    export_dir = tmp_path / "exported"
+    registry(repo, "export", "champion", str(export_dir), env=env)
+    assert (export_dir / "MLmodel").exists()
+    assert read_json(export_dir / "registry.json")["version"] == 3
+    rows = tmp_path / "rows.parquet"
+    test[meta["features"]].to_parquet(rows)
+    script = textwrap.dedent(f"""
+        import mlflow, pandas as pd, sys
+        model = mlflow.pyfunc.load_model({str(export_dir)!r})
+        out = model.predict(pd.read_parquet({str(rows)!r}))
+        out.to_parquet({str(tmp_path / 'exported_pred.parquet')!r})
+    """)
+    elsewhere = tmp_path / "elsewhere"  # no checkout here: src must come from the model's own code/
+    elsewhere.mkdir()
+    sh(elsewhere, sys.executable, "-c", script, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+                                                     "PYTHONPATH": ""})
+    exported = pd.read_parquet(tmp_path / "exported_pred.parquet")["probability_of_default"].to_numpy()
+    np.testing.assert_array_equal(exported, local)
+
+    # 5. Rollback restores the previous champion, and records it.
+    registry(repo, "rollback", "--reason", "v3 misbehaves in production", env=env)
+    assert aliases(client)["champion"] == "1"
+    assert client.get_model_version(MODEL, "3").tags["rolled_back"] == "true"
+    listing = registry(repo, "list", env=env).stdout
+    assert "champion" in listing and listing.count("\n") == 4  # header + 3 versions
+
+    # 6. Manual promotion needs a reason and is audited; unknown versions are refused clearly.
+    registry(repo, "promote", "2", "--reason", "manual override for the test", env=env)
+    assert aliases(client)["champion"] == "2"
+    bad = registry(repo, "promote", "9", "--reason", "x", env=env, check=False)
+    assert bad.returncode == 1 and "has no version '9'; versions: 1, 2, 3" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    trail = [json.loads(v) for k, v in sorted(client.get_registered_model(MODEL).tags.items())
+             if k.startswith("audit.")]
+    champion_moves = [(e["from"], e["to"], e["kind"]) for e in trail if e["alias"] == "champion"]
+    assert champion_moves == [(None, "1", "gate"), ("1", "3", "gate"), ("3", "1", "rollback"),
+                              ("1", "2", "manual-promote")]
+    assert all(e["who"] == "pytest" and e["when"] and e["reason"] for e in trail)
+    assert [e["to"] for e in trail if e["alias"] == "challenger"] == ["1", "2", "3"]
+
+
+def test_registry_cli_errors_are_one_clear_line(repo: Path) -> None:
+    """Unknown model / alias and an unreachable server: exit 1, one line naming what exists, no traceback."""
+    link_data(repo, "taiwan_credit")
+    dvc(repo, "exp", "run", *BASELINE)
+    env: dict[str, str] = {}
+
+    unknown_model = registry(repo, "--model", "no-such-model", "list", env=env, check=False)
+    assert unknown_model.returncode == 1
+    assert f"no registered model 'no-such-model'; registered models: {MODEL}" in unknown_model.stderr
+
+    unknown_alias = registry(repo, "export", "staging", str(repo / "out"), env=env, check=False)
+    assert unknown_alias.returncode == 1
+    assert "has no alias 'staging'; aliases: challenger -> v1, champion -> v1" in unknown_alias.stderr
+
+    no_previous = registry(repo, "rollback", env=env, check=False)
+    assert no_previous.returncode == 1 and "no earlier champion" in no_previous.stderr
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    unreachable = registry(repo, "list", env={"MLFLOW_TRACKING_URI": dead}, check=False)
+    assert unreachable.returncode == 1
+    assert f"MLflow tracking server {dead} is unreachable" in unreachable.stderr
+    for proc in (unknown_model, unknown_alias, no_previous, unreachable):
+        assert "Traceback" not in proc.stderr
+        assert len([line for line in proc.stderr.splitlines() if "ERROR" in line]) == 1

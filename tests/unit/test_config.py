@@ -1,0 +1,282 @@
+"""params.yaml -> typed Settings: every profile builds, and every misconfiguration names its key."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from src.config import ConfigError, build_profile, load_settings, read_params, settings_from_dict
+from tests.conftest import ALL_DATASETS, ROOT, load_params, make_settings
+
+PARAMS = load_params()
+PROFILES = sorted(PARAMS["profiles"])
+
+
+def _params_for(dataset: str) -> dict:
+    params = copy.deepcopy(PARAMS)
+    params["dataset"] = dataset
+    return params
+
+
+def _build(params: dict, tmp_path: Path):
+    return settings_from_dict(params, tmp_path)
+
+
+def test_all_datasets_in_conftest_are_profiles(params):
+    assert set(ALL_DATASETS) == set(params["profiles"])
+
+
+@pytest.mark.parametrize("dataset", PROFILES)
+def test_every_profile_builds(dataset, tmp_path):
+    raw = PARAMS["profiles"][dataset]
+    settings = make_settings(dataset, tmp_path)
+    profile = settings.profile
+    assert settings.dataset == dataset == profile.name
+    assert profile.feature_names == list(raw["features"])
+    assert profile.target_column == raw["target"]["column"]
+    # target and every feature are produced by the rename map, target is not a feature
+    produced = set(raw["rename"].values())
+    assert set(profile.feature_names) <= produced
+    assert profile.target_column in produced
+    assert profile.target_column not in profile.features
+    # every rename target is an expected column, in first-seen order, without repeats
+    assert profile.expected_columns == list(dict.fromkeys(raw["rename"].values()))
+    # the three feature groups partition the features
+    groups = [*profile.target_encode, *profile.ordinal_features, *profile.numeric_features]
+    assert sorted(groups) == sorted(profile.feature_names)
+    assert len(groups) == len(set(groups))
+    # paths live under the given root
+    for name in ("external", "raw", "interim", "processed", "models", "metrics", "plots", "reports"):
+        path = getattr(settings.paths, name)
+        assert path == tmp_path / PARAMS["paths"][name]
+    assert settings.raw_table == tmp_path / "data/raw" / f"{dataset}.parquet"
+    assert settings.external_dir == tmp_path / "data/external" / dataset
+
+
+@pytest.mark.parametrize("dataset", PROFILES)
+def test_target_encode_columns_are_categorical_features(dataset, tmp_path):
+    profile = make_settings(dataset, tmp_path).profile
+    assert profile.target_encode, f"{dataset} target-encodes nothing"
+    for col in profile.target_encode:
+        assert col in profile.features
+        assert profile.features[col].is_categorical
+    # every categorical that is not target-encoded has a closed, non-empty value set
+    for col in profile.ordinal_features:
+        assert profile.features[col].values
+
+
+@pytest.mark.parametrize("dataset", PROFILES)
+def test_numeric_ranges_are_ordered(dataset, tmp_path):
+    profile = make_settings(dataset, tmp_path).profile
+    for spec in profile.features.values():
+        if not spec.is_categorical:
+            assert spec.min is not None and spec.max is not None
+            assert spec.min <= spec.max
+            assert spec.values is None
+
+
+def test_value_kind_int_codes_and_string_labels(tmp_path):
+    taiwan = make_settings("taiwan_credit", tmp_path).profile
+    assert taiwan.features["sex"].value_kind is int
+    assert taiwan.features["education"].value_kind is int
+    credit = make_settings("credit_risk", tmp_path).profile
+    assert credit.features["loan_grade"].value_kind is str
+    # YAML's "Y"/"N" stay strings (quoted in params.yaml, so not parsed as booleans)
+    assert set(credit.features["cb_person_default_on_file"].values) == {"Y", "N"}
+    risk = make_settings("risk_flag", tmp_path).profile
+    assert risk.features["city"].values is None
+    assert risk.features["city"].value_kind is str
+
+
+def test_overrides_reach_settings(tmp_path):
+    settings = make_settings("credit_risk", tmp_path, split={"seed": 7, "valid_size": 0.2},
+                             ingest={"sample_rows": 100})
+    assert settings.split.seed == 7
+    assert settings.split.valid_size == 0.2
+    assert settings.split.test_size == PARAMS["split"]["test_size"]
+    assert settings.ingest.sample_rows == 100
+    # 0 and null both mean "all rows"
+    assert make_settings("credit_risk", tmp_path, ingest={"sample_rows": 0}).ingest.sample_rows is None
+
+
+def test_load_settings_resolves_paths_beside_params_file(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    settings = load_settings(tmp_path / "params.yaml")
+    assert settings.paths.root == tmp_path.resolve()
+    assert settings.model_file == tmp_path.resolve() / "models" / "model.joblib"
+    assert settings.dataset == PARAMS["dataset"]
+
+
+def test_load_settings_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+# --- errors name the offending key -------------------------------------------------------------
+
+
+def test_unknown_dataset_lists_known_profiles(tmp_path):
+    params = _params_for("no_such_dataset")
+    with pytest.raises(ConfigError) as err:
+        _build(params, tmp_path)
+    message = str(err.value)
+    assert "no_such_dataset" in message
+    for name in params["profiles"]:
+        assert name in message
+
+
+@pytest.mark.parametrize("section", ["paths", "ingest", "validate", "split", "train", "threshold", "evaluate",
+                                     "profiles", "dataset"])
+def test_missing_section_names_it(section, tmp_path):
+    params = _params_for("credit_risk")
+    del params[section]
+    with pytest.raises(ConfigError) as err:
+        _build(params, tmp_path)
+    assert re.search(rf"\b{section}\b", str(err.value)), str(err.value)
+    assert "missing" in str(err.value)
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ("split", "valid_size"), ("split", "seed"), ("train", "lgbm"), ("train", "target_encoder"),
+    ("threshold", "cost_false_negative"), ("validate", "max_reject_share"), ("evaluate", "top_features"),
+    ("paths", "models"),
+])
+def test_missing_key_names_section_and_key(section, key, tmp_path):
+    params = _params_for("credit_risk")
+    del params[section][key]
+    with pytest.raises(ConfigError, match=re.escape(f"{section}.{key}")):
+        _build(params, tmp_path)
+
+
+@pytest.mark.parametrize("key", ["rename", "target", "features", "source"])
+def test_missing_profile_key_names_it(key, tmp_path):
+    params = _params_for("lending_club")
+    del params["profiles"]["lending_club"][key]
+    with pytest.raises(ConfigError, match=re.escape(f"profiles.lending_club.{key}")):
+        _build(params, tmp_path)
+
+
+def test_target_encode_numeric_column_is_rejected(tmp_path):
+    params = _params_for("credit_risk")
+    params["profiles"]["credit_risk"]["target_encode"].append("person_age")
+    with pytest.raises(ConfigError) as err:
+        _build(params, tmp_path)
+    assert "profiles.credit_risk.target_encode" in str(err.value)
+    assert "person_age" in str(err.value)
+
+
+def test_target_encode_unknown_column_is_rejected(tmp_path):
+    params = _params_for("credit_risk")
+    params["profiles"]["credit_risk"]["target_encode"].append("shoe_size")
+    with pytest.raises(ConfigError, match="shoe_size"):
+        _build(params, tmp_path)
+
+
+def test_feature_not_produced_by_rename(tmp_path):
+    params = _params_for("taiwan_credit")
+    params["profiles"]["taiwan_credit"]["features"]["pay_1"] = {"type": "numeric", "min": -2, "max": 9}
+    with pytest.raises(ConfigError) as err:
+        _build(params, tmp_path)
+    assert "pay_1" in str(err.value)
+    assert "profiles.taiwan_credit.rename" in str(err.value)
+
+
+def test_target_not_produced_by_rename(tmp_path):
+    params = _params_for("taiwan_credit")
+    params["profiles"]["taiwan_credit"]["target"]["column"] = "defaulted"
+    with pytest.raises(ConfigError, match="defaulted"):
+        _build(params, tmp_path)
+
+
+def test_open_category_set_must_be_target_encoded(tmp_path):
+    params = _params_for("risk_flag")
+    params["profiles"]["risk_flag"]["target_encode"].remove("city")
+    with pytest.raises(ConfigError) as err:
+        _build(params, tmp_path)
+    assert "profiles.risk_flag.features.city" in str(err.value)
+    assert "target-encode" in str(err.value)
+
+
+def test_min_above_max(tmp_path):
+    params = _params_for("credit_risk")
+    params["profiles"]["credit_risk"]["features"]["person_age"].update(min=100, max=18)
+    with pytest.raises(ConfigError) as err:
+        _build(params, tmp_path)
+    assert "profiles.credit_risk.features.person_age" in str(err.value)
+    assert "min 100" in str(err.value) and "max 18" in str(err.value)
+
+
+def test_min_equal_max_is_allowed(tmp_path):
+    params = _params_for("credit_risk")
+    params["profiles"]["credit_risk"]["features"]["person_age"].update(min=30, max=30)
+    spec = _build(params, tmp_path).profile.features["person_age"]
+    assert spec.min == spec.max == 30.0
+
+
+def test_bad_feature_type(tmp_path):
+    params = _params_for("credit_risk")
+    params["profiles"]["credit_risk"]["features"]["person_age"]["type"] = "integer"
+    with pytest.raises(ConfigError, match=re.escape("profiles.credit_risk.features.person_age.type")):
+        _build(params, tmp_path)
+
+
+def test_empty_category_values(tmp_path):
+    params = _params_for("credit_risk")
+    params["profiles"]["credit_risk"]["features"]["loan_grade"]["values"] = {}
+    with pytest.raises(ConfigError, match=re.escape("profiles.credit_risk.features.loan_grade.values")):
+        _build(params, tmp_path)
+
+
+def test_clean_rule_without_pattern(tmp_path):
+    params = _params_for("risk_flag")
+    params["profiles"]["risk_flag"]["clean"]["city"] = {"replace": ""}
+    with pytest.raises(ConfigError, match=re.escape("profiles.risk_flag.clean.city.pattern")):
+        _build(params, tmp_path)
+
+
+@pytest.mark.parametrize(("valid", "test"), [
+    (0.0, 0.15), (0.15, 0.0), (1.0, 0.1), (0.15, 1.0), (-0.1, 0.15), (0.5, 0.5), (0.6, 0.5),
+])
+def test_bad_split_sizes(valid, test, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        make_settings("credit_risk", tmp_path, split={"valid_size": valid, "test_size": test})
+    assert "split.valid_size" in str(err.value)
+    assert "split.test_size" in str(err.value)
+
+
+def test_build_profile_directly_reports_profile_name():
+    raw = copy.deepcopy(PARAMS["profiles"]["lending_club"])
+    raw["features"]["fico"]["min"] = 900
+    with pytest.raises(ConfigError, match=re.escape("profiles.my_copy.features.fico")):
+        build_profile("my_copy", raw)
+
+
+# --- YAML 1.2 reading (DVC rewrites params.yaml without quotes) --------------------------------------
+
+
+def test_read_params_keeps_yes_no_as_strings(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("a: yes\nb: no\nc: true\nd: False\ne: on\nf: Y\ng: 5e-1\n", encoding="utf-8")
+    loaded = read_params(path)
+    assert loaded == {"a": "yes", "b": "no", "c": True, "d": False, "e": "on", "f": "Y", "g": loaded["g"]}
+    assert isinstance(loaded["a"], str) and isinstance(loaded["c"], bool)
+
+
+def test_unquoted_category_codes_build_the_same_profiles(tmp_path):
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    # as `dvc exp run -S` writes it back: YAML 1.2 needs no quotes around yes/no/Y/N
+    unquoted = re.sub(r"""(["'])(yes|no|Y|N)\1""", r"\2", text)
+    (tmp_path / "params.yaml").write_text(unquoted, encoding="utf-8")
+    for dataset in ("risk_flag", "credit_risk", "lending_club"):
+        params = read_params(tmp_path / "params.yaml")
+        params["dataset"] = dataset
+        unq = settings_from_dict(params, tmp_path).profile
+        ref = make_settings(dataset, tmp_path).profile
+        for name, spec in ref.features.items():
+            assert unq.features[name].values == spec.values, (dataset, name)
+    risk = make_settings("risk_flag", tmp_path).profile
+    assert set(risk.features["car_ownership"].values) == {"yes", "no"}
