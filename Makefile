@@ -16,9 +16,9 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 PIPENV := $(PYTHON) -m pipenv
 
-.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry
+.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve
 
-run: install data repro metrics  ## install, link data, run the pipeline, print the metrics
+run: install data repro metrics serve  ## install, link data, run the pipeline, print the metrics, serve the model
 
 test: install-dev data  ## install dev dependencies and run every test
 	$(PIPENV) run pytest $(PYTEST_ARGS)
@@ -53,6 +53,12 @@ repro:
 
 metrics:
 	@$(PIPENV) run python -m src.report
+
+# The scoring service (web form + JSON API) under gunicorn, serving the champion.
+SERVE_BIND ?= 127.0.0.1:8000
+serve: install
+	@echo "Serving the champion at http://$(SERVE_BIND)/  (API: /api/v1/predict, docs: /api/v1/openapi.json; Ctrl-C stops)"
+	SERVE_BIND=$(SERVE_BIND) $(PIPENV) run gunicorn -c gunicorn.conf.py "flask_api:create_app()"
 
 # The MLflow UI and REST server on the embedded store (sqlite + local artifacts).
 MLFLOW_PORT ?= 5000

@@ -221,6 +221,17 @@ class GateSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    model_uri: str | None
+    max_batch: int
+    max_body_bytes: int
+    top_reasons: int
+    refer_margin: float
+    database_url: str
+    bind: str
+
+
+@dataclass(frozen=True)
 class Settings:
     dataset: str
     profile: Profile
@@ -233,6 +244,7 @@ class Settings:
     evaluate: EvaluateSettings
     mlflow: MlflowSettings
     gate: GateSettings
+    serve: ServeSettings
     raw: dict[str, Any] = field(repr=False)
 
     @property
@@ -377,6 +389,7 @@ def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
     ev = _require(params, "evaluate", "")
     mlf = _require(params, "mlflow", "")
     gate = _require(params, "gate", "")
+    srv = _require(params, "serve", "")
     split = SplitSettings(
         valid_size=float(_require(spl, "valid_size", "split")),
         test_size=float(_require(spl, "test_size", "split")),
@@ -428,6 +441,15 @@ def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
             max_brier=None if gate.get("max_brier") is None else float(gate["max_brier"]),
             max_regression=float(_require(gate, "max_regression", "gate")),
             fail_pipeline=bool(gate.get("fail_pipeline", False)),
+        ),
+        serve=ServeSettings(
+            model_uri=srv.get("model_uri") or None,
+            max_batch=int(_require(srv, "max_batch", "serve")),
+            max_body_bytes=int(_require(srv, "max_body_bytes", "serve")),
+            top_reasons=int(_require(srv, "top_reasons", "serve")),
+            refer_margin=float(_require(srv, "refer_margin", "serve")),
+            database_url=str(_require(srv, "database_url", "serve")),
+            bind=str(srv.get("bind", "127.0.0.1:8000")),
         ),
         raw=params,
     )

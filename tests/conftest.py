@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
+from flask_api import create_app
 from src.config import Settings, read_params, settings_from_dict
+from src.data import ingest, split, validate
+from src.modeling import evaluate, register, registry, train
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATASETS = ("taiwan_credit", "credit_risk", "lending_club")
@@ -46,3 +51,56 @@ def real_file(dataset: str) -> Path:
 @pytest.fixture
 def params() -> dict:
     return load_params()
+
+
+@dataclass(frozen=True)
+class TrainedProject:
+    """A small real model: taiwan_credit sample -> pipeline -> embedded MLflow -> exported champion."""
+
+    root: Path
+    settings: Settings
+    model_dir: Path  # `registry export champion` output: loads with no tracking server
+    tracking_uri: str
+    model_name: str
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory) -> TrainedProject:
+    """Built once per test session (about 15 s); tests must not modify it."""
+    root = tmp_path_factory.mktemp("project")
+    source = real_file("taiwan_credit")
+    external = root / "data" / "external" / "taiwan_credit"
+    external.mkdir(parents=True)
+    (external / source.name).symlink_to(source)
+    settings = make_settings("taiwan_credit", root, ingest={"sample_rows": 6000})
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        for stage in (ingest, validate, split, train, evaluate, register):
+            stage.run(settings)
+        model_dir = registry.export(MlflowClient(), settings.registered_model_name, "champion", root / "exported")
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+    return TrainedProject(root=root, settings=settings, model_dir=model_dir,
+                          tracking_uri=f"sqlite:///{root / 'mlflow.db'}", model_name=settings.registered_model_name)
+
+
+@pytest.fixture
+def app(trained_project: TrainedProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The Flask app serving the exported champion, with its own prediction-log database."""
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'predictions.db'}")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    application = create_app({"SETTINGS": trained_project.settings, "MODEL_URI": str(trained_project.model_dir),
+                              "MODEL_LOADING": "sync", "TESTING": True})
+    yield application
+    application.extensions["credit_service"].predlog.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def default_applicant(meta: dict) -> dict:
+    """A valid applicant built from the model's training medians / modes."""
+    return {name: entry["default"] for name, entry in meta["feature_summary"].items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import joblib
@@ -60,6 +61,11 @@ def example_rows(frame: pd.DataFrame, profile: Profile, rows: int = 3) -> pd.Dat
         else:
             example[name] = example[name].astype(object)
     return example.reset_index(drop=True)
+
+
+def code_dir() -> Path:
+    """The ``src`` package that is running now: bundled into the model so it loads anywhere."""
+    return Path(__file__).resolve().parents[1]
 
 
 def pip_requirements() -> list[str]:

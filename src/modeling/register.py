@@ -29,13 +29,15 @@ from mlflow.exceptions import MlflowException
 from src.common import PipelineError, read_table, run_main, write_json
 from src.config import GateSettings, Settings, load_settings
 from src.modeling.metrics import score_metrics
-from src.modeling.pyfunc_model import CreditDefaultModel, example_rows, pip_requirements, signature_for
+from src.modeling.pyfunc_model import CreditDefaultModel, code_dir, example_rows, pip_requirements, signature_for
 from src.modeling.registry import CHALLENGER, CHAMPION, _client, alias_version, set_alias
 from src.modeling.tracking import connect, ensure_experiment
 
 log = logging.getLogger(__name__)
 
 GATE_METRICS = ("roc_auc", "brier", "pr_auc", "ks", "log_loss")
+# Float slack so a regression of exactly gate.max_regression counts as allowed (0.80 - 0.79 > 0.01 in binary).
+EPSILON = 1e-12
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def gate_decision(challenger: dict[str, float], champion: dict[str, float] | Non
         reasons.append(f"brier {challenger['brier']:.4f} is above the ceiling gate.max_brier = {gate.max_brier}")
     if champion is not None:
         drop = champion["roc_auc"] - challenger["roc_auc"]
-        if drop > gate.max_regression:
+        if drop > gate.max_regression + EPSILON:
             reasons.append(f"roc_auc {challenger['roc_auc']:.4f} trails the champion's {champion['roc_auc']:.4f} "
                            f"by {drop:.4f}, more than gate.max_regression = {gate.max_regression}")
     if reasons:
@@ -82,6 +84,17 @@ def active_params(raw: dict[str, Any], dataset: str) -> dict[str, str]:
 
 def file_sha256(path: Any) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+VOLATILE_META = ("trained_at", "train_seconds")
+
+
+def model_fingerprint(model_file: Any, meta: dict[str, Any]) -> str:
+    """What makes a model the same model: its bytes and its metadata, minus timestamps."""
+    stable = {k: v for k, v in meta.items() if k not in VOLATILE_META}
+    digest = hashlib.sha256(model_file.read_bytes())
+    digest.update(json.dumps(stable, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def git_commit(root: Any) -> str:
@@ -133,7 +146,7 @@ def _run(settings: Settings) -> dict[str, Any]:
     meta = json.loads(settings.model_meta_file.read_text(encoding="utf-8"))
     test_metrics = json.loads((settings.paths.metrics / "test.json").read_text(encoding="utf-8"))
     quality = json.loads((settings.paths.metrics / "data_quality.json").read_text(encoding="utf-8"))
-    model_sha = file_sha256(settings.model_file)
+    model_sha = model_fingerprint(settings.model_file, meta)
     gate_file = settings.paths.metrics / "gate.json"
 
     existing = _find_version_by_hash(client, name, model_sha)
@@ -181,7 +194,7 @@ def _run(settings: Settings) -> dict[str, Any]:
             name="model",
             python_model=CreditDefaultModel(),
             artifacts={"pipeline": str(settings.model_file), "meta": str(settings.model_meta_file)},
-            code_paths=[str(root / "src")],
+            code_paths=[str(code_dir())],
             signature=signature_for(profile),
             input_example=example_rows(test, profile),
             pip_requirements=pip_requirements(),

@@ -93,6 +93,7 @@ def train_model(train: pd.DataFrame, valid: pd.DataFrame, settings: Settings) ->
         "best_iteration": best_iteration,
         "valid_metrics": score_metrics(valid[target].to_numpy(), valid_proba, choice.threshold),
         "rows": {"train": len(train), "valid": len(valid)},
+        "feature_summary": feature_summary(train, settings),
         "default_rate_train": float(train[target].mean()),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "train_seconds": round(seconds, 3),
@@ -102,6 +103,30 @@ def train_model(train: pd.DataFrame, valid: pd.DataFrame, settings: Settings) ->
         },
     }
     return TrainResult(pipeline=pipeline, meta=meta)
+
+
+def feature_summary(train: pd.DataFrame, settings: Settings) -> dict[str, dict[str, Any]]:
+    """Per input column: a typical value (default for forms) and what training saw.
+
+    Open category sets (e.g. 300 cities) get their seen values so a form can offer them.
+    """
+    summary: dict[str, dict[str, Any]] = {}
+    for name, spec in settings.profile.features.items():
+        col = train[name]
+        if spec.is_categorical:
+            mode = col.mode(dropna=True)
+            entry: dict[str, Any] = {"default": _plain(mode.iloc[0]) if len(mode) else None}
+            if spec.values is None:
+                entry["seen"] = sorted(str(v) for v in col.dropna().unique())
+        else:
+            q = col.quantile([0.01, 0.5, 0.99])
+            entry = {"default": float(q.loc[0.5]), "p01": float(q.loc[0.01]), "p99": float(q.loc[0.99])}
+        summary[name] = entry
+    return summary
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def predict_proba(pipeline: Pipeline, frame: pd.DataFrame, features: list[str]) -> np.ndarray:

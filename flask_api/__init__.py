@@ -1,0 +1,123 @@
+"""The scoring service: ``create_app()`` builds the Flask app; nothing happens at import time.
+
+Configuration comes from params.yaml (``serve:``) with environment overrides:
+MODEL_URI, DATABASE_URL, SECRET_KEY, ADMIN_TOKEN, PARAMS_FILE,
+PROMETHEUS_MULTIPROC_DIR.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from flask_wtf.csrf import CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from flask_api import api, ops, views
+from flask_api.metrics import Metrics
+from flask_api.model_store import ModelHolder
+from flask_api.predlog import PredictionLog
+from flask_api.service import Service
+from src.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def database_url(settings: Settings) -> str:
+    """$DATABASE_URL, else serve.database_url with a relative SQLite path anchored at the project root."""
+    url = os.environ.get("DATABASE_URL") or settings.serve.database_url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+        url = prefix + str((settings.paths.root / url.removeprefix(prefix)).resolve())
+    return url
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    """Build the app. ``overrides`` may hold Flask config and SETTINGS / MODEL_URI / MODEL_LOADING.
+
+    MODEL_LOADING: "background" (default: /ready is 503 until loaded), "sync" or "none".
+    """
+    overrides = dict(overrides or {})
+    settings: Settings = overrides.pop("SETTINGS", None) or load_settings(os.environ.get("PARAMS_FILE",
+                                                                                         "params.yaml"))
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_hex(32),
+        MAX_CONTENT_LENGTH=settings.serve.max_body_bytes,
+        WTF_CSRF_TIME_LIMIT=None,
+        MODEL_LOADING="background",
+        MODEL_URI=None,
+    )
+    app.config.update(overrides)
+    app.json.sort_keys = False
+
+    svc = Service(settings=settings, models=ModelHolder(settings, app.config["MODEL_URI"]),
+                  predlog=PredictionLog(database_url(settings)), metrics=Metrics())
+    app.extensions["credit_service"] = svc
+
+    csrf = CSRFProtect(app)
+    csrf.exempt(api.bp)
+    csrf.exempt(ops.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(views.bp)
+    _install_hooks(app, svc)
+    _start_loading(app, svc)
+    return app
+
+
+def _start_loading(app: Flask, svc: Service) -> None:
+    mode = app.config["MODEL_LOADING"]
+
+    def load() -> None:
+        try:
+            svc.reload()
+        except Exception:  # /ready reports svc.models.error
+            log.warning("no model loaded from %s; /ready stays 503", svc.models.uri)
+
+    if mode == "sync":
+        load()
+    elif mode == "background":
+        threading.Thread(target=load, name="model-loader", daemon=True).start()
+
+
+def _is_api(path: str) -> bool:
+    return path.startswith(("/api/", "/admin/", "/ready", "/health", "/metrics"))
+
+
+def _install_hooks(app: Flask, svc: Service) -> None:
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        svc.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            svc.metrics.latency.labels(endpoint).observe(time.perf_counter() - g.started)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        if exc.code == 413:
+            message = f"request body larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        else:
+            message = exc.description or exc.name
+        if _is_api(request.path):
+            return jsonify({"error": message}), exc.code
+        return Response(f"{exc.code} {exc.name}: {message}\n", status=exc.code, mimetype="text/plain")
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Any:
+        incident = secrets.token_hex(6)
+        log.error("unhandled error (incident %s) on %s %s", incident, request.method, request.path, exc_info=exc)
+        body = {"error": "internal error; it has been logged", "incident": incident}
+        if _is_api(request.path):
+            return jsonify(body), 500
+        return Response(f"500 Internal Server Error (incident {incident})\n", status=500, mimetype="text/plain")

@@ -1,0 +1,60 @@
+"""Prometheus metrics that work under several gunicorn workers.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn.conf.py sets it), every worker
+writes its samples to files there and /metrics aggregates them; without it
+(tests, ``flask run``) the metrics live in this instance's own registry. Each
+app gets its own registry, so building several apps in one process is fine.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+PROBABILITY_BUCKETS = tuple(round(x / 20, 2) for x in range(1, 21))
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter("http_requests_total", "HTTP requests by endpoint, method and status",
+                                ["endpoint", "method", "status"], registry=reg)
+        self.latency = Histogram("http_request_duration_seconds", "Request latency by endpoint",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.probability = Histogram("predicted_probability_of_default", "Predicted probability of default",
+                                     buckets=PROBABILITY_BUCKETS, registry=reg)
+        self.decisions = Counter("decisions_total", "Decisions made", ["decision"], registry=reg)
+        self.rows_scored = Counter("rows_scored_total", "Applicants scored", ["source"], registry=reg)
+        self.log_failures = Counter("prediction_log_failures_total", "Rows that could not be written to the log",
+                                    registry=reg)
+        self.reloads = Counter("model_reloads_total", "Model reload attempts", ["outcome"], registry=reg)
+        # Info metrics are not supported in multiprocess mode: a 0/1 gauge per (name, version) instead.
+        self.model_info = Gauge("model_info", "Served model (1 = being served by this worker)",
+                                ["name", "version"], multiprocess_mode="liveall", registry=reg)
+
+    def set_model(self, name: str, version: str, previous: tuple[str, str] | None) -> None:
+        if previous is not None and previous != (name, version):
+            self.model_info.labels(*previous).set(0)
+        self.model_info.labels(name, version).set(1)
+
+    def exposition(self) -> tuple[bytes, str]:
+        if multiprocess_mode():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

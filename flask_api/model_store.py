@@ -1,0 +1,127 @@
+"""Loading the served model from the registry (or an exported directory) and swapping it safely.
+
+Requests take a reference to the current :class:`LoadedModel` once and use it to
+the end, so a reload that swaps in a new champion never changes a model under a
+request in flight: old requests finish on the old model, new ones get the new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+
+from src.config import Settings, build_profile
+from src.modeling.explain import Scorer
+from src.modeling.tracking import connect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    scorer: Scorer
+    name: str
+    version: str
+    uri: str
+    loaded_at: str
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.scorer.meta
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "uri": self.uri, "loaded_at": self.loaded_at,
+                "dataset": self.meta["dataset"], "threshold": self.scorer.threshold}
+
+
+def resolve_model_uri(settings: Settings) -> str:
+    """$MODEL_URI, else serve.model_uri, else the current profile's champion."""
+    return (os.environ.get("MODEL_URI") or settings.serve.model_uri
+            or f"models:/{settings.registered_model_name}@champion")
+
+
+def _registry_version(uri: str) -> tuple[str, str]:
+    """Name and version behind a models:/ URI (resolving an alias through the registry)."""
+    ref = uri.removeprefix("models:/")
+    client = MlflowClient()
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = ref.partition("/")
+    if version.isdigit():
+        return name, version
+    return name, "unknown"
+
+
+def load_model(uri: str, settings: Settings) -> LoadedModel:
+    """Load a pyfunc model (registry URI or local directory) and build its fast scorer."""
+    started = time.perf_counter()
+    local = Path(uri)
+    if local.is_dir():
+        pyfunc = mlflow.pyfunc.load_model(str(local))
+        info_file = local / "registry.json"
+        info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.exists() else {}
+        name, version = info.get("registered_model", local.name), str(info.get("version", "local"))
+    else:
+        connect(settings)
+        name, version = _registry_version(uri) if uri.startswith("models:/") else (uri, "unknown")
+        pyfunc = mlflow.pyfunc.load_model(uri)
+    model = pyfunc.unwrap_python_model()
+    meta = model.meta
+    dataset = meta["dataset"]
+    profile = settings.profile if dataset == settings.dataset else build_profile(
+        dataset, settings.raw["profiles"][dataset])
+    scorer = Scorer(model.pipeline, meta, profile, top_reasons=settings.serve.top_reasons,
+                    refer_margin=settings.serve.refer_margin)
+    loaded = LoadedModel(scorer=scorer, name=name, version=version, uri=uri,
+                         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    log.info("loaded %s v%s from %s in %.1f s", name, version, uri, time.perf_counter() - started)
+    return loaded
+
+
+class ModelHolder:
+    """The current model, its loading state, and an atomic swap for reloads."""
+
+    def __init__(self, settings: Settings, uri: str | None = None) -> None:
+        self.settings = settings
+        self.uri = uri or resolve_model_uri(settings)
+        self.current: LoadedModel | None = None
+        self.error: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def load(self) -> LoadedModel:
+        """Load the configured model and make it current (raises on failure, keeping the old one)."""
+        with self._lock:  # one load at a time; requests keep reading self.current meanwhile
+            try:
+                fresh = load_model(self.uri, self.settings)
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                log.exception("could not load model %s", self.uri)
+                raise
+            self.current, self.error = fresh, None  # a single reference assignment: atomic for readers
+            return fresh
+
+    def load_in_background(self) -> threading.Thread:
+        def target() -> None:
+            try:
+                self.load()
+            except Exception:  # recorded in self.error and reported by /ready
+                log.warning("model not loaded; /ready stays 503: %s", self.error)
+
+        thread = threading.Thread(target=target, name="model-loader", daemon=True)
+        thread.start()
+        return thread

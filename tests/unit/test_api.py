@@ -1,0 +1,225 @@
+"""The JSON API and ops routes through Flask's test client, on a real (small) registered model."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flask_api import create_app
+from flask_api.validation import applicant_json_schema, validate_applicants
+from tests.conftest import TrainedProject, default_applicant
+
+PREDICT = "/api/v1/predict"
+
+
+def meta_of(app) -> dict[str, Any]:
+    return app.extensions["credit_service"].model().meta
+
+
+def applicant(app, **changes: Any) -> dict[str, Any]:
+    return {**default_applicant(meta_of(app)), **changes}
+
+
+def test_health_ready_schema_openapi(client, app) -> None:
+    assert client.get("/health").json == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json["model"]["version"] == "1"
+    schema = client.get("/api/v1/schema").json
+    assert set(schema["properties"]) == set(meta_of(app)["features"])
+    assert schema["properties"]["education"]["enum"] == [0, 1, 2, 3, 4, 5, 6]
+    doc = client.get("/api/v1/openapi.json").json
+    assert doc["openapi"].startswith("3.1")
+    body = doc["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["applicants"]["maxItems"] == app.extensions["credit_service"].settings.serve.max_batch
+    assert {"200", "400", "413", "415", "422", "503"} <= set(doc["paths"]["/api/v1/predict"]["post"]["responses"])
+
+
+def test_prediction_matches_the_pipeline_and_bands(client, app) -> None:
+    svc = app.extensions["credit_service"]
+    model = svc.model()
+    test = pd.read_parquet(svc.settings.split_table("test"))
+    features = model.meta["features"]
+    rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+            for r in test[features].head(50).to_dict("records")]
+    resp = client.post(PREDICT, json={"applicants": rows, "reasons": False})
+    assert resp.status_code == 200, resp.json
+    got = np.array([r["probability_of_default"] for r in resp.json["results"]])
+    expected = model.scorer.pipeline.predict_proba(test[features].head(50))[:, 1]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    t, margin = model.scorer.threshold, model.scorer.refer_margin
+    for result in resp.json["results"]:
+        p = result["probability_of_default"]
+        band = "decline" if p >= t else ("refer" if p >= t - margin else "approve")
+        assert result["decision"] == band
+        assert "reasons" not in result
+    assert resp.json["model"] == {"name": "credit-default-taiwan_credit", "version": "1"}
+    assert len(resp.json["request_id"]) == 36
+
+
+def test_reasons_are_lightgbm_contributions_in_order(client, app) -> None:
+    model = app.extensions["credit_service"].model()
+    row = applicant(app, pay_0=2, limit_bal=20000.0)
+    result = client.post(PREDICT, json={"applicants": [row]}).json["results"][0]
+    reasons = result["reasons"]
+    assert len(reasons) == app.extensions["credit_service"].settings.serve.top_reasons
+    # Independent computation: the Pipeline's own encoder, then LightGBM's TreeSHAP.
+    frame = pd.DataFrame([row])[model.meta["features"]]
+    encoded = model.scorer.pipeline.named_steps["preprocess"].transform(frame)
+    booster = model.scorer.pipeline.named_steps["model"].booster_
+    contrib = booster.predict(encoded, pred_contrib=True, num_iteration=model.scorer.num_iteration)[0]
+    by_name = dict(zip(encoded.columns, contrib[:-1], strict=True))
+    top = sorted(by_name, key=lambda c: -abs(by_name[c]))[: len(reasons)]
+    assert [r["feature"] for r in reasons] == top
+    for r in reasons:
+        assert r["contribution"] == pytest.approx(by_name[r["feature"]], abs=1e-6)
+        assert r["direction"] == ("raises" if by_name[r["feature"]] > 0 else "lowers")
+        assert r["label"] in r["text"] and r["direction"] in r["text"]
+    # TreeSHAP is additive: all contributions plus the bias give the model's log-odds.
+    p = result["probability_of_default"]
+    assert sum(contrib) == pytest.approx(math.log(p / (1 - p)), abs=1e-6)
+    pay0 = next(r for r in reasons if r["feature"] == "pay_0") if any(r["feature"] == "pay_0" for r in reasons) else None
+    if pay0 is not None:
+        assert pay0["direction"] == "raises"  # two months late raises the risk
+
+
+@pytest.mark.parametrize(("kwargs", "status", "needle"), [
+    ({"data": "not json", "content_type": "text/plain"}, 415, "application/json"),
+    ({"data": "{broken", "content_type": "application/json"}, 400, "not valid JSON"),
+    ({"json": []}, 422, "JSON object"),
+    ({"json": "text"}, 422, "JSON object"),
+    ({"json": 7}, 422, "JSON object"),
+    ({"data": "null", "content_type": "application/json"}, 422, "JSON object"),
+    ({"data": "", "content_type": "application/json"}, 400, "not valid JSON"),
+    ({}, 415, "application/json"),
+    ({"json": {}}, 422, "non-empty list"),
+    ({"json": {"applicants": []}}, 422, "non-empty list"),
+    ({"json": {"applicants": "x"}}, 422, "non-empty list"),
+    ({"json": {"applicants": [None]}}, 422, "invalid field"),
+    ({"json": {"applicants": [[]]}}, 422, "invalid field"),
+    ({"json": {"applicants": [{}], "extra": 1}}, 422, "unknown top-level"),
+    ({"json": {"applicants": [{}], "reasons": "yes"}}, 422, "'reasons' must be true or false"),
+])
+def test_client_errors_are_4xx_json(client, kwargs: dict, status: int, needle: str) -> None:
+    resp = client.post(PREDICT, **kwargs)
+    assert resp.status_code == status, resp.data
+    assert needle in resp.json["error"]
+    assert "Traceback" not in resp.get_data(as_text=True)
+
+
+def test_every_bad_field_is_named_with_its_row(client, app) -> None:
+    good = applicant(app)
+    bad = applicant(app, age=200, sex=3, education="university", limit_bal="lots", marriage=True)
+    del bad["pay_2"]
+    bad["favourite_colour"] = "blue"
+    resp = client.post(PREDICT, json={"applicants": [good, bad]})
+    assert resp.status_code == 422
+    errors = {(e["row"], e["field"]): e["message"] for e in resp.json["errors"]}
+    assert errors == {
+        (1, "age"): "must be at most 100 years",
+        (1, "sex"): "must be one of 1 (male), 2 (female)",
+        (1, "education"): errors[(1, "education")],
+        (1, "limit_bal"): "must be a number",
+        (1, "marriage"): errors[(1, "marriage")],
+        (1, "pay_2"): "is required",
+        (1, "favourite_colour"): "is not a known field",
+    }
+    assert errors[(1, "education")].startswith("must be one of 0 (unknown (code 0)), 1 (graduate school)")
+    assert app.extensions["credit_service"].predlog.count() == 0  # nothing scored, nothing logged
+
+
+def test_too_many_rows_and_too_large_a_body(client, app) -> None:
+    limit = app.extensions["credit_service"].settings.serve.max_batch
+    resp = client.post(PREDICT, json={"applicants": [applicant(app)] * (limit + 1)})
+    assert resp.status_code == 422 and f"serve.max_batch = {limit}" in resp.json["error"]
+    huge = json.dumps({"applicants": [applicant(app)], "pad": "x" * app.config["MAX_CONTENT_LENGTH"]})
+    resp = client.post(PREDICT, data=huge, content_type="application/json")
+    assert resp.status_code == 413 and "larger than" in resp.json["error"]
+
+
+def test_unknown_route_and_method_are_json_4xx(client) -> None:
+    assert client.get("/api/v1/nope").status_code == 404
+    resp = client.get(PREDICT)
+    assert resp.status_code == 405 and "error" in resp.json
+
+
+def test_every_scored_row_is_logged_and_counted(client, app) -> None:
+    rows = [applicant(app), applicant(app, age=60.0), applicant(app, pay_0=3)]
+    resp = client.post(PREDICT, json={"applicants": rows, "reasons": False})
+    assert resp.status_code == 200
+    svc = app.extensions["credit_service"]
+    assert svc.predlog.count() == 3
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'rows_scored_total{source="api"} 3.0' in metrics
+    assert "predicted_probability_of_default_count 3.0" in metrics
+    assert 'http_requests_total{endpoint="/api/v1/predict",method="POST",status="200"} 1.0' in metrics
+    assert 'model_info{name="credit-default-taiwan_credit",version="1"} 1.0' in metrics
+
+
+def test_a_failing_log_never_fails_the_prediction(client, app, monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = app.extensions["credit_service"]
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(svc.predlog, "write", broken)
+    resp = client.post(PREDICT, json={"applicants": [applicant(app), applicant(app)]})
+    assert resp.status_code == 200 and len(resp.json["results"]) == 2
+    assert "prediction_log_failures_total 2.0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_not_ready_until_a_model_is_loaded(trained_project: TrainedProject, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'p.db'}")
+    app = create_app({"SETTINGS": trained_project.settings, "MODEL_URI": str(tmp_path / "missing"),
+                      "MODEL_LOADING": "sync"})
+    client = app.test_client()
+    assert client.get("/health").status_code == 200
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json["status"] == "error" and ready.json["error"]
+    resp = client.post(PREDICT, json={"applicants": [{"age": 30}]})
+    assert resp.status_code == 503 and "no model loaded" in resp.json["error"]
+
+
+def test_admin_reload_needs_the_token(client, app, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ADMIN_TOKEN", raising=False)
+    assert client.post("/admin/reload").status_code == 404
+    monkeypatch.setenv("ADMIN_TOKEN", "s3cret-token")
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    before = app.extensions["credit_service"].model()
+    resp = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret-token"})
+    assert resp.status_code == 200 and resp.json["model"]["version"] == "1"
+    assert app.extensions["credit_service"].model() is not before  # swapped for a freshly loaded one
+    assert 'model_reloads_total{outcome="ok"}' in client.get("/metrics").get_data(as_text=True)
+
+
+FIELD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**7, 10**7),
+                         st.floats(allow_nan=False, allow_infinity=False, width=32),
+                         st.text(max_size=6), st.sampled_from(["1", "2", "abc", ""]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_validator_agrees_with_the_published_json_schema(trained_project: TrainedProject, data: st.DataObject) -> None:
+    """The hand-written validator and /api/v1/schema accept exactly the same applicants."""
+    profile = trained_project.settings.profile
+    schema = applicant_json_schema(profile)
+    base = {name: entry["default"] for name, entry in
+            json.loads(trained_project.settings.model_meta_file.read_text())["feature_summary"].items()}
+    names = data.draw(st.lists(st.sampled_from([*profile.feature_names, "unknown_field"]), max_size=4, unique=True))
+    row = dict(base)
+    for name in names:
+        if data.draw(st.booleans()):
+            row.pop(name, None)
+        else:
+            row[name] = data.draw(FIELD_VALUES)
+    _, errors = validate_applicants([row], profile)
+    schema_ok = jsonschema.Draft202012Validator(schema).is_valid(row)
+    assert (not errors) == schema_ok, (row, [e.as_dict() for e in errors])
