@@ -44,17 +44,30 @@ class Reason:
                 "contribution": round(self.contribution, 6), "direction": self.direction, "text": self.text}
 
 
+# Units not worth printing after a number.
+UNITLESS = ("count", "ratio", "fraction")
+
+
+def readable_number(value: float) -> str:
+    """A number for reading: 10,000,000; 23,094 (not 2.309e+04); 0.1189; never exponent notation."""
+    number = float(value)
+    if not math.isfinite(number):
+        return str(number)
+    if number.is_integer() or abs(number) >= 100:
+        return f"{number:,.0f}"
+    return np.format_float_positional(number, precision=4, unique=False, fractional=False, trim="-")
+
+
 def display_value(spec: FeatureSpec, value: Any) -> str:
-    """How a field's value reads to a person: category labels, numbers with units."""
+    """How a field's value reads to a person: category labels, numbers with their unit."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "not given"
     if spec.is_categorical:
         if spec.values and value in spec.values:
             return spec.values[value]
         return str(value)
-    number = float(value)
-    text = f"{number:,.0f}" if number.is_integer() else f"{number:,.4g}"
-    return f"{text} {spec.unit}" if spec.unit and spec.unit not in ("count", "ratio", "fraction") else text
+    text = readable_number(value)
+    return f"{text} {spec.unit}" if spec.unit and spec.unit not in UNITLESS else text
 
 
 class Scorer:

@@ -1,0 +1,174 @@
+"""A real headless Chromium uses the loan-officer form over real HTTP: score, read the result, fix a mistake.
+
+The Flask test client never runs a browser's form submission, its CSRF cookie
+round trip, or the CSS; this test does, and leaves desktop and phone
+screenshots in tmp_path/reports for a person to look at.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+from werkzeug.serving import make_server
+
+from flask_api.forms import fmt_number
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+DESKTOP = (1280, 900, 1, False)  # width, height, device pixel ratio, mobile
+PHONE = (390, 844, 2, True)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _browser_missing() -> bool:
+    return not (CHROMIUM.exists() and CHROMEDRIVER.exists())
+
+
+pytestmark = [
+    pytest.mark.integration,
+    # Checked before the (slow) trained model is built; CI installs both packages.
+    pytest.mark.skipif(_browser_missing(), reason=f"{CHROMIUM} or {CHROMEDRIVER} not found: "
+                       "apt-get install -y chromium chromium-driver to run the browser test"),
+]
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[str]:
+    """The app on a real threaded HTTP server on 127.0.0.1 (port chosen by the OS), stopped after the test."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """Headless Chromium with a throw-away profile and nothing that phones home."""
+    if _browser_missing():
+        pytest.skip("apt-get install -y chromium chromium-driver to run the browser test")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--disable-quic", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def set_viewport(driver: WebDriver, width: int, height: int, ratio: int, mobile: bool) -> None:
+    """Exact CSS viewport (window sizes include browser chrome; this does not), phone-style when mobile."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": ratio, "mobile": mobile})
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 2000, f"{path} is not a real PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def capture(driver: WebDriver, path: Path, viewport: tuple[int, int, int, bool]) -> None:
+    """Save the viewport as ``path`` and the whole page as ``<name>-full.png``; check both are real PNGs."""
+    width, height, ratio, _ = viewport
+    driver.save_screenshot(str(path))
+    assert png_size(path) == (width * ratio, height * ratio)
+    content = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": content["width"], "height": content["height"], "scale": 1}})
+    full = path.with_name(f"{path.stem}-full.png")
+    full.write_bytes(base64.b64decode(shot["data"]))
+    png_size(full)
+
+
+def no_sideways_scroll(driver: WebDriver) -> bool:
+    return driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_officer_scores_an_applicant_then_fixes_an_invalid_age(browser: WebDriver, live_server: str, app: Flask,
+                                                               tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    svc = app.extensions["credit_service"]
+    model = svc.model()
+    wait = WebDriverWait(browser, 30)
+
+    # The form, pre-filled with the typical applicant.
+    set_viewport(browser, *DESKTOP)
+    browser.get(f"{live_server}/")
+    assert "Score a loan applicant" in browser.title
+    assert model.name in browser.page_source and f"version {model.version}" in \
+        browser.find_element(By.CLASS_NAME, "model-line").text
+    age = browser.find_element(By.ID, "age")
+    assert age.get_attribute("value") == fmt_number(model.meta["feature_summary"]["age"]["default"])
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=age]").text.strip() == "Age"
+    capture(browser, reports / "desktop-form.png", DESKTOP)
+
+    # Submit the defaults: a valid applicant is scored, logged and explained.
+    browser.find_element(By.ID, "score-button").click()
+    probability = wait.until(ec.visibility_of_element_located((By.ID, "probability"))).text
+    assert re.fullmatch(r"\d{1,3}\.\d%", probability), probability
+    decision = browser.find_element(By.ID, "decision").text
+    assert decision in {"Approve", "Refer", "Decline"}
+    assert "threshold" in browser.find_element(By.ID, "decision-words").text
+    reasons = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "li.reason")]
+    assert reasons and all(":" in r for r in reasons), reasons
+    assert f"version {model.version}" in browser.find_element(By.ID, "model-line").text
+    assert svc.predlog.count() == 1
+    capture(browser, reports / "desktop-result.png", DESKTOP)
+
+    # Back to the form with the answers kept; an impossible age is refused beside the field.
+    browser.find_element(By.ID, "edit-button").click()
+    age = wait.until(ec.presence_of_element_located((By.ID, "age")))
+    assert age.get_attribute("value") == fmt_number(model.meta["feature_summary"]["age"]["default"])
+    age.clear()
+    age.send_keys("150")
+    browser.find_element(By.ID, "score-button").click()
+    error = wait.until(ec.visibility_of_element_located((By.ID, "age-error")))
+    assert "Age must be at most 100 years" in error.text
+    age = browser.find_element(By.ID, "age")
+    assert age.get_attribute("value") == "150"
+    assert "age-error" in (age.get_attribute("aria-describedby") or "").split()
+    assert error.find_element(By.XPATH, "..").get_attribute("id") == "age-field"
+    gap = age.rect["y"] - (error.rect["y"] + error.rect["height"])
+    assert 0 <= gap < 60 and abs(age.rect["x"] - error.rect["x"]) < 5, "error is not right by the age input"
+    assert svc.predlog.count() == 1
+    capture(browser, reports / "desktop-form-error.png", DESKTOP)
+
+    # The same on a phone: one column, nothing wider than the screen.
+    set_viewport(browser, *PHONE)
+    browser.get(f"{live_server}/")
+    assert no_sideways_scroll(browser)
+    capture(browser, reports / "phone-form.png", PHONE)
+    browser.find_element(By.ID, "score-button").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "probability")))
+    assert no_sideways_scroll(browser)
+    assert svc.predlog.count() == 2
+    capture(browser, reports / "phone-result.png", PHONE)
+
+    shots = sorted(p.name for p in reports.glob("*.png"))
+    assert len(shots) == 10, shots
