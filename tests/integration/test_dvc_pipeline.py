@@ -90,7 +90,7 @@ def test_validation_gate_stops_the_pipeline(repo: Path) -> None:
     good = pd.read_csv(real_file("credit_risk")).head(500)
     good.loc[good.index[:100], "person_age"] = 250  # 20 % impossible ages
     dest = repo / "data" / "external" / "credit_risk"
-    dest.mkdir(parents=True)
+    dest.mkdir(parents=True, exist_ok=True)
     good[header].to_csv(dest / "credit_risk_dataset.csv", index=False)
     proc = dvc(repo, "exp", "run", "-S", "dataset=credit_risk", check=False)
     assert proc.returncode != 0

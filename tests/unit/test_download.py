@@ -180,7 +180,7 @@ def test_download_then_ingest_reads_the_uci_xls(tmp_path, server, uci_zip, csv_r
 
     assert saved == settings.external_dir / MEMBER
     assert sorted(p.name for p in settings.external_dir.iterdir()) == [MEMBER]  # only the .xls: no CSV, no temp
-    assert ingest.locate_raw_file(settings) == (saved, "xls", {"header": 1})
+    assert ingest.locate_raw_file(settings) == (saved, "xls", settings.profile.source.download.read_options)
 
     table = ingest.run(settings)
 
@@ -330,7 +330,7 @@ def test_corrupt_xls_is_a_pipeline_error(tmp_path, csv_rows, damage):
     # xlrd fails these with IndexError and CompDocError, which pandas does not wrap
     path.write_bytes(good[: len(good) // 2] if damage == "truncated" else good[:8] + b"\0" * 600)
     with pytest.raises(PipelineError, match="cannot be read as xls"):
-        ingest.read_raw(path, "xls", {"header": 1})
+        ingest.read_raw(path, "xls", {"header": 1, "engine": "calamine"})
 
 
 # --------------------------------------------------------------------------- the command line

@@ -180,7 +180,7 @@ def test_locate_prefers_profile_file_then_download_file(tmp_path):
     xls = settings.external_dir / "default of credit card clients.xls"
     xls.write_bytes(b"")
     path, fmt, options = locate_raw_file(settings)
-    assert (path, fmt, options) == (xls, "xls", {"header": 1})
+    assert (path, fmt, options) == (xls, "xls", {"header": 1, "engine": "calamine"})
     csv = settings.external_dir / "UCI_Credit_Card.csv"
     csv.write_text("x\n")
     assert locate_raw_file(settings)[:2] == (csv, "csv")
