@@ -7,6 +7,7 @@ PROMETHEUS_MULTIPROC_DIR.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -109,9 +110,14 @@ def _install_hooks(app: Flask, svc: Service) -> None:
             message = f"request body larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
         else:
             message = exc.description or exc.name
+        response = exc.get_response()  # keeps headers such as Allow on 405 (RFC 9110)
         if _is_api(request.path):
-            return jsonify({"error": message}), exc.code
-        return Response(f"{exc.code} {exc.name}: {message}\n", status=exc.code, mimetype="text/plain")
+            response.set_data(json.dumps({"error": message}))
+            response.mimetype = "application/json"
+        else:
+            response.set_data(f"{exc.code} {exc.name}: {message}\n")
+            response.mimetype = "text/plain"
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:

@@ -36,6 +36,8 @@ def predict() -> Any:
         payload = request.get_json()
     except BadRequest:
         return error(400, "the request body is not valid JSON")
+    except RecursionError:  # the JSON parser gives up on pathological nesting
+        return error(400, "the request body is nested too deeply to be an applicant list")
     if not isinstance(payload, dict):
         return error(422, "the body must be a JSON object like {\"applicants\": [{...}]}")
     unknown = sorted(set(payload) - ALLOWED_KEYS)

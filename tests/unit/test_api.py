@@ -148,6 +148,7 @@ def test_unknown_route_and_method_are_json_4xx(client) -> None:
     assert client.get("/api/v1/nope").status_code == 404
     resp = client.get(PREDICT)
     assert resp.status_code == 405 and "error" in resp.json
+    assert "POST" in resp.headers["Allow"]  # RFC 9110: a 405 lists the allowed methods
 
 
 def test_every_scored_row_is_logged_and_counted(client, app) -> None:

@@ -1,0 +1,167 @@
+"""Gunicorn settings for the scoring service: ``gunicorn -c gunicorn.conf.py "flask_api:create_app()"``.
+
+Gunicorn executes this file in the master process at start-up and again on every
+SIGHUP, so everything at module level is idempotent (``setdefault``) and the
+one-time work lives in ``on_starting``. The choices, and why:
+
+* gthread workers: scoring is CPU-light per request and the prediction log does
+  blocking SQLite/SQL I/O, so a few threads per process keep a core busy while
+  a thread waits on the database; several processes side-step the GIL.
+* ``preload_app = False``: each worker imports the app and loads its own model
+  after the fork, so SIGHUP (new workers) re-reads the current champion behind
+  MODEL_URI, and nothing model-related is shared by fork between processes.
+* Workers start accepting connections only once their model is loaded (or has
+  failed to load, or GUNICORN_MODEL_WAIT seconds passed): gunicorn stops the old
+  workers as soon as it forks the new ones, so during a SIGHUP restart requests
+  wait in the listen backlog while the new workers import the app and load the
+  model (3-20 s on a busy 2-core box) instead of getting 503 "model still
+  loading". Nothing fails; clients need a timeout above that. /ready stays truthful.
+* PROMETHEUS_MULTIPROC_DIR must be in the environment *before* any worker
+  imports prometheus_client (it picks its value class at import time), so it is
+  set here, in the master, before the first fork; dead workers' live gauges are
+  dropped in ``child_exit`` so model_info only lists live workers.
+* SECRET_KEY is generated once in the master when unset, so every worker (and
+  every worker after a SIGHUP) signs CSRF tokens and sessions with the same key.
+
+Environment: SERVE_BIND (else params.yaml serve.bind, else 127.0.0.1:8000),
+WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (4), GUNICORN_TIMEOUT (60),
+GUNICORN_GRACEFUL_TIMEOUT (30), GUNICORN_KEEPALIVE (0), GUNICORN_MODEL_WAIT (120),
+GUNICORN_PIDFILE (none), GUNICORN_CONTROL_SOCKET (enables gunicornc on that path),
+LOG_LEVEL (info).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROM_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Set when this config created the multiprocess directory itself, so on_exit may delete it.
+PROM_OWNED_ENV = "GUNICORN_OWNS_PROMETHEUS_DIR"
+APP_LOGGERS = ("flask_api", "src")
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def _default_bind() -> str:
+    """params.yaml serve.bind, so `make serve` and the documented setting agree; 127.0.0.1:8000 without it."""
+    try:
+        params_file = Path(os.environ.get("PARAMS_FILE", "params.yaml"))
+        params = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+        return str((params.get("serve") or {}).get("bind") or "127.0.0.1:8000")
+    except (OSError, AttributeError, ValueError, yaml.YAMLError):
+        return "127.0.0.1:8000"
+
+
+# --- process model -----------------------------------------------------------
+bind = [os.environ.get("SERVE_BIND") or _default_bind()]
+workers = _int_env("WEB_CONCURRENCY", 2)
+worker_class = "gthread"
+threads = _int_env("GUNICORN_THREADS", 4)
+preload_app = False
+# A gthread worker's main loop checks in at least once a second whatever its threads do (and
+# post_worker_init does while waiting for the model), so this only fires for a wedged process.
+timeout = _int_env("GUNICORN_TIMEOUT", 60)
+# On SIGHUP/SIGTERM a worker stops accepting and finishes in-flight requests within this.
+graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 30)
+# 0 = "Connection: close" on every response. On SIGHUP/SIGTERM a gthread worker closes a kept-alive
+# connection as soon as its current request is done, even if the client has already sent the next request
+# on it (benoitc/gunicorn#1236): that POST fails with "Remote end closed connection" and clients do not retry
+# POSTs. Model reloads restart workers routinely, so no keep-alive by default; the cost is one TCP handshake
+# per request (~0.1 ms on a LAN, nothing next to scoring). Behind a proxy that retries, GUNICORN_KEEPALIVE=5.
+keepalive = _int_env("GUNICORN_KEEPALIVE", 0)
+model_wait = _int_env("GUNICORN_MODEL_WAIT", 120)
+# Where `kill -HUP $(cat <pidfile>)` finds the master (restarts every worker: each loads the champion).
+pidfile = os.environ.get("GUNICORN_PIDFILE") or None
+if Path("/dev/shm").is_dir():  # heartbeat files on tmpfs: no disk I/O stalls blocking workers
+    worker_tmp_dir = "/dev/shm"
+# gunicorn >= 25 opens a control socket at one fixed per-user path, so a second server on the
+# same machine (tests, a dev instance) would unlink and take over the first one's. Opt-in only.
+control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
+if not control_socket_disable:
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+
+# --- logging -----------------------------------------------------------------
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+accesslog = "-"
+errorlog = "-"
+# %(D)s: request time in microseconds; %(p)s: "<pid>" of the worker that served it.
+access_log_format = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(D)sus %(p)s "%(a)s"'
+
+# --- shared by all workers: set in the master before the first fork ----------
+os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
+if not os.environ.get(PROM_ENV):
+    os.environ[PROM_ENV] = tempfile.mkdtemp(prefix="credit-prometheus-")
+    os.environ[PROM_OWNED_ENV] = os.environ[PROM_ENV]
+
+
+def on_starting(server: Any) -> None:
+    """Once per master (not on SIGHUP): drop metric files left by a previous run in the same directory."""
+    directory = Path(os.environ[PROM_ENV])
+    directory.mkdir(parents=True, exist_ok=True)
+    stale = list(directory.glob("*.db"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    server.log.info("prometheus multiprocess dir %s (%d stale files removed)", directory, len(stale))
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Send the app's own log records (model loads, incidents) to gunicorn's error log, with the pid."""
+    error_log = logging.getLogger("gunicorn.error")
+    for name in APP_LOGGERS:
+        app_log = logging.getLogger(name)
+        app_log.handlers = list(error_log.handlers)
+        app_log.setLevel(error_log.level)
+        app_log.propagate = False
+
+
+def post_worker_init(worker: Any) -> None:
+    """Hold the worker out of the accept loop until its model is loaded (or failed), heartbeating meanwhile.
+
+    create_app() starts loading in a background thread; without this wait a freshly
+    (re)started worker would answer 503 for the seconds the load takes, which during a
+    SIGHUP restart would fail live traffic. Bounded: after ``model_wait`` seconds the
+    worker serves anyway and /ready reports the state.
+    """
+    extensions = getattr(worker.wsgi, "extensions", None) or {}
+    service = extensions.get("credit_service")
+    if service is None or model_wait <= 0:
+        return
+    started = time.monotonic()
+    deadline = started + model_wait
+    models = service.models
+    while worker.alive and models.current is None and models.error is None and time.monotonic() < deadline:
+        worker.notify()
+        time.sleep(0.1)
+    waited = time.monotonic() - started
+    if not worker.alive:  # told to stop (SIGHUP/SIGTERM) before its model was ready: it will not serve
+        worker.log.info("worker %s stopping before serving (after %.1f s)", worker.pid, waited)
+        return
+    state = "loaded" if models.current is not None else f"NOT loaded ({models.error or 'still loading'})"
+    worker.log.info("worker %s accepting requests: model %s after %.1f s", worker.pid, state, waited)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master when a worker exits: drop its live-only gauges (model_info) from the aggregate."""
+    # Imported here, not at the top: prometheus_client must first see PROMETHEUS_MULTIPROC_DIR (set above).
+    from prometheus_client import multiprocess  # noqa: PLC0415
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Delete the metrics directory if this config created it (a given directory is left alone)."""
+    owned = os.environ.get(PROM_OWNED_ENV)
+    if owned and owned == os.environ.get(PROM_ENV):
+        shutil.rmtree(owned, ignore_errors=True)

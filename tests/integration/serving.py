@@ -1,0 +1,330 @@
+"""Start and stop a REAL gunicorn (gunicorn.conf.py + ``flask_api:create_app()``) for integration tests.
+
+The Flask test client cannot show what only a multi-process server does: several
+workers appending to one SQLite log, Prometheus counters summed across
+processes, SIGHUP restarts, readiness while a model loads. So these helpers run
+the exact command a deployment runs, on a free 127.0.0.1 port, in its own
+process group (so teardown stops the workers too), with a throw-away
+prediction database and metrics directory, and keep its log for the report of a
+failing test.
+
+Import the fixtures into a test module's namespace; each is registered under a
+``name=`` different from its function's, so a test's parameter does not shadow
+the import (ruff F811):
+``from tests.integration.serving import gunicorn_server_fixture  # noqa: F401``
+then ask for ``gunicorn_server`` (also ``registry_server``, ``applicant``, ``served_meta``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import requests
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, TrainedProject, default_applicant
+from tests.integration.conftest import free_port, stop_process_group, tool_env
+
+CONFIG = ROOT / "gunicorn.conf.py"
+APP = "flask_api:create_app()"
+# Generous: two workers import mlflow/sklearn and load a model on a 2-core box that may be busy.
+START_TIMEOUT = 240.0
+# Environment a developer's shell may carry that would change what the server under test does.
+SCRUBBED_ENV = ("PROMETHEUS_MULTIPROC_DIR", "GUNICORN_OWNS_PROMETHEUS_DIR", "SECRET_KEY", "ADMIN_TOKEN",
+                "MODEL_URI", "DATABASE_URL", "SERVE_BIND", "WEB_CONCURRENCY", "GUNICORN_THREADS",
+                "GUNICORN_CONTROL_SOCKET", "GUNICORN_CMD_ARGS", "GUNICORN_PIDFILE", "GUNICORN_MODEL_WAIT",
+                "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_KEEPALIVE")
+# gunicorn.conf.py's post_worker_init line: the worker is in its accept loop, model loaded or not.
+ACCEPTING_LINE = re.compile(r"worker (?P<pid>\d+) accepting requests: model (?P<state>loaded|NOT loaded)")
+# gunicorn.conf.py's on_starting line naming the Prometheus multiprocess directory it uses.
+PROM_DIR_LINE = re.compile(r"prometheus multiprocess dir (?P<dir>\S+) \(")
+# An access-log line of gunicorn.conf.py's format: ... "POST /path HTTP/1.1" 200 1044 6244us <pid> "agent"
+ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) \S+ \d+us <(?P<pid>\d+)> ')
+
+
+@dataclass
+class GunicornServer:
+    """A running gunicorn master (``proc``) and what a test needs to talk to it and inspect it."""
+
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    token: str | None
+    db_path: Path
+    log_path: Path
+    model_uri: str
+    env: dict[str, str] = field(repr=False)
+
+    @property
+    def master_pid(self) -> int:
+        return self.proc.pid
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 120) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def worker_pids(self) -> set[int]:
+        """Live children of the master, read from /proc (no psutil needed)."""
+        return children_of(self.master_pid)
+
+    def access_pids(self, method: str, path: str) -> Counter[int]:
+        """How many access-log lines for ``method path`` each worker pid wrote (who served what)."""
+        served: Counter[int] = Counter()
+        for match in ACCESS_LINE.finditer(self.log_text()):
+            if match["method"] == method and match["path"] == path:
+                served[int(match["pid"])] += 1
+        return served
+
+    def accepting_pids(self) -> set[int]:
+        """Workers that finished their model load attempt and entered the accept loop (from the log)."""
+        return {int(m["pid"]) for m in ACCEPTING_LINE.finditer(self.log_text())}
+
+    def wait_workers_accepting(self, workers: int, timeout: float = START_TIMEOUT) -> set[int]:
+        """Until ``workers`` live workers are all serving: /ready == 200 only proves that one of them is."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
+            live = self.worker_pids()
+            if len(live) == workers and live <= self.accepting_pids():
+                return live
+            time.sleep(0.2)
+        raise AssertionError(f"workers {self.worker_pids()} not all accepting within {timeout:.0f} s "
+                             f"(accepting: {self.accepting_pids()}):\n{self.log_tail()}")
+
+    def sighup(self) -> None:
+        """Ask the master for a graceful restart of every worker (config re-read, models re-loaded)."""
+        os.kill(self.master_pid, signal.SIGHUP)
+
+
+def children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process went away while we looked
+            continue
+        fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def server_env(*, port: int, model_uri: str, db_path: Path, token: str | None, workers: int, threads: int,
+               extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the gunicorn master: the project's tool env, minus anything that would leak in."""
+    env = tool_env()
+    for var in SCRUBBED_ENV:
+        env.pop(var, None)
+    env.update(
+        SERVE_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(workers), GUNICORN_THREADS=str(threads),
+        MODEL_URI=model_uri, DATABASE_URL=f"sqlite:///{db_path}", PARAMS_FILE=str(ROOT / "params.yaml"),
+        PYTHONUNBUFFERED="1",
+    )
+    if token is not None:
+        env["ADMIN_TOKEN"] = token
+    env.update(extra or {})
+    return env
+
+
+def wait_for(url: str, proc: subprocess.Popen[bytes], log_path: Path, *, status: int = 200,
+             timeout: float = START_TIMEOUT) -> requests.Response:
+    """Poll ``url`` until it answers ``status``; fail with the server log if it dies or never does."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {proc.returncode} before {url} answered {status}:\n"
+                                 + _tail(log_path))
+        try:
+            resp = requests.get(url, timeout=5)
+            if resp.status_code == status:
+                return resp
+            last = f"{resp.status_code} {resp.text[:300]}"
+        except requests.RequestException as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer {status} within {timeout:.0f} s (last: {last}):\n"
+                         + _tail(log_path))
+
+
+def _tail(log_path: Path, lines: int = 120) -> str:
+    if not log_path.exists():
+        return "(no log)"
+    return "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def running_gunicorn(workdir: Path, model_uri: str, *, token: str | None = "generate", workers: int = 2,
+                     threads: int = 4, extra_env: dict[str, str] | None = None,
+                     ready: bool = True) -> Iterator[GunicornServer]:
+    """Run gunicorn until the block ends, with every worker past its model load attempt.
+
+    ``ready`` also requires /ready == 200 (a model loaded), else only /health == 200.
+
+    ``token="generate"`` makes a random ADMIN_TOKEN; ``None`` leaves it unset (reload over HTTP disabled).
+    The log tail is printed at the end, which pytest shows only for a failing test.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    if token == "generate":
+        token = secrets.token_urlsafe(24)
+    port = free_port()
+    db_path = workdir / "predictions.db"
+    log_path = workdir / "gunicorn.log"
+    env = server_env(port=port, model_uri=model_uri, db_path=db_path, token=token, workers=workers,
+                     threads=threads, extra=extra_env)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(CONFIG), APP], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = GunicornServer(proc=proc, base_url=f"http://127.0.0.1:{port}", token=token, db_path=db_path,
+                            log_path=log_path, model_uri=model_uri, env=env)
+    try:
+        wait_for(server.url("/ready" if ready else "/health"), proc, log_path)
+        server.wait_workers_accepting(workers)
+        yield server
+    finally:
+        stop_gunicorn(proc)
+        print(f"--- gunicorn log ({log_path}), last lines ---\n{server.log_tail()}")
+        for match in PROM_DIR_LINE.finditer(server.log_text()):  # left behind only if the master was killed
+            shutil.rmtree(match["dir"], ignore_errors=True)
+
+
+def stop_gunicorn(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """SIGTERM to master and workers, time for gunicorn's graceful stop (30 s) and on_exit, then SIGKILL.
+
+    (tests.integration.conftest.stop_process_group kills after 20 s: shorter than graceful_timeout.)
+    """
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop_process_group(proc)  # SIGKILLs the group after its own grace period
+
+
+# --- talking to it -------------------------------------------------------------------------------------------
+
+
+def model_meta(model_dir: Path) -> dict[str, Any]:
+    """The served model's own metadata (feature summary with defaults), read from the exported pyfunc."""
+    return mlflow.pyfunc.load_model(str(model_dir)).unwrap_python_model().meta
+
+
+def predict_body(applicant: dict[str, Any], n: int = 1, reasons: bool = True) -> dict[str, Any]:
+    return {"applicants": [dict(applicant) for _ in range(n)], "reasons": reasons}
+
+
+def scrape(base_url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """GET /metrics as {(sample name, labels): value}; the pid label of live gauges is kept."""
+    resp = requests.get(base_url + "/metrics", timeout=30)
+    resp.raise_for_status()
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels`` (0 when there are none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and wanted <= lab)
+
+
+def logged_rows(db_path: Path, after_id: int = 0) -> list[tuple[int, str]]:
+    """(id, request_id) of every prediction-log row with id > ``after_id``."""
+    engine = sa.create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30})
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, request_id FROM predictions WHERE id > :after ORDER BY id"),
+                                {"after": after_id}).all()
+    finally:
+        engine.dispose()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def settled_rows(db_path: Path, after_id: int, expected: int, timeout: float = 60.0) -> list[tuple[int, str]]:
+    """Rows logged after ``after_id``, re-read until there are ``expected`` or they stop changing for a while.
+
+    The log is written before the response is sent, so this normally settles at once;
+    the wait only absorbs a busy disk, and a short count is still reported as such.
+    """
+    deadline = time.monotonic() + timeout
+    rows = logged_rows(db_path, after_id)
+    stable_since = time.monotonic()
+    while len(rows) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        fresh = logged_rows(db_path, after_id)
+        if len(fresh) != len(rows):
+            stable_since = time.monotonic()
+        rows = fresh
+        if time.monotonic() - stable_since > 10:
+            break
+    return rows
+
+
+def max_row_id(db_path: Path) -> int:
+    engine = sa.create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30})
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT COALESCE(MAX(id), 0) FROM predictions")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def json_or_text(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:  # includes requests' and json's JSONDecodeError
+        return resp.text[:500]
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", name="served_meta")
+def served_meta_fixture(trained_project: TrainedProject) -> dict[str, Any]:
+    return model_meta(trained_project.model_dir)
+
+
+@pytest.fixture(scope="module", name="applicant")
+def applicant_fixture(served_meta: dict[str, Any]) -> dict[str, Any]:
+    """A valid applicant for the served model (training medians / modes)."""
+    return default_applicant(served_meta)
+
+
+@pytest.fixture(scope="module", name="gunicorn_server")
+def gunicorn_server_fixture(trained_project: TrainedProject,
+                            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
+    """Two gthread workers serving the exported champion directory; shared by a module's tests."""
+    with running_gunicorn(tmp_path_factory.mktemp("gunicorn"), str(trained_project.model_dir)) as server:
+        yield server
+
+
+@pytest.fixture(name="registry_server")
+def registry_server_fixture(trained_project: TrainedProject, tmp_path: Path) -> Iterator[GunicornServer]:
+    """Two workers serving ``models:/<name>@champion`` from the trained project's registry (for reloads)."""
+    uri = f"models:/{trained_project.model_name}@champion"
+    with running_gunicorn(tmp_path / "gunicorn", uri,
+                          extra_env={"MLFLOW_TRACKING_URI": trained_project.tracking_uri}) as server:
+        yield server

@@ -1,0 +1,451 @@
+"""The scoring service under a real gunicorn (gunicorn.conf.py): what only several processes can show.
+
+* concurrency: 2 workers x 4 threads take 1,600 requests from 8 clients with no
+  error, and the shared SQLite prediction log holds exactly one row per request;
+* reloads under load: POST /admin/reload (twice) and a SIGHUP restart of every
+  worker while clients keep sending; no request fails, not even with a
+  connection error, and the new workers serve the champion; the admin route
+  answers 401 to a missing or wrong token and 404 when no token is configured;
+* metrics: /metrics sums counters over both workers (multiprocess collector),
+  the probability histogram counts exactly the rows scored, and model_info
+  lists one live gauge per worker;
+* readiness: with a model that cannot be loaded the server is alive (/health 200)
+  but not ready (/ready 503 with the reason) and /predict answers 503 in JSON,
+  never 500;
+* one SECRET_KEY for all workers: a form's CSRF token validates on both;
+* the config module itself: shared SECRET_KEY and metrics directory created
+  in the master, stable across the re-read that SIGHUP does.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import shutil
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import TrainedProject
+from tests.integration.serving import (  # noqa: F401  (the *_fixture names register fixtures)
+    CONFIG,
+    GunicornServer,
+    applicant_fixture,
+    gunicorn_server_fixture,
+    json_or_text,
+    max_row_id,
+    metric,
+    predict_body,
+    registry_server_fixture,
+    running_gunicorn,
+    scrape,
+    served_meta_fixture,
+    settled_rows,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+PREDICT = "/api/v1/predict"
+CLIENT_TIMEOUT = 180  # seconds: a request queued in the backlog during a SIGHUP restart waits for a model load
+LOAD_THREADS, LOAD_REQUESTS = 8, 200
+
+
+def post_predict(session: requests.Session | None, base_url: str, body: dict[str, Any],
+                 close: bool = False) -> requests.Response:
+    headers = {"Connection": "close"} if close else None
+    poster = session.post if session is not None else requests.post
+    return poster(base_url + PREDICT, json=body, headers=headers, timeout=CLIENT_TIMEOUT)
+
+
+def describe_failures(failures: list[str], server: GunicornServer) -> str:
+    return f"{len(failures)} failed requests, first ones:\n" + "\n".join(failures[:10]) + \
+        "\n--- server log ---\n" + server.log_tail(60)
+
+
+# --- a. concurrency and the shared prediction log --------------------------------------------------------------
+
+
+def test_concurrent_clients_every_request_scored_and_logged_once(gunicorn_server: GunicornServer,
+                                                                  applicant: dict[str, Any]) -> None:
+    """8 clients x 200 requests: all 200, and exactly one log row (with its own request id) per request."""
+    server = gunicorn_server
+    assert len(server.worker_pids()) == 2
+    first_new_id = max_row_id(server.db_path)
+
+    def client(index: int) -> tuple[list[str], list[str]]:
+        ids: list[str] = []
+        failures: list[str] = []
+        with requests.Session() as session:
+            for i in range(LOAD_REQUESTS):
+                body = predict_body(applicant, reasons=(i + index) % 2 == 0)
+                try:
+                    resp = post_predict(session, server.base_url, body)
+                except requests.RequestException as exc:
+                    failures.append(f"client {index} request {i}: {exc!r}")
+                    continue
+                if resp.status_code != 200:
+                    failures.append(f"client {index} request {i}: {resp.status_code} {json_or_text(resp)}")
+                    continue
+                payload = resp.json()
+                assert len(payload["results"]) == 1
+                assert ("reasons" in payload["results"][0]) == body["reasons"]
+                ids.append(payload["request_id"])
+        return ids, failures
+
+    with ThreadPoolExecutor(LOAD_THREADS) as pool:
+        outcomes = list(pool.map(client, range(LOAD_THREADS)))
+    failures = [f for _, fs in outcomes for f in fs]
+    sent_ids = [i for ids, _ in outcomes for i in ids]
+    assert not failures, describe_failures(failures, server)
+    expected = LOAD_THREADS * LOAD_REQUESTS
+    assert len(sent_ids) == expected
+    assert len(set(sent_ids)) == expected
+
+    rows = settled_rows(server.db_path, first_new_id, expected)
+    assert len(rows) == expected, f"{len(rows)} rows logged for {expected} requests"
+    logged_ids = {request_id for _, request_id in rows}
+    assert len(logged_ids) == expected
+    assert logged_ids == set(sent_ids)
+    # Both workers appended to the one SQLite log, and neither was restarted under load.
+    served = server.access_pids("POST", PREDICT)
+    assert set(served) == server.worker_pids(), f"requests per worker pid: {dict(served)}"
+
+
+def settled_access(server: GunicornServer, before: Counter[int], expected: int, timeout: float = 30) -> Counter[int]:
+    """Predictions per worker pid since ``before``; access lines land just after each response, so wait a little."""
+    deadline = time.monotonic() + timeout
+    served = server.access_pids("POST", PREDICT) - before
+    while sum(served.values()) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        served = server.access_pids("POST", PREDICT) - before
+    return served
+
+
+# --- c. metrics summed over the workers --------------------------------------------------------------------------
+
+
+def test_metrics_are_aggregated_across_workers(gunicorn_server: GunicornServer, applicant: dict[str, Any]) -> None:
+    """Counters and histograms on /metrics equal what was sent, with both workers having served part of it."""
+    server = gunicorn_server
+    workers = server.worker_pids()
+    assert len(workers) == 2
+    before = scrape(server.base_url)
+    served_before = server.access_pids("POST", PREDICT)
+    sent = rows = 0
+    lock = threading.Lock()
+
+    def client(index: int) -> list[str]:
+        nonlocal sent, rows
+        failures = []
+        for i in range(25):
+            n = 1 + (i + index) % 3  # batches of 1-3 rows, so rows scored != requests
+            # A new connection per request: the kernel hands connections to whichever worker accepts first.
+            resp = post_predict(None, server.base_url, predict_body(applicant, n, reasons=i % 2 == 0), close=True)
+            if resp.status_code != 200:
+                failures.append(f"{resp.status_code} {json_or_text(resp)}")
+                continue
+            with lock:
+                sent += 1
+                rows += n
+        return failures
+
+    served: Counter[int] = Counter()
+    for _round in range(6):  # until both workers have served some of this test's requests (normally 1 round)
+        with ThreadPoolExecutor(4) as pool:
+            failures = [f for fs in pool.map(client, range(4)) for f in fs]
+        assert not failures, describe_failures(failures, server)
+        served = settled_access(server, served_before, sent)
+        if len(served) == 2:
+            break
+    assert set(served) == workers, f"requests per worker pid: {dict(served)}; workers {workers}"
+    assert sum(served.values()) == sent
+
+    after = scrape(server.base_url)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("http_requests_total", endpoint=PREDICT, method="POST", status="200") == sent
+    assert delta("http_request_duration_seconds_count", endpoint=PREDICT) == sent
+    assert delta("predicted_probability_of_default_count") == rows
+    assert delta("rows_scored_total", source="api") == rows
+    decisions = {lab for (name, lab) in after if name == "decisions_total"}
+    assert decisions, "no decisions_total samples"
+    assert delta("decisions_total") == rows
+    assert metric(after, "prediction_log_failures_total") == 0
+
+    info = {(dict(lab)["pid"], dict(lab)["name"], dict(lab)["version"]): v
+            for (name, lab), v in after.items() if name == "model_info"}
+    live = {key for key, value in info.items() if value == 1}
+    assert {int(pid) for pid, _, _ in live} == workers, f"model_info: {info}"
+    assert len({(name, version) for _, name, version in live}) == 1  # both serve the same model
+
+
+class FormFields(HTMLParser):
+    """The values a browser would submit from the rendered form: inputs, and each select's chosen option."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, str] = {}
+        self._select: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "input" and a.get("name") and a.get("type") not in {"submit", "button"}:
+            self.values[str(a["name"])] = a.get("value") or ""
+        elif tag == "select":
+            self._select = a.get("name")
+        elif tag == "option" and self._select and ("selected" in a or self._select not in self.values):
+            self.values[self._select] = a.get("value") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self._select = None
+
+
+def test_form_csrf_token_is_valid_on_every_worker(gunicorn_server: GunicornServer) -> None:
+    """The master's SECRET_KEY is shared: a token signed by one worker validates on the other."""
+    server = gunicorn_server
+    workers = server.worker_pids()
+    before = server.access_pids("POST", "/")
+    statuses: Counter[int] = Counter()
+    served: Counter[int] = Counter()
+    with requests.Session() as browser:  # keeps the session cookie, like a browser
+        page = browser.get(server.url("/"), timeout=60)
+        assert page.status_code == 200, page.text[:300]
+        form = FormFields()
+        form.feed(page.text)
+        assert form.values.get("csrf_token"), "no CSRF token on the form"
+        for _round in range(6):  # until both workers have checked a token (normally 1 round)
+            for _ in range(10):
+                resp = browser.post(server.url("/"), data=form.values, headers={"Connection": "close"}, timeout=60)
+                statuses[resp.status_code] += 1
+            served = server.access_pids("POST", "/") - before
+            if set(served) == workers and sum(served.values()) == sum(statuses.values()):
+                break
+            time.sleep(0.5)
+    assert dict(statuses) == {200: sum(statuses.values())}, f"form posts by status: {dict(statuses)}"
+    assert set(served) == workers, f"form posts per worker: {dict(served)}"
+
+
+# --- b. reloads under load ----------------------------------------------------------------------------------------
+
+
+def test_admin_reload_requires_the_token(gunicorn_server: GunicornServer) -> None:
+    url = gunicorn_server.url("/admin/reload")
+    missing = requests.post(url, timeout=60)
+    assert missing.status_code == 401
+    assert "token" in missing.json()["error"]
+    wrong = requests.post(url, headers={"Authorization": "Bearer not-the-token"}, timeout=60)
+    assert wrong.status_code == 401
+    not_bearer = requests.post(url, headers={"Authorization": f"Basic {gunicorn_server.token}x"}, timeout=60)
+    assert not_bearer.status_code == 401
+
+
+class LoadGenerator:
+    """Clients that POST continuously until stopped, recording every failure (connection errors included)."""
+
+    def __init__(self, base_url: str, body: dict[str, Any], clients: int) -> None:
+        self.base_url, self.body = base_url, body
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.versions: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def __enter__(self) -> LoadGenerator:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout=CLIENT_TIMEOUT + 30)
+
+    def _run(self, index: int) -> None:
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                body = {**self.body, "reasons": index % 2 == 0}
+                try:
+                    resp = post_predict(session, self.base_url, body)
+                except requests.RequestException as exc:
+                    self._record(f"client {index}: {exc!r}")
+                    continue
+                if resp.status_code != 200:
+                    self._record(f"client {index}: {resp.status_code} {json_or_text(resp)}")
+                    continue
+                with self._lock:
+                    self.ok += 1
+                    self.versions[resp.json()["model"]["version"]] += 1
+
+    def _record(self, failure: str) -> None:
+        with self._lock:
+            self.failures.append(failure)
+
+    def wait_for(self, successes: int, timeout: float = 240) -> None:
+        """Block until ``successes`` more requests succeeded (bounded; never asserts on speed)."""
+        target = self.ok + successes
+        deadline = time.monotonic() + timeout
+        while self.ok < target and not self.failures and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def wait_for_new_workers(server: GunicornServer, old: set[int], timeout: float = 240) -> set[int]:
+    """After SIGHUP: until the master's children are all new (old ones exited), two of them, both serving."""
+    deadline = time.monotonic() + timeout
+    current = server.worker_pids()
+    while time.monotonic() < deadline:
+        current = server.worker_pids()
+        if len(current) == 2 and not current & old and current <= server.accepting_pids():
+            return current
+        time.sleep(0.2)
+    raise AssertionError(f"workers after SIGHUP: {current} (before: {old})\n{server.log_tail(80)}")
+
+
+def test_reload_and_sighup_under_load_drop_no_request(registry_server: GunicornServer,
+                                                      applicant: dict[str, Any],
+                                                      trained_project: TrainedProject) -> None:
+    """Two HTTP reloads and one SIGHUP restart while 4 clients keep sending: every request succeeds."""
+    server = registry_server
+    auth = {"Authorization": f"Bearer {server.token}"}
+    old_workers = server.worker_pids()
+    assert len(old_workers) == 2
+    reloads = []
+    with LoadGenerator(server.base_url, predict_body(applicant), clients=4) as load:
+        load.wait_for(40)
+        reloads.append(requests.post(server.url("/admin/reload"), headers=auth, timeout=CLIENT_TIMEOUT))
+        load.wait_for(40)
+        server.sighup()
+        new_workers = wait_for_new_workers(server, old_workers)
+        load.wait_for(80)
+        reloads.append(requests.post(server.url("/admin/reload"), headers=auth, timeout=CLIENT_TIMEOUT))
+        load.wait_for(40)
+    assert not load.failures, describe_failures(load.failures, server)
+    assert load.ok >= 200
+    for resp in reloads:
+        assert resp.status_code == 200, json_or_text(resp)
+        assert resp.json()["model"]["name"] == trained_project.model_name
+    served = server.access_pids("POST", PREDICT)
+    assert new_workers & set(served), f"no prediction served by the new workers {new_workers}: {dict(served)}"
+    assert old_workers & set(served)
+
+    ready = requests.get(server.url("/ready"), timeout=60)
+    assert ready.status_code == 200
+    model = ready.json()["model"]
+    assert model["name"] == trained_project.model_name
+    assert model["uri"] == server.model_uri
+    assert set(load.versions) == {model["version"]}
+    # The master dropped the exited workers' live gauges (child_exit): model_info lists the new workers only.
+    deadline = time.monotonic() + 60
+    while True:
+        info = {int(dict(lab)["pid"]) for (name, lab), v in scrape(server.base_url).items()
+                if name == "model_info" and v == 1}
+        if info == new_workers or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert info == new_workers, f"model_info pids {info}, workers {new_workers}"
+    assert "handling signal: hup" in server.log_text().lower()
+
+
+# --- d. not ready: the model cannot be loaded ----------------------------------------------------------------------
+
+
+def test_unloadable_model_is_alive_but_not_ready_and_never_500(trained_project: TrainedProject, tmp_path: Path,
+                                                              applicant: dict[str, Any]) -> None:
+    """/health 200, /ready 503 with the reason, /predict 503 JSON; with no ADMIN_TOKEN /admin/reload is 404."""
+    uri = "models:/no-such-model@champion"
+    with running_gunicorn(tmp_path / "gunicorn", uri, token=None, ready=False,
+                          extra_env={"MLFLOW_TRACKING_URI": trained_project.tracking_uri}) as server:
+        # Workers accept only once their load attempt ended, so the first answers already say "error".
+        for _ in range(6):  # fresh connections, so both workers get asked
+            ready = wait_for(server.url("/ready"), server.proc, server.log_path, status=503, timeout=120)
+            body = ready.json()
+            assert body["status"] == "error", body
+            assert body["model_uri"] == uri
+            assert "no-such-model" in body["error"] or "RESOURCE_DOES_NOT_EXIST" in body["error"], body
+
+            health = requests.get(server.url("/health"), timeout=60)
+            assert health.status_code == 200
+
+            resp = requests.post(server.url(PREDICT), json=predict_body(applicant), timeout=60,
+                                 headers={"Connection": "close"})
+            assert resp.status_code == 503, json_or_text(resp)
+            assert resp.headers["Content-Type"].startswith("application/json")
+            assert resp.json()["error"].startswith("no model loaded yet")
+
+        # The contract is still published (from params.yaml's profile) for clients to code against.
+        assert requests.get(server.url("/api/v1/openapi.json"), timeout=60).status_code == 200
+        assert requests.get(server.url("/api/v1/schema"), timeout=60).status_code == 200
+
+        disabled = requests.post(server.url("/admin/reload"), headers={"Authorization": "Bearer anything"},
+                                 timeout=60)
+        assert disabled.status_code == 404
+        assert "ADMIN_TOKEN" in disabled.json()["error"]
+
+        samples = scrape(server.base_url)
+        assert metric(samples, "model_reloads_total", outcome="failed") >= 1
+        assert not [n for (n, _lab) in samples if n == "model_info"]
+        assert " 500 " not in server.log_text()
+
+
+# --- the config module ---------------------------------------------------------------------------------------------
+
+
+def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path) -> None:
+    """Run gunicorn.conf.py as gunicorn does (master, then again on SIGHUP): values set once and kept."""
+    keys = ("SECRET_KEY", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_OWNS_PROMETHEUS_DIR", "SERVE_BIND",
+            "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_CONTROL_SOCKET")
+    saved = {k: os.environ.get(k) for k in keys}
+    created = None
+    try:
+        for key in keys:
+            os.environ.pop(key, None)
+        os.environ.update(SERVE_BIND="127.0.0.1:8123", WEB_CONCURRENCY="3")
+        first = runpy.run_path(str(CONFIG))
+        created = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        secret = os.environ["SECRET_KEY"]
+        assert len(secret) >= 32
+        assert Path(created).is_dir()
+        assert first["bind"] == ["127.0.0.1:8123"]
+        assert first["workers"] == 3
+        assert first["worker_class"] == "gthread"
+        assert first["threads"] == 4
+        assert first["preload_app"] is False
+        assert first["control_socket_disable"] is True
+        assert "%(D)s" in first["access_log_format"]
+
+        second = runpy.run_path(str(CONFIG))  # what a SIGHUP does in the master
+        assert os.environ["SECRET_KEY"] == secret
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == created
+        stale = Path(created) / "counter_999999.db"
+        stale.write_bytes(b"x")
+
+        class Log:
+            def info(self, *args: object) -> None:
+                pass
+
+        class Server:
+            log = Log()
+
+        second["on_starting"](Server())
+        assert not stale.exists()
+        second["on_exit"](Server())
+        assert not Path(created).exists()  # it created the directory, so it removes it
+    finally:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
