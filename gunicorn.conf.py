@@ -104,6 +104,8 @@ os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
 if not os.environ.get(PROM_ENV):
     os.environ[PROM_ENV] = tempfile.mkdtemp(prefix="credit-prometheus-")
     os.environ[PROM_OWNED_ENV] = os.environ[PROM_ENV]
+# POST /admin/reload on any worker bumps this file; every worker sees it and reloads (flask_api/service.py).
+os.environ.setdefault("RELOAD_MARKER_FILE", os.path.join(os.environ[PROM_ENV], "reload-generation"))
 
 
 def on_starting(server: Any) -> None:

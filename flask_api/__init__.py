@@ -13,6 +13,7 @@ import os
 import secrets
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -57,8 +58,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.config.update(overrides)
     app.json.sort_keys = False
 
+    marker = os.environ.get("RELOAD_MARKER_FILE")
     svc = Service(settings=settings, models=ModelHolder(settings, app.config["MODEL_URI"]),
-                  predlog=PredictionLog(database_url(settings)), metrics=Metrics())
+                  predlog=PredictionLog(database_url(settings)), metrics=Metrics(),
+                  reload_marker=Path(marker) if marker else None)
     app.extensions["credit_service"] = svc
 
     csrf = CSRFProtect(app)
@@ -95,6 +98,7 @@ def _install_hooks(app: Flask, svc: Service) -> None:
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
+        svc.follow_reloads()
 
     @app.after_request
     def count(response: Response) -> Response:

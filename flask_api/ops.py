@@ -40,7 +40,11 @@ def metrics() -> Response:
 
 @bp.post("/admin/reload")
 def reload_model() -> Any:
-    """Load the current champion (or MODEL_URI) and swap it in; requests in flight finish on the old one."""
+    """Load the current champion (or MODEL_URI) and swap it in; requests in flight finish on the old one.
+
+    This worker reloads now; the others see the shared reload marker on their next request and
+    reload in the background, so every worker ends up on the new model without a restart.
+    """
     token = os.environ.get(TOKEN_ENV, "")
     if not token:
         return jsonify({"error": f"reload over HTTP is disabled: set {TOKEN_ENV} to enable it"}), 404
@@ -52,5 +56,6 @@ def reload_model() -> Any:
         fresh = svc.reload()
     except Exception:
         return jsonify({"error": "reload failed; still serving the previous model",
-                        "detail": svc.models.error}), 500
+                        "detail": svc.models.error}), 503
+    svc.announce_reload()  # the other gunicorn workers follow on their next request
     return jsonify({"status": "reloaded", "model": fresh.describe()})

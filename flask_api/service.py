@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flask import current_app
@@ -27,6 +30,45 @@ class Service:
     models: ModelHolder
     predlog: PredictionLog
     metrics: Metrics
+    # A file shared by all workers (gunicorn.conf.py sets RELOAD_MARKER_FILE): /admin/reload on one
+    # worker bumps it, and every worker reloads when it sees a newer generation than its own.
+    reload_marker: Path | None = None
+    _seen_generation: int = field(default=0, init=False)
+    _reloading: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def announce_reload(self) -> None:
+        """Tell the other workers to reload (this one already has)."""
+        if self.reload_marker is None:
+            return
+        self.reload_marker.parent.mkdir(parents=True, exist_ok=True)
+        self.reload_marker.write_text(str(os.getpid()), encoding="utf-8")
+        self._seen_generation = self.reload_marker.stat().st_mtime_ns
+
+    def follow_reloads(self) -> None:
+        """Per request, one stat(): if another worker announced a reload, reload in the background.
+
+        The request itself never waits: it is served by the current model, and the
+        fresh one is swapped in atomically when loaded.
+        """
+        if self.reload_marker is None:
+            return
+        try:
+            generation = self.reload_marker.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if generation <= self._seen_generation or not self._reloading.acquire(blocking=False):
+            return
+        self._seen_generation = generation
+
+        def reload_quietly() -> None:
+            try:
+                self.reload()
+            except Exception:
+                log.warning("announced reload failed; still serving the previous model: %s", self.models.error)
+            finally:
+                self._reloading.release()
+
+        threading.Thread(target=reload_quietly, name="model-reload", daemon=True).start()
 
     def model(self) -> LoadedModel:
         current = self.models.current

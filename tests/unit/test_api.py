@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 import jsonschema
@@ -224,3 +225,22 @@ def test_validator_agrees_with_the_published_json_schema(trained_project: Traine
     _, errors = validate_applicants([row], profile)
     schema_ok = jsonschema.Draft202012Validator(schema).is_valid(row)
     assert (not errors) == schema_ok, (row, [e.as_dict() for e in errors])
+
+
+def test_reload_on_one_worker_reaches_the_others(trained_project: TrainedProject, tmp_path, monkeypatch) -> None:
+    """Two apps sharing RELOAD_MARKER_FILE stand in for two gunicorn workers."""
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'p.db'}")
+    monkeypatch.setenv("RELOAD_MARKER_FILE", str(tmp_path / "shared" / "reload-generation"))
+    monkeypatch.setenv("ADMIN_TOKEN", "t0ken")
+    overrides = {"SETTINGS": trained_project.settings, "MODEL_URI": str(trained_project.model_dir),
+                 "MODEL_LOADING": "sync"}
+    first, second = create_app(dict(overrides)), create_app(dict(overrides))
+    before = second.extensions["credit_service"].model()
+    resp = first.test_client().post("/admin/reload", headers={"Authorization": "Bearer t0ken"})
+    assert resp.status_code == 200
+    assert second.test_client().get("/health").status_code == 200  # this request notices the marker
+    deadline = time.monotonic() + 60
+    while second.extensions["credit_service"].model() is before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert second.extensions["credit_service"].model() is not before
+    assert 'model_reloads_total{outcome="ok"} 2.0' in second.test_client().get("/metrics").get_data(as_text=True)
