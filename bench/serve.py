@@ -92,6 +92,7 @@ CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 1000
 BATCH_CONCURRENCY = (1, 2)
 DEFAULT_WORKERS, DEFAULT_THREADS = 2, 4
+IDLE_CORES = 0.3  # --wait-idle: "quiet" = other processes use less than this many cores
 
 TARGET_P99_MS = 10.0  # single row, concurrency 8, no reasons
 TARGET_P99_REASONS_MS = 15.0  # single row, concurrency 8, with reasons
@@ -497,6 +498,8 @@ class Client:
 def measure(client: Client, server: Server, target: str, path: str, body: bytes, rows: int, concurrency: int,
             args: argparse.Namespace, limit: int | None) -> LoadResult:
     url = server.url + path
+    if args.wait_idle > 0:
+        wait_idle(args.wait_idle)
     if args.warmup > 0:
         client.run(url, body, concurrency, args.warmup, None)
     cpu0, client0, busy0, self0, wall0 = (server.cpu_by_process(), client.client_cpu(), machine_busy(), self_cpu(),
@@ -515,6 +518,20 @@ def measure(client: Client, server: Server, target: str, path: str, body: bytes,
              "load %.2f  other processes %.2f cores  server processes %s cores", target, rows, concurrency, result.rps,
              p50, p95, p99, errors, result.load[0], result.other_cores, result.split)
     return result
+
+
+def wait_idle(max_seconds: float, busy_cores: float = IDLE_CORES) -> None:
+    """Wait (at most ``max_seconds``) until the rest of the machine uses less than ``busy_cores`` for a second."""
+    deadline = time.monotonic() + max_seconds
+    cores = os.cpu_count() or 1
+    while True:
+        busy = psutil.cpu_percent(interval=1.0) / 100 * cores  # our servers are idle between points
+        if busy < busy_cores:
+            return
+        if time.monotonic() >= deadline:
+            log.warning("machine still busy (%.2f cores used by other processes); measuring anyway", busy)
+            return
+        log.info("waiting for a quiet machine: %.2f cores busy", busy)
 
 
 def machine_busy() -> float:
@@ -754,6 +771,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="single-row concurrency levels (default 1,8,32)")
     parser.add_argument("--batch-concurrency", type=int_list, default=BATCH_CONCURRENCY,
                         help=f"{BATCH_ROWS}-row batch concurrency levels (default 1,2; 0 = no batches)")
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                        help=f"before each point wait up to SECONDS until other processes use < {IDLE_CORES} cores")
     parser.add_argument("--skip-mlflow", action="store_true", help="do not start or measure mlflow models serve")
     parser.add_argument("--project", type=Path, default=None,
                         help="build the project here, or reuse the build already here (kept afterwards)")
@@ -870,7 +889,8 @@ def main(argv: list[str] | None = None) -> None:
                          f"HTTP keep-alive {keepalive.get('mlflow models serve', '-')}",
         "client": client.describe(),
         "per point": (f"{args.requests} requests" if args.requests else f"{args.duration:g} s")
-                     + f" after {args.warmup:g} s warm-up",
+                     + f" after {args.warmup:g} s warm-up"
+                     + (f" (each waited up to {args.wait_idle:g} s for a quiet machine)" if args.wait_idle else ""),
         "prediction log rows written": f"{logged:,}",
     }
     if not args.skip_mlflow:
