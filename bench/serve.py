@@ -23,14 +23,20 @@ One run on this machine:
 
 The load generator is ``wrk`` (C, one thread, closed loop: N connections each
 with one request in flight) when it is installed, else a Python client (N
-threads, one keep-alive ``http.client`` connection each). Client and servers
+threads, one ``http.client`` connection each). Both keep connections alive
+unless the server answers ``Connection: close`` (then they reconnect for every
+request; the context table says which server does what). Client and servers
 share this machine's cores: each table reports the client's own CPU time per
-request next to the server's, so the client's share is visible. ``--client
-python`` forces the Python client.
+request next to the server's, the CPU of each busy server process (so an
+unbalanced spread over the workers is visible) and the CPU the rest of the
+machine used meanwhile. ``--client python`` forces the Python client;
+``--wait-idle`` waits for a quiet machine before each point.
 
     python bench/serve.py                          # build in a temp dir, 10 s per point
-    python bench/serve.py --project /tmp/serve-proj --duration 5   # build once, then reuse
+    python bench/serve.py --project /tmp/serve-proj --wait-idle 60   # build once, then reuse
     python bench/serve.py --requests 2000 --skip-mlflow
+    python bench/serve.py --project /tmp/serve-proj --skip-mlflow --server-env OMP_NUM_THREADS=1 \
+        --server-env GUNICORN_KEEPALIVE=5 --gunicorn-arg=--reuse-port      # try a server setting
 
 Progress goes to stderr (logging); the Markdown tables go to stdout.
 """
@@ -402,8 +408,8 @@ class Client:
     def describe(self) -> str:
         if self.kind == "wrk":
             version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
-            return f"{version.strip() or 'wrk'} (C, 1 thread, keep-alive)"
-        return "Python threads, one keep-alive http.client connection each (GIL-bound)"
+            return f"{version.split(' [')[0].strip() or 'wrk'} (C, 1 thread, closed loop)"
+        return "Python threads, one http.client connection each (closed loop, GIL-bound)"
 
     def run(self, url: str, body: bytes, concurrency: int, duration: float, limit: int | None,
             ) -> tuple[int, int, float, list[float]]:

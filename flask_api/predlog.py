@@ -9,6 +9,7 @@ caller counts and logs it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_MS = 30_000
+CREATE_ATTEMPTS = 10
 
 metadata = sa.MetaData()
 predictions = sa.Table(
@@ -57,11 +59,18 @@ class PredictionLog:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        try:
-            metadata.create_all(self.engine, checkfirst=True)
-        except OperationalError as exc:  # two workers creating the table at once
-            if "already exists" not in str(exc):
-                raise
+        # Several gunicorn workers may create a fresh SQLite log at the same moment: one sees
+        # "already exists" (fine) or "database is locked" (retry briefly) instead of failing to boot.
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+                return
+            except OperationalError as exc:
+                if "already exists" in str(exc):
+                    return
+                if "locked" not in str(exc) or attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def write(self, request_id: str, source: str, model_name: str, model_version: str,
               rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> None:
