@@ -154,6 +154,14 @@ def post_worker_init(worker: Any) -> None:
     worker.log.info("worker %s accepting requests: model %s after %.1f s", worker.pid, state, waited)
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the worker as it stops (SIGHUP restart, SIGTERM, max requests): write its queued log rows first."""
+    extensions = getattr(worker.wsgi, "extensions", None) or {}
+    service = extensions.get("credit_service")
+    if service is not None:
+        service.predlog.close()
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """In the master when a worker exits: drop its live-only gauges (model_info) from the aggregate."""
     # Imported here, not at the top: prometheus_client must first see PROMETHEUS_MULTIPROC_DIR (set above).

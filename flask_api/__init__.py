@@ -7,7 +7,6 @@ PROMETHEUS_MULTIPROC_DIR.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -21,6 +20,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from flask_api import api, ops, views
+from flask_api.jsonio import OrjsonProvider
 from flask_api.metrics import Metrics
 from flask_api.model_store import ModelHolder
 from flask_api.predlog import PredictionLog
@@ -48,6 +48,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings: Settings = overrides.pop("SETTINGS", None) or load_settings(os.environ.get("PARAMS_FILE",
                                                                                          "params.yaml"))
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config.update(
         SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_hex(32),
         MAX_CONTENT_LENGTH=settings.serve.max_body_bytes,
@@ -56,12 +57,13 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         MODEL_URI=None,
     )
     app.config.update(overrides)
-    app.json.sort_keys = False
 
     marker = os.environ.get("RELOAD_MARKER_FILE")
+    metrics = Metrics()
+    predlog = PredictionLog(database_url(settings), max_pending=settings.serve.log_max_pending,
+                            on_failure=metrics.log_failures.inc)
     svc = Service(settings=settings, models=ModelHolder(settings, app.config["MODEL_URI"]),
-                  predlog=PredictionLog(database_url(settings)), metrics=Metrics(),
-                  reload_marker=Path(marker) if marker else None)
+                  predlog=predlog, metrics=metrics, reload_marker=Path(marker) if marker else None)
     app.extensions["credit_service"] = svc
 
     csrf = CSRFProtect(app)
@@ -116,7 +118,7 @@ def _install_hooks(app: Flask, svc: Service) -> None:
             message = exc.description or exc.name
         response = exc.get_response()  # keeps headers such as Allow on 405 (RFC 9110)
         if _is_api(request.path):
-            response.set_data(json.dumps({"error": message}))
+            response.set_data(app.json.dumps({"error": message}))
             response.mimetype = "application/json"
         else:
             response.set_data(f"{exc.code} {exc.name}: {message}\n")

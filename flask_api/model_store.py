@@ -82,7 +82,7 @@ def load_model(uri: str, settings: Settings) -> LoadedModel:
     profile = settings.profile if dataset == settings.dataset else build_profile(
         dataset, settings.raw["profiles"][dataset])
     scorer = Scorer(model.pipeline, meta, profile, top_reasons=settings.serve.top_reasons,
-                    refer_margin=settings.serve.refer_margin)
+                    refer_margin=settings.serve.refer_margin, num_threads=settings.serve.num_threads)
     loaded = LoadedModel(scorer=scorer, name=name, version=version, uri=uri,
                          loaded_at=datetime.now(UTC).isoformat(timespec="seconds"))
     log.info("loaded %s v%s from %s in %.1f s", name, version, uri, time.perf_counter() - started)

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,15 +83,16 @@ class Service:
         model = self.model()  # one reference for the whole request, even across a reload
         request_id = str(uuid.uuid4())
         results = model.scorer.score(rows, with_reasons=reasons)
-        self.metrics.rows_scored.labels(source).inc(len(rows))
-        for result in results:
-            self.metrics.probability.observe(result["probability_of_default"])
-            self.metrics.decisions.labels(result["decision"]).inc()
-        try:
-            self.predlog.write(request_id, source, model.name, model.version, rows, results)
+        try:  # queued; the log's writer thread commits it (and counts its own failures)
+            self.predlog.submit(request_id, source, model.name, model.version, rows, results)
         except Exception:  # the decision stands; the failure is counted and logged
             self.metrics.log_failures.inc(len(rows))
             log.exception("prediction log write failed for request %s (%d rows)", request_id, len(rows))
+        self.metrics.rows_scored.labels(source).inc(len(rows))
+        for result in results:
+            self.metrics.probability.observe(result["probability_of_default"])
+        for decision, count in Counter(r["decision"] for r in results).items():
+            self.metrics.decisions.labels(decision).inc(count)
         return request_id, model, results
 
     def reload(self) -> LoadedModel:

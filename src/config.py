@@ -229,6 +229,38 @@ class ServeSettings:
     refer_margin: float
     database_url: str
     bind: str
+    log_max_pending: int = 10_000
+    num_threads: int = 1
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """Where and how ``python -m src.deploy`` ships the service to AWS (ECR image, EC2 instances via SSM).
+
+    The defaults let a params.yaml without a ``deploy:`` section still load: only the
+    deploy CLI reads these, and every one of them can be overridden by a CLI flag.
+    """
+
+    region: str = "us-east-1"
+    env: str = "production"                # instances tagged Env=<env>; SSM parameters under <prefix>/<env>/
+    app: str = "credit-default"            # instances tagged App=<app>
+    repository: str = "credit-default"     # ECR repository name
+    container_name: str = "credit-default"
+    port: int = 8000                       # host port the container is published on (and smoke-tested)
+    container_port: int = 8000             # port gunicorn listens on inside the image
+    parameter_prefix: str = "/credit-default"
+    env_file: str = "/etc/credit-default/env"   # on the instance: passed to `docker run --env-file` when present
+    state_dir: str = "/var/lib/credit-default"  # on the instance: current-tag / previous-tag files
+    command_timeout: float = 600.0         # seconds for the SSM command on every instance
+    poll_interval: float = 3.0             # seconds between SSM status polls
+    smoke_url: str | None = None           # None: http://<instance public or private IP>:<port>
+    smoke_timeout: float = 180.0           # seconds to wait for /ready after a restart (model load)
+    http_timeout: float = 10.0             # seconds per smoke-test HTTP request
+    smoke_applicant: dict[str, Any] | None = None  # None: built from the service's /api/v1/schema
+
+    def parameter(self, name: str) -> str:
+        """SSM parameter path, e.g. /credit-default/production/current-tag."""
+        return f"{self.parameter_prefix.rstrip('/')}/{self.env}/{name}"
 
 
 @dataclass(frozen=True)
@@ -246,6 +278,7 @@ class Settings:
     gate: GateSettings
     serve: ServeSettings
     raw: dict[str, Any] = field(repr=False)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
 
     @property
     def registered_model_name(self) -> str:
@@ -370,6 +403,51 @@ def build_profile(name: str, raw: dict[str, Any]) -> Profile:
     )
 
 
+def deploy_settings(raw: dict[str, Any] | None) -> DeploySettings:
+    """Typed ``deploy:`` section; absent keys keep the defaults, bad values fail naming the key."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("params.yaml: 'deploy' must be a mapping")
+    defaults = DeploySettings()
+    known = set(DeploySettings.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"params.yaml: unknown key(s) in 'deploy': {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    for key in known:
+        value = raw.get(key, getattr(defaults, key))
+        default = getattr(defaults, key)
+        try:
+            if key == "smoke_applicant":
+                if value is not None and not isinstance(value, dict):
+                    raise TypeError
+            elif key == "smoke_url":
+                value = str(value) if value else None
+            elif isinstance(default, int):
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"params.yaml: 'deploy.{key}' has an unusable value {value!r}") from None
+        values[key] = value
+    settings = DeploySettings(**values)
+    for key in ("port", "container_port"):
+        if not 0 < getattr(settings, key) < 65536:
+            raise ConfigError(f"params.yaml: 'deploy.{key}' must be a TCP port, got {getattr(settings, key)}")
+    for key in ("command_timeout", "poll_interval", "smoke_timeout", "http_timeout"):
+        if getattr(settings, key) <= 0:
+            raise ConfigError(f"params.yaml: 'deploy.{key}' must be a positive number of seconds")
+    for key in ("region", "env", "app", "repository", "container_name"):
+        if not getattr(settings, key).strip():
+            raise ConfigError(f"params.yaml: 'deploy.{key}' must not be empty")
+    if not settings.parameter_prefix.startswith("/"):
+        raise ConfigError("params.yaml: 'deploy.parameter_prefix' must start with '/' (an SSM parameter path)")
+    return settings
+
+
 def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
     """Build settings from an already-parsed params mapping (used by tests)."""
     dataset = _require(params, "dataset", "")
@@ -449,9 +527,12 @@ def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
             top_reasons=int(_require(srv, "top_reasons", "serve")),
             refer_margin=float(_require(srv, "refer_margin", "serve")),
             database_url=str(_require(srv, "database_url", "serve")),
+            log_max_pending=int(srv.get("log_max_pending", 10_000)),
+            num_threads=int(srv.get("num_threads", 1)),
             bind=str(srv.get("bind", "127.0.0.1:8000")),
         ),
         raw=params,
+        deploy=deploy_settings(params.get("deploy")),
     )
 
 

@@ -74,13 +74,16 @@ class Scorer:
     """Encode plain applicant rows, score them with the booster, explain and decide."""
 
     def __init__(self, pipeline: Pipeline, meta: Mapping[str, Any], profile: Profile,
-                 top_reasons: int = 4, refer_margin: float = 0.05) -> None:
+                 top_reasons: int = 4, refer_margin: float = 0.05, num_threads: int = 0) -> None:
         self.pipeline = pipeline
         self.meta = dict(meta)
         self.profile = profile
         self.threshold = float(meta["threshold"])
         self.refer_margin = float(refer_margin)
         self.top_reasons = int(top_reasons)
+        # 0 = LightGBM's default (all cores, OpenMP). A server sets 1: its worker processes already
+        # use the cores, and OpenMP threads spinning against each other cost 10-100x on a busy box.
+        self.predict_options: dict[str, Any] = {"num_threads": int(num_threads)} if num_threads else {}
         model = pipeline.named_steps["model"]
         self.booster = model.booster_
         self.num_iteration = int(meta.get("best_iteration") or model.best_iteration_ or -1)
@@ -119,11 +122,13 @@ class Scorer:
 
     # -- scoring ------------------------------------------------------------------
     def probabilities(self, matrix: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.predict(matrix, num_iteration=self.num_iteration), dtype=np.float64)
+        return np.asarray(self.booster.predict(matrix, num_iteration=self.num_iteration, **self.predict_options),
+                          dtype=np.float64)
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """TreeSHAP log-odds contributions: one column per model column, then the bias."""
-        return np.asarray(self.booster.predict(matrix, num_iteration=self.num_iteration, pred_contrib=True))
+        return np.asarray(self.booster.predict(matrix, num_iteration=self.num_iteration, pred_contrib=True,
+                                               **self.predict_options))
 
     def decision(self, probability: float) -> str:
         if probability >= self.threshold:

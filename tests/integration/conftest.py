@@ -134,3 +134,28 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     finally:
         stop_process_group(proc)
         log.close()
+
+
+@pytest.fixture
+def moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real moto server (S3, ECR, EC2, SSM, IAM, STS...) on a free 127.0.0.1 port.
+
+    Sets AWS_ENDPOINT_URL and dummy credentials for this test (boto3 and DVC's s3
+    remote then talk to it as they would to AWS), and yields the endpoint URL.
+    """
+    port = free_port()
+    log = (tmp_path / "moto.log").open("w")
+    moto = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], env=tool_env(), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        wait_http(f"{endpoint}/moto-api/", proc=proc, timeout=60)
+        yield endpoint
+    finally:
+        stop_process_group(proc)
+        log.close()

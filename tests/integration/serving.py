@@ -266,8 +266,9 @@ def logged_rows(db_path: Path, after_id: int = 0) -> list[tuple[int, str]]:
 def settled_rows(db_path: Path, after_id: int, expected: int, timeout: float = 60.0) -> list[tuple[int, str]]:
     """Rows logged after ``after_id``, re-read until there are ``expected`` or they stop changing for a while.
 
-    The log is written before the response is sent, so this normally settles at once;
-    the wait only absorbs a busy disk, and a short count is still reported as such.
+    Each worker's writer thread commits its queued rows within milliseconds of the
+    response (and before the worker exits); the wait only absorbs that and a busy
+    disk, and a short count is still reported as such.
     """
     deadline = time.monotonic() + timeout
     rows = logged_rows(db_path, after_id)

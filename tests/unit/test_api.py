@@ -171,10 +171,19 @@ def test_a_failing_log_never_fails_the_prediction(client, app, monkeypatch: pyte
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(svc.predlog, "write", broken)
+    monkeypatch.setattr(svc.predlog, "_insert", broken)  # every attempt of the writer thread fails
     resp = client.post(PREDICT, json={"applicants": [applicant(app), applicant(app)]})
     assert resp.status_code == 200 and len(resp.json["results"]) == 2
+    assert svc.predlog.flush(timeout=10)
     assert "prediction_log_failures_total 2.0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_a_closed_log_is_counted_not_raised(client, app) -> None:
+    svc = app.extensions["credit_service"]
+    svc.predlog.close()
+    resp = client.post(PREDICT, json={"applicants": [applicant(app)] * 3})
+    assert resp.status_code == 200 and len(resp.json["results"]) == 3
+    assert "prediction_log_failures_total 3.0" in client.get("/metrics").get_data(as_text=True)
 
 
 def test_not_ready_until_a_model_is_loaded(trained_project: TrainedProject, tmp_path, monkeypatch) -> None:
@@ -244,3 +253,21 @@ def test_reload_on_one_worker_reaches_the_others(trained_project: TrainedProject
         time.sleep(0.1)
     assert second.extensions["credit_service"].model() is not before
     assert 'model_reloads_total{outcome="ok"} 2.0' in second.test_client().get("/metrics").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_standard_json_numbers_are_malformed_json(client, app, literal: str) -> None:
+    """NaN and Infinity are not JSON (the standard library would accept them): 400."""
+    row = applicant(app)
+    name = next(iter(row))
+    body = json.dumps({"applicants": [{**row, name: 0}]}).replace(f'"{name}": 0', f'"{name}": {literal}')
+    assert literal in body
+    resp = client.post(PREDICT, data=body, content_type="application/json")
+    assert resp.status_code == 400 and resp.json == {"error": "the request body is not valid JSON"}
+
+
+def test_responses_are_compact_json_in_request_order(client, app) -> None:
+    resp = client.post(PREDICT, json={"applicants": [applicant(app)], "reasons": False})
+    assert resp.mimetype == "application/json"
+    assert list(resp.json) == ["request_id", "model", "threshold", "results"]
+    assert list(resp.json["results"][0]) == ["probability_of_default", "decision"]

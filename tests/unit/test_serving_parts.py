@@ -1,0 +1,151 @@
+"""The serving hot path's parts on their own: the validation fast path and the queued prediction log."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flask_api.predlog import PredictionLog
+from flask_api.validation import FieldError, check_value, validate_applicants
+from src.config import Profile, build_profile
+from tests.conftest import load_params
+
+PROFILES = {name: build_profile(name, raw) for name, raw in load_params()["profiles"].items()}
+
+
+def reference(rows: list[Any], profile: Profile) -> tuple[list[dict[str, Any]], list[FieldError]]:
+    """validate_applicants spelled out field by field with check_value: what the fast path must equal."""
+    clean, errors = [], []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            errors.append(FieldError(i, "", "each applicant must be a JSON object"))
+            continue
+        errors += [FieldError(i, str(k), "is not a known field") for k in row if k not in profile.features]
+        out = {}
+        for name, spec in profile.features.items():
+            value, problem = check_value(spec, row.get(name), profile)
+            if problem:
+                errors.append(FieldError(i, name, problem))
+            out[name] = value
+        clean.append(out)
+    return clean, errors
+
+
+def value_for(spec: Any) -> st.SearchStrategy[Any]:
+    """Mostly valid values, and every near miss the fast path must hand to the slow one."""
+    odd = st.sampled_from([None, True, False, "", " ", math.inf, -math.inf, math.nan, 10**30, "12", [], {}])
+    if spec.is_categorical and spec.values:
+        codes = list(spec.values)
+        near = [f" {c} " if isinstance(c, str) else float(c) for c in codes]
+        return st.one_of(st.sampled_from(codes), st.sampled_from(near), odd, st.text(max_size=4))
+    if spec.is_categorical:
+        return st.one_of(st.text(max_size=6), odd)
+    low = spec.min if spec.min is not None else -1e6
+    high = spec.max if spec.max is not None else 1e6
+    return st.one_of(st.floats(low - 10, high + 10, allow_nan=False), st.integers(int(low) - 10, int(high) + 10),
+                     odd)
+
+
+@st.composite
+def rows_for(draw: st.DrawFn, profile: Profile) -> list[Any]:
+    rows = []
+    for _ in range(draw(st.integers(1, 3))):
+        row = {name: draw(value_for(spec)) for name, spec in profile.features.items()}
+        if draw(st.booleans()) and row:
+            row.pop(draw(st.sampled_from(sorted(row))))
+        if draw(st.integers(0, 9)) == 0:
+            row["unknown_field"] = 1
+        rows.append(row if draw(st.integers(0, 19)) else [row])
+    return rows
+
+
+@pytest.mark.parametrize("dataset", sorted(PROFILES))
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_fast_validation_equals_the_field_by_field_checks(dataset: str, data: st.DataObject) -> None:
+    profile = PROFILES[dataset]
+    rows = data.draw(rows_for(profile))
+    assert validate_applicants(rows, profile) == reference(rows, profile)
+
+
+def test_plain_valid_rows_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row of in-range numbers and known codes never reaches check_value (and a bad one does)."""
+    profile = PROFILES["taiwan_credit"]
+    calls = []
+    from flask_api import validation  # noqa: PLC0415
+
+    real = validation.check_value
+    monkeypatch.setattr(validation, "check_value", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
+    row = {name: (next(iter(spec.values)) if spec.is_categorical else (spec.min or 0) + 1)
+           for name, spec in profile.features.items()}
+    clean, errors = validate_applicants([row], profile)
+    assert not errors and not calls and clean[0]["limit_bal"] == float(row["limit_bal"])
+    _, errors = validate_applicants([{**row, "age": -5}], profile)
+    assert [e.field for e in errors] == ["age"] and calls
+
+
+# --- the prediction log -------------------------------------------------------------------------------------------
+
+
+def scored(n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rows = [{"x": i, "label": f"row {i}"} for i in range(n)]
+    return rows, [{"probability_of_default": i / 10, "decision": "approve"} for i in range(n)]
+
+
+def test_concurrent_submissions_are_all_written_by_close(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    log = PredictionLog(url)
+    expected = 0
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        nonlocal expected
+        for i in range(60):
+            n = 1 + (i + index) % 3
+            log.submit(f"{index}-{i}", "api", "model", "7", *scored(n))
+            with lock:
+                expected += n
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()  # returns only once everything queued is committed
+    again = PredictionLog(url)  # a fresh engine: the rows are in the file, not just in a cache
+    try:
+        assert again.count() == expected == 8 * sum(1 + i % 3 for i in range(60))
+    finally:
+        again.close()
+
+
+def test_failed_writes_are_retried_then_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failures: list[int] = []
+    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", on_failure=failures.append)
+    attempts = []
+    real_insert = log._insert
+
+    def flaky(records: list[dict[str, Any]]) -> None:
+        attempts.append(len(records))
+        if len(attempts) == 1:
+            raise OSError("database is locked")
+        real_insert(records)
+
+    monkeypatch.setattr(log, "_insert", flaky)
+    log.submit("r1", "api", "m", "1", *scored(4))
+    assert log.flush(10)
+    assert failures == [] and log.count() == 4 and attempts == [4, 4]  # retried once, then written
+
+    monkeypatch.setattr(log, "_insert", lambda records: (_ for _ in ()).throw(OSError("disk full")))
+    log.submit("r2", "api", "m", "1", *scored(3))
+    assert log.flush(10)
+    assert failures == [3] and log.count() == 4
+    log.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        log.submit("r3", "api", "m", "1", *scored(1))
