@@ -16,11 +16,11 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 PIPENV := $(PYTHON) -m pipenv
 
-.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve
+.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check
 
 run: install data repro metrics serve  ## install, link data, run the pipeline, print the metrics, serve the model
 
-test: install-dev data  ## install dev dependencies and run every test
+test: install-dev data checkov  ## install dev dependencies (and checkov, in its own venv) and run every test
 	$(PIPENV) run pytest $(PYTEST_ARGS)
 
 pipenv:
@@ -71,6 +71,23 @@ registry: install  ## versions, aliases and gate decisions of the current profil
 
 lint: install-dev
 	$(PIPENV) run ruff check .
+
+# checkov (security scan of infra/terraform) pins dependencies that conflict with
+# dvc's, so it lives in its own venv, outside the Pipfile. The tests run
+# .tools/checkov/bin/checkov (or $$CHECKOV_BIN); .ci/run calls this target first.
+CHECKOV_VERSION ?= 3.3.30
+CHECKOV_VENV := .tools/checkov
+checkov:  ## install checkov==$(CHECKOV_VERSION) into .tools/checkov (no-op when it is there)
+	@if [ "$$($(CHECKOV_VENV)/bin/checkov --version 2>/dev/null)" != "$(CHECKOV_VERSION)" ]; then \
+	  echo "installing checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV)"; \
+	  rm -rf $(CHECKOV_VENV) && $(PYTHON) -m venv $(CHECKOV_VENV) && \
+	  $(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check "checkov==$(CHECKOV_VERSION)" 2>&1 \
+	    | grep -v "is ignored: it is neither a file nor a directory" || true; \
+	fi
+	@$(CHECKOV_VENV)/bin/checkov --version >/dev/null && echo "checkov $(CHECKOV_VERSION): $(CHECKOV_VENV)/bin/checkov"
+
+infra-check: checkov  ## checkov over infra/terraform (what tests/integration/test_terraform.py asserts)
+	$(CHECKOV_VENV)/bin/checkov -d infra/terraform --framework terraform --compact --quiet --skip-download
 
 bench: install-dev data
 	$(PIPENV) run python bench/pipeline.py

@@ -1,0 +1,163 @@
+"""``python -m src.deploy``: the command line the GitHub workflows (and people) use to ship the service.
+
+    python -m src.deploy ensure-registry [--name NAME]   # ECR repository, scan on push, immutable tags; prints URI
+    python -m src.deploy release TAG [--smoke-url URL]   # SSM pull + restart, smoke test, rollback on failure
+    python -m src.deploy status                          # current tag, last release and command, instances
+    python -m src.deploy config                          # key=value lines for $GITHUB_OUTPUT
+    python -m src.deploy promoted [--before FILE]        # did metrics/gate.json record a new champion?
+
+Defaults come from params.yaml's ``deploy:`` section; flags override them. Exit
+codes: 0 done; 1 the release failed (rolled back when there was a tag to return
+to) or AWS refused; 2 nothing to release to or with (no instances, repository,
+image) or bad configuration. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from src.common import PipelineError, setup_logging
+from src.config import PARAMS_FILE, ConfigError, DeploySettings, deploy_settings, load_settings
+from src.deploy import champion, release
+from src.deploy import ecr as ecr_ops
+from src.deploy.errors import EXIT_FAILED, EXIT_MISSING, DeployError
+
+log = logging.getLogger("src.deploy")
+
+# CLI flag -> DeploySettings field (None = keep params.yaml's value).
+OVERRIDES = ("region", "env", "app", "repository", "port", "smoke_url", "command_timeout", "smoke_timeout",
+             "poll_interval", "http_timeout")
+
+
+def _common_flags(top: bool) -> argparse.ArgumentParser:
+    """Flags accepted before and after the command; a subcommand's copy must not reset what came before it."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=None if top else argparse.SUPPRESS)
+    common.add_argument("--params", type=Path, help="params file (default: params.yaml)",
+                        **({"default": Path(PARAMS_FILE)} if top else {}))
+    common.add_argument("--region", help="AWS region (deploy.region)")
+    common.add_argument("--env", help="environment: instances tagged Env=ENV (deploy.env)")
+    common.add_argument("--app", help="application: instances tagged App=APP (deploy.app)")
+    common.add_argument("--repository", help="ECR repository name (deploy.repository)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_flags(top=False)
+    parser = argparse.ArgumentParser(prog="python -m src.deploy", parents=[_common_flags(top=True)],
+                                     description="Ship the scoring service to AWS (ECR + EC2 via SSM).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    reg = sub.add_parser("ensure-registry", parents=[common], help="create or fix the ECR repository; print its URI")
+    reg.add_argument("--name", dest="repository_name", help="repository name (default: deploy.repository)")
+    rel = sub.add_parser("release", parents=[common], help="deploy TAG to every instance, smoke-test, roll back")
+    rel.add_argument("tag", help="image tag in the ECR repository (the workflows use the git SHA)")
+    rel.add_argument("--smoke-url", help="base URL to smoke-test (default: each instance's IP and deploy.port)")
+    rel.add_argument("--port", type=int, help="host port of the service (deploy.port)")
+    rel.add_argument("--command-timeout", type=float, help="seconds for the SSM command (deploy.command_timeout)")
+    rel.add_argument("--smoke-timeout", type=float, help="seconds to wait for /ready (deploy.smoke_timeout)")
+    rel.add_argument("--poll-interval", type=float, help="seconds between status polls (deploy.poll_interval)")
+    rel.add_argument("--http-timeout", type=float, help="seconds per smoke request (deploy.http_timeout)")
+    sub.add_parser("status", parents=[common], help="current tag, last release and command, instances")
+    sub.add_parser("config", parents=[common], help="effective deploy settings as key=value lines")
+    pro = sub.add_parser("promoted", parents=[common],
+                         help="print promoted=true|false (and the new champion) from the register stage's report")
+    pro.add_argument("--gate", type=Path, default=Path("metrics/gate.json"), help="report after dvc repro")
+    pro.add_argument("--before", type=Path, help="copy of the report saved before dvc repro")
+    return parser
+
+
+def effective_settings(args: argparse.Namespace) -> DeploySettings:
+    """params.yaml's deploy section with the CLI's overrides, validated by the same rules."""
+    base = load_settings(args.params).deploy
+    overrides = {key: getattr(args, key) for key in OVERRIDES if getattr(args, key, None) is not None}
+    return deploy_settings({**asdict(base), **overrides}) if overrides else base
+
+
+def _write(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+def print_status(st: release.Status, cfg: DeploySettings) -> None:
+    _write(f"environment   {st.env} (region {st.region}, instances tagged App={cfg.app}, Env={st.env})")
+    _write(f"current tag   {st.current_tag or '-'}   ({cfg.parameter(release.CURRENT_TAG)})")
+    last = st.last_release
+    if last:
+        _write(f"last release  {last.get('tag')} ({last.get('outcome')}; previous {last.get('previous') or '-'}) "
+               f"at {last.get('at')} by {last.get('by')}")
+        if last.get("reason"):
+            _write(f"              {last['reason']}")
+    else:
+        _write("last release  -")
+    cmd = st.last_command
+    if cmd:
+        _write(f"last command  {cmd.get('CommandId')} {cmd.get('Status')} ({cmd.get('Comment', '')}, "
+               f"requested {cmd.get('RequestedDateTime')})")
+    else:
+        _write("last command  -")
+    _write(f"instances     {len(st.instances)}")
+    for inst in st.instances:
+        _write(f"  {inst.id:<20} {inst.state:<10} public {inst.public_ip or '-':<15} "
+               f"private {inst.private_ip or '-':<15} {inst.name or ''}".rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "promoted":
+        before = champion.read_report(args.before)
+        after = champion.read_report(args.gate)
+        for key, value in champion.outputs(after, before).items():
+            _write(f"{key}={value}")
+        return
+    cfg = effective_settings(args)
+    if args.command == "config":
+        settings = load_settings(args.params)
+        for key in ("region", "env", "app", "repository", "port"):
+            _write(f"{key}={getattr(cfg, key)}")
+        _write(f"current_tag_parameter={cfg.parameter(release.CURRENT_TAG)}")
+        _write(f"model_name={settings.registered_model_name}")
+        _write(f"model_uri={settings.serve.model_uri or f'models:/{settings.registered_model_name}@champion'}")
+        return
+    aws = release.connect(cfg.region)
+    if args.command == "ensure-registry":
+        repo = ecr_ops.ensure_repository(aws.ecr, args.repository_name or cfg.repository)
+        _write(repo.uri)
+    elif args.command == "release":
+        outcome = release.release(aws, cfg, args.tag)
+        _write(f"released {outcome.tag} to {', '.join(outcome.instances)} (previous: {outcome.previous or '-'})")
+    elif args.command == "status":
+        print_status(release.status(aws, cfg), cfg)
+
+
+def _aws_message(exc: ClientError | BotoCoreError) -> str:
+    if isinstance(exc, ClientError):
+        err: dict[str, Any] = exc.response.get("Error", {})
+        return f"AWS {exc.operation_name} failed: {err.get('Code')}: {err.get('Message')}"
+    return f"AWS: {exc}"
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Entry point: logging, then every expected failure as one line with its exit code."""
+    setup_logging()
+    if logging.getLogger().level > logging.DEBUG:  # "found credentials / endpoint" on every client is noise
+        for name in ("botocore", "boto3", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        main(argv)
+    except DeployError as exc:
+        log.error("%s", exc)
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_MISSING)
+    except PipelineError as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_FAILED)
+    except (ClientError, BotoCoreError) as exc:
+        log.error("%s", _aws_message(exc))
+        sys.exit(EXIT_FAILED)

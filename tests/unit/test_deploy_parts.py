@@ -1,0 +1,249 @@
+"""Parts of src.deploy that the moto server cannot exercise (tests/integration/test_deploy.py covers the rest).
+
+- The instance-side release script, run by a real /bin/sh (dash on Debian, as on Ubuntu
+  instances) against stand-in `docker` and `aws` commands that record their arguments.
+- SSM command failures and timeouts: moto reports every command as Success at once, so
+  ``wait_for_command`` is driven by a scripted client returning what real SSM returns.
+- The smoke-test applicant, built from the real /api/v1/schema of every dataset profile,
+  must pass the service's own validator.
+- deploy settings, CLI flag overrides, and the retrain workflow's "new champion?" check.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from flask_api.validation import applicant_json_schema, validate_applicants
+from src.config import ConfigError, DeploySettings, build_profile, deploy_settings
+from src.deploy import champion, cli, fleet
+from src.deploy.errors import DeployError
+from src.deploy.smoke import check_prediction, example_applicant
+from tests.conftest import ALL_DATASETS, load_params
+
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/credit-default"
+
+# A stand-in docker: logs each call; `inspect` reports the running container's image from a file;
+# `pull` of a tag containing "missing" fails like a real pull of an unknown tag.
+FAKE_DOCKER = """#!/bin/sh
+echo "docker $*" >> "$CALLS"
+case "$1" in
+  inspect) [ -f "$FAKE/running" ] && cat "$FAKE/running" && exit 0; exit 1 ;;
+  pull) case "$2" in *missing*) echo "manifest unknown" >&2; exit 1 ;; esac ;;
+  run) for last; do :; done; echo "$last" > "$FAKE/running" ;;
+  rm) rm -f "$FAKE/running" ;;
+esac
+exit 0
+"""
+FAKE_AWS = """#!/bin/sh
+echo "aws $*" >> "$CALLS"
+echo password
+"""
+
+
+def _executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> dict[str, Any]:
+    """A pretend instance: PATH with fake docker/aws, a state dir, an env file location."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _executable(bin_dir / "docker", FAKE_DOCKER)
+    _executable(bin_dir / "aws", FAKE_AWS)
+    cfg = replace(DeploySettings(), state_dir=str(tmp_path / "state dir"), env_file=str(tmp_path / "app.env"))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(tmp_path / "calls"), "FAKE": str(tmp_path)}
+    return {"cfg": cfg, "env": env, "root": tmp_path}
+
+
+def run_script(instance: dict[str, Any], tag: str) -> subprocess.CompletedProcess[str]:
+    lines = fleet.release_script(f"{IMAGE}:{tag}", tag, instance["cfg"], "eu-west-1")
+    return subprocess.run(["/bin/sh", "-c", "\n".join(lines)], env=instance["env"], capture_output=True, text=True,
+                          timeout=30, check=False)
+
+
+def calls(instance: dict[str, Any]) -> list[str]:
+    path = Path(instance["env"]["CALLS"])
+    lines = path.read_text().splitlines() if path.exists() else []
+    path.unlink(missing_ok=True)
+    return lines
+
+
+def test_release_script_first_install_then_upgrade_records_tags(instance: dict[str, Any]) -> None:
+    state = Path(instance["cfg"].state_dir)
+    proc = run_script(instance, "v1")
+    assert proc.returncode == 0, proc.stderr
+    log = calls(instance)
+    assert log[0] == "aws ecr get-login-password --region eu-west-1"
+    assert log[1] == "docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    assert log[2] == f"docker pull {IMAGE}:v1"
+    assert log[-1] == (f"docker run -d --name credit-default --restart unless-stopped -p 8000:8000 {IMAGE}:v1")
+    assert (state / "current-tag").read_text() == "v1\n"
+    assert not (state / "previous-tag").exists()
+
+    Path(instance["cfg"].env_file).write_text("SECRET_KEY=x\n")
+    proc = run_script(instance, "v2")
+    assert proc.returncode == 0, proc.stderr
+    log = calls(instance)
+    assert log.index("docker stop credit-default") < log.index("docker rm credit-default") < len(log) - 1
+    assert log[-1].endswith(f"-p 8000:8000 --env-file {instance['cfg'].env_file} {IMAGE}:v2")
+    assert (state / "previous-tag").read_text() == "v1\n"
+    assert (state / "current-tag").read_text() == "v2\n"
+    assert f"now running {IMAGE}:v2 (previously: {IMAGE}:v1)" in proc.stdout
+
+
+def test_release_script_stops_before_touching_the_container_when_the_pull_fails(instance: dict[str, Any]) -> None:
+    assert run_script(instance, "v1").returncode == 0
+    calls(instance)
+    proc = run_script(instance, "missing")
+    assert proc.returncode != 0
+    assert not any(c.startswith(("docker stop", "docker rm", "docker run")) for c in calls(instance))
+    assert (Path(instance["cfg"].state_dir) / "current-tag").read_text() == "v1\n"
+
+
+def test_release_script_quotes_what_it_is_given(instance: dict[str, Any]) -> None:
+    cfg = replace(instance["cfg"], container_name="name with 'quote'")
+    lines = fleet.release_script(f"{IMAGE}:v1", "v1; rm -rf /", cfg, "eu-west-1")
+    proc = subprocess.run(["/bin/sh", "-c", "\n".join(lines)], env=instance["env"], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert (Path(cfg.state_dir) / "current-tag").read_text() == "v1; rm -rf /\n"
+    assert "docker stop name with 'quote'" in calls(instance)
+
+
+# --- waiting for SSM ---------------------------------------------------------------------------------
+
+class ScriptedSsm:
+    """Answers get_command_invocation from a per-instance list of statuses (last one repeats)."""
+
+    def __init__(self, statuses: dict[str, list[str]]) -> None:
+        self.statuses = statuses
+
+    def get_command_invocation(self, CommandId: str, InstanceId: str) -> dict[str, Any]:
+        queue = self.statuses[InstanceId]
+        status = queue.pop(0) if len(queue) > 1 else queue[0]
+        if status == "missing":
+            raise ClientError({"Error": {"Code": "InvocationDoesNotExist", "Message": ""}}, "GetCommandInvocation")
+        return {"Status": status, "StandardOutputContent": "pulling",
+                "StandardErrorContent": "Error response from daemon: manifest unknown" if status == "Failed" else ""}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+INSTANCES = [fleet.Instance("i-1", "running", None, "10.0.0.1"), fleet.Instance("i-2", "running", None, "10.0.0.2")]
+
+
+def test_wait_for_command_tolerates_not_yet_registered_invocations() -> None:
+    ssm = ScriptedSsm({"i-1": ["missing", "Pending", "InProgress", "Success"], "i-2": ["InProgress", "Success"]})
+    clock = FakeClock()
+    result = fleet.wait_for_command(ssm, "c1", INSTANCES, timeout=60, poll_interval=1, sleep=clock.sleep, clock=clock)
+    assert [(r.instance_id, r.status) for r in result] == [("i-1", "Success"), ("i-2", "Success")]
+
+
+def test_wait_for_command_names_the_failed_instance_and_its_error() -> None:
+    ssm = ScriptedSsm({"i-1": ["Success"], "i-2": ["InProgress", "Failed"]})
+    clock = FakeClock()
+    with pytest.raises(DeployError, match=r"failed on 1 of 2 instance\(s\): i-2: Failed \(.*manifest unknown\)"):
+        fleet.wait_for_command(ssm, "c1", INSTANCES, timeout=60, poll_interval=1, sleep=clock.sleep, clock=clock)
+
+
+def test_wait_for_command_gives_up_after_the_timeout_naming_the_pending_instances() -> None:
+    ssm = ScriptedSsm({"i-1": ["Success"], "i-2": ["InProgress"]})
+    clock = FakeClock()
+    with pytest.raises(DeployError, match=r"still running after 30 s on i-2 "):
+        fleet.wait_for_command(ssm, "c1", INSTANCES, timeout=30, poll_interval=5, sleep=clock.sleep, clock=clock)
+    assert clock.now == 30
+
+
+# --- smoke-test applicant and answers ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset", ALL_DATASETS)
+def test_smoke_applicant_from_the_published_schema_passes_the_services_validator(dataset: str) -> None:
+    profile = build_profile(dataset, load_params()["profiles"][dataset])
+    applicant = example_applicant(applicant_json_schema(profile))
+    rows, problems = validate_applicants([applicant], profile)
+    assert problems == [] and len(rows) == 1
+
+
+@pytest.mark.parametrize(("status", "body", "problem"), [
+    (200, {"results": [{"probability_of_default": 0.2, "decision": "refer"}]}, None),
+    (503, {"error": "no model loaded yet"}, "answered 503: no model loaded yet"),
+    (0, "Connection refused", "answered no connection"),
+    (200, {"results": []}, "without one result"),
+    (200, {"results": [{"probability_of_default": "0.2", "decision": "approve"}]}, "not a number in [0, 1]"),
+    (200, {"results": [{"probability_of_default": 0.2, "decision": "maybe"}]}, "decision 'maybe'"),
+])
+def test_check_prediction(status: int, body: Any, problem: str | None) -> None:
+    found = check_prediction(status, body)
+    assert found == problem if problem is None else problem in found
+
+
+# --- settings and CLI ----------------------------------------------------------------------------------
+
+def test_deploy_settings_defaults_overrides_and_errors() -> None:
+    assert deploy_settings(None) == DeploySettings()
+    assert deploy_settings(load_params()["deploy"]).parameter("current-tag") == "/credit-default/production/current-tag"
+    with pytest.raises(ConfigError, match=r"unknown key.*'deploy': regoin"):
+        deploy_settings({"regoin": "x"})
+    with pytest.raises(ConfigError, match=re.escape("'deploy.port' must be a TCP port")):
+        deploy_settings({"port": 70000})
+    with pytest.raises(ConfigError, match=re.escape("'deploy.smoke_timeout' has an unusable value 'soon'")):
+        deploy_settings({"smoke_timeout": "soon"})
+    with pytest.raises(ConfigError, match=re.escape("parameter_prefix' must start with '/'")):
+        deploy_settings({"parameter_prefix": "credit"})
+
+
+def test_cli_flags_override_params_before_or_after_the_command() -> None:
+    parser = cli.build_parser()
+    before = cli.effective_settings(parser.parse_args(["--env", "staging", "--region", "eu-west-1", "status"]))
+    after = cli.effective_settings(parser.parse_args(["release", "abc", "--env", "staging", "--port", "9000",
+                                                      "--smoke-url", "http://lb:80/"]))
+    assert (before.env, before.region) == ("staging", "eu-west-1")
+    assert (after.env, after.port, after.smoke_url, after.region) == ("staging", 9000, "http://lb:80/",
+                                                                      load_params()["deploy"]["region"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["release"])  # TAG is required
+
+
+@pytest.mark.parametrize(("after", "before", "promoted"), [
+    ({"version": 4, "decision": "passed", "registered_model": "m"}, {"version": 3, "decision": "passed"}, True),
+    ({"version": 1, "decision": "passed", "registered_model": "m"}, None, True),
+    ({"version": 4, "decision": "failed", "registered_model": "m"}, {"version": 3}, False),
+    ({"version": 3, "decision": "passed", "already_registered": True}, None, False),
+    ({"version": 3, "decision": "passed"}, {"version": 3, "decision": "passed"}, False),  # register did not run
+    (None, None, False),
+])
+def test_champion_promoted(after: Any, before: Any, promoted: bool) -> None:
+    assert champion.champion_promoted(after, before) is promoted
+    out = champion.outputs(after, before)
+    assert out["promoted"] == str(promoted).lower()
+    if promoted:
+        assert out["model_uri"] == f"models:/m/{after['version']}"
+
+
+def test_promoted_command_prints_github_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gate = tmp_path / "gate.json"
+    gate.write_text('{"registered_model": "credit-default-taiwan_credit", "version": 7, "decision": "passed"}')
+    cli.main(["promoted", "--gate", str(gate), "--before", str(tmp_path / "absent.json")])
+    assert capsys.readouterr().out.splitlines() == [
+        "promoted=true", "model=credit-default-taiwan_credit", "version=7",
+        "model_uri=models:/credit-default-taiwan_credit/7"]
+
