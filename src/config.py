@@ -8,15 +8,18 @@ params.yaml fails once, early, with a message naming the key, rather than as a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 PARAMS_FILE = "params.yaml"
 
 FeatureType = Literal["numeric", "categorical"]
+T = TypeVar("T")
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -403,37 +406,59 @@ def build_profile(name: str, raw: dict[str, Any]) -> Profile:
     )
 
 
-def deploy_settings(raw: dict[str, Any] | None) -> DeploySettings:
-    """Typed ``deploy:`` section; absent keys keep the defaults, bad values fail naming the key."""
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the type ``hint`` names (``int``, ``float | None``, ``dict[str, Any] | None``...)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in args:
+        return None
+    base = next(a for a in args if a is not type(None))
+    base = typing.get_origin(base) or base
+    try:
+        if base is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if base in (int, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return base(value)
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise TypeError
+            return str(value)
+        if base in (dict, list):
+            if not isinstance(value, base):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"params.yaml: '{where}' has an unusable value {value!r} (expected {base.__name__})")
+
+
+def section_settings(cls: type[T], raw: Any, name: str) -> T:
+    """A typed, defaulted params.yaml section: absent keys keep the dataclass defaults.
+
+    Unknown keys and values of the wrong type fail naming the key, so a typo in an
+    optional section is caught when the settings load, not when the command runs.
+    """
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise ConfigError("params.yaml: 'deploy' must be a mapping")
-    defaults = DeploySettings()
-    known = set(DeploySettings.__dataclass_fields__)
+        raise ConfigError(f"params.yaml: '{name}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"params.yaml: unknown key(s) in 'deploy': {', '.join(unknown)}; "
+        raise ConfigError(f"params.yaml: unknown key(s) in '{name}': {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(known))}")
-    values: dict[str, Any] = {}
-    for key in known:
-        value = raw.get(key, getattr(defaults, key))
-        default = getattr(defaults, key)
-        try:
-            if key == "smoke_applicant":
-                if value is not None and not isinstance(value, dict):
-                    raise TypeError
-            elif key == "smoke_url":
-                value = str(value) if value else None
-            elif isinstance(default, int):
-                value = int(value)
-            elif isinstance(default, float):
-                value = float(value)
-            else:
-                value = str(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"params.yaml: 'deploy.{key}' has an unusable value {value!r}") from None
-        values[key] = value
-    settings = DeploySettings(**values)
+    values = {key: _coerce(raw[key], hints[key], f"{name}.{key}") for key in known if key in raw}
+    return cls(**values)
+
+
+def deploy_settings(raw: dict[str, Any] | None) -> DeploySettings:
+    """Typed ``deploy:`` section; absent keys keep the defaults, bad values fail naming the key."""
+    settings = section_settings(DeploySettings, raw, "deploy")
     for key in ("port", "container_port"):
         if not 0 < getattr(settings, key) < 65536:
             raise ConfigError(f"params.yaml: 'deploy.{key}' must be a TCP port, got {getattr(settings, key)}")
