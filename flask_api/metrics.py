@@ -8,7 +8,10 @@ app gets its own registry, so building several apps in one process is fine.
 
 from __future__ import annotations
 
+import bisect
 import os
+from collections import Counter as Tally
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +25,26 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PROBABILITY_BUCKETS = tuple(round(x / 20, 2) for x in range(1, 21))
+
+
+def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
+    """``histogram.observe(v)`` for every value, with one write per touched bucket instead of one per value.
+
+    A 1000-row request would otherwise make 2000 multiprocess-file writes (sum and
+    bucket per row), about a quarter of its CPU. prometheus_client has no batch
+    observe, so this uses the (pinned) Histogram's ``_upper_bounds``, ``_buckets`` and
+    ``_sum``, exactly as its ``observe`` does; a unit test checks both give the same
+    exposition.
+    """
+    values = list(values)
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    tally = Tally(bisect.bisect_left(bounds, v) for v in values)  # first bound >= v, as observe() picks
+    histogram._sum.inc(sum(values))
+    for index, count in tally.items():
+        if index < len(bounds):  # +Inf is always the last bound, so every finite value lands in a bucket
+            histogram._buckets[index].inc(count)
 
 
 def multiprocess_mode() -> bool:

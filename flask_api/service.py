@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import current_app
 
-from flask_api.metrics import Metrics
+from flask_api.metrics import Metrics, observe_many
 from flask_api.model_store import LoadedModel, ModelHolder
 from flask_api.predlog import PredictionLog
 from src.config import Settings
@@ -89,8 +89,7 @@ class Service:
             self.metrics.log_failures.inc(len(rows))
             log.exception("prediction log write failed for request %s (%d rows)", request_id, len(rows))
         self.metrics.rows_scored.labels(source).inc(len(rows))
-        for result in results:
-            self.metrics.probability.observe(result["probability_of_default"])
+        observe_many(self.metrics.probability, (r["probability_of_default"] for r in results))
         for decision, count in Counter(r["decision"] for r in results).items():
             self.metrics.decisions.labels(decision).inc(count)
         return request_id, model, results

@@ -267,6 +267,53 @@ class DeploySettings:
 
 
 @dataclass(frozen=True)
+class RetrainSettings:
+    """The retraining loop (``make retrain``, ``python -m src.modeling.retrain``); see README "Retraining"."""
+
+    pull: bool = True                 # `dvc pull --allow-missing` before the repro
+    push: bool = True                 # `dvc push` after it
+    remote: str | None = None         # DVC remote for pull/push (None: the default one in .dvc/config)
+    reload_url: str | None = None     # running service to reload (None: http://<serve.bind>)
+    reload_timeout: float = 60.0      # seconds for the reload and for /ready to report the new version
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """Drift and performance monitoring (``python -m src.monitoring``); see README "Monitoring"."""
+
+    psi_bins: int = 10                 # quantile bins of the reference for numeric features and the score
+    psi_epsilon: float = 0.0001        # a bin's share is floored at this, so an empty bin keeps PSI finite
+    psi_moderate: float = 0.1          # PSI bands: below -> none; up to psi_significant -> moderate
+    psi_significant: float = 0.25      # at or above -> significant
+    drift_flag_band: str = "moderate"  # a feature / the score at or above this band counts as drifted
+    drift_min_rows: int = 100          # fewer batch rows: PSI is mostly noise; logged as a warning
+    report_sample_rows: int = 5000     # rows of reference and of batch in the Evidently HTML report
+    sample_seed: int = 42
+    calibration_bins: int = 10         # performance: quantile bins of the predicted probability
+    max_auc_drop: float = 0.05         # decay: ROC-AUC below the model's test ROC-AUC minus this
+    performance_min_rows: int = 100    # fewer labelled rows (overall or in a period): decay not judged
+    exporter_bind: str = "127.0.0.1:9108"  # `python -m src.monitoring exporter` listens here
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Batch scoring (``python -m src.modeling.predict``); see README "Batch scoring"."""
+
+    chunk_rows: int = 100_000              # rows read, validated and scored at a time: bounds memory
+    csv_block_bytes: int = 8_388_608       # CSV read block; a block never holds more than chunk_rows rows
+    log_every_rows: int = 1_000_000        # a progress line (rows, rows/s) every this many input rows
+    num_threads: int = 0                   # LightGBM threads in the pandas engine (0 = all cores)
+    compression: str = "snappy"            # Parquet codec of the scored and rejects files
+    dask_workers: int = 2                  # --engine dask without --scheduler: LocalCluster worker processes
+    dask_threads_per_worker: int = 1       # ...threads each (and LightGBM threads per partition)
+    dask_partition_bytes: int = 33_554_432  # input bytes per Dask partition (read_parquet / read_csv blocksize)
+    example_input: str = "data/processed/test.parquet"     # the DVC stage `score`: the held-out test split...
+    example_output: str = "data/scored/test_scored.parquet"  # ...scored as a "new batch" into this file
+    example_rejects: str = "data/scored/test_scored.rejects.parquet"  # ...its rejected rows here
+    example_summary: str = "metrics/score_summary.json"     # ...and its counts here
+
+
+@dataclass(frozen=True)
 class Settings:
     dataset: str
     profile: Profile
@@ -282,6 +329,9 @@ class Settings:
     serve: ServeSettings
     raw: dict[str, Any] = field(repr=False)
     deploy: DeploySettings = field(default_factory=DeploySettings)
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
 
     @property
     def registered_model_name(self) -> str:
@@ -473,6 +523,49 @@ def deploy_settings(raw: dict[str, Any] | None) -> DeploySettings:
     return settings
 
 
+BATCH_COMPRESSIONS = ("snappy", "zstd", "gzip", "lz4", "brotli", "none")
+
+
+def batch_settings(raw: dict[str, Any] | None) -> BatchSettings:
+    """Typed ``batch:`` section; absent keys keep the defaults, unusable values fail naming the key."""
+    settings = section_settings(BatchSettings, raw, "batch")
+    for key in ("chunk_rows", "csv_block_bytes", "log_every_rows", "dask_workers", "dask_threads_per_worker",
+                "dask_partition_bytes"):
+        if getattr(settings, key) < 1:
+            raise ConfigError(f"params.yaml: 'batch.{key}' must be a positive number, got {getattr(settings, key)}")
+    if settings.num_threads < 0:
+        raise ConfigError(f"params.yaml: 'batch.num_threads' must be 0 (all cores) or more, got {settings.num_threads}")
+    if settings.compression not in BATCH_COMPRESSIONS:
+        raise ConfigError(f"params.yaml: 'batch.compression' must be one of {', '.join(BATCH_COMPRESSIONS)}, "
+                          f"got {settings.compression!r}")
+    return settings
+
+
+def monitoring_settings(raw: dict[str, Any] | None) -> MonitoringSettings:
+    """Typed ``monitoring:`` section; absent keys keep the defaults, inconsistent values fail naming the key."""
+    settings = section_settings(MonitoringSettings, raw, "monitoring")
+    for key in ("psi_bins", "report_sample_rows", "calibration_bins"):
+        if getattr(settings, key) < 2:
+            raise ConfigError(f"params.yaml: 'monitoring.{key}' must be at least 2, got {getattr(settings, key)}")
+    if not 0 < settings.psi_epsilon < 0.01:
+        raise ConfigError(f"params.yaml: 'monitoring.psi_epsilon' must be in (0, 0.01), got {settings.psi_epsilon}")
+    if not 0 < settings.psi_moderate < settings.psi_significant:
+        raise ConfigError("params.yaml: 'monitoring.psi_moderate' must be positive and below "
+                          f"'monitoring.psi_significant' (got {settings.psi_moderate} and {settings.psi_significant})")
+    if settings.drift_flag_band not in ("moderate", "significant"):
+        raise ConfigError("params.yaml: 'monitoring.drift_flag_band' must be moderate or significant, "
+                          f"got {settings.drift_flag_band!r}")
+    if not 0 <= settings.max_auc_drop < 1:
+        raise ConfigError(f"params.yaml: 'monitoring.max_auc_drop' must be in [0, 1), got {settings.max_auc_drop}")
+    for key in ("drift_min_rows", "performance_min_rows"):
+        if getattr(settings, key) < 1:
+            raise ConfigError(f"params.yaml: 'monitoring.{key}' must be a positive row count")
+    host, _, port = settings.exporter_bind.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"params.yaml: 'monitoring.exporter_bind' must be host:port, got {settings.exporter_bind!r}")
+    return settings
+
+
 def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
     """Build settings from an already-parsed params mapping (used by tests)."""
     dataset = _require(params, "dataset", "")
@@ -558,6 +651,9 @@ def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
         ),
         raw=params,
         deploy=deploy_settings(params.get("deploy")),
+        retrain=section_settings(RetrainSettings, params.get("retrain"), "retrain"),
+        monitoring=monitoring_settings(params.get("monitoring")),
+        batch=batch_settings(params.get("batch")),
     )
 
 

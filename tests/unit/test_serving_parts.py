@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import multiprocess as mp
+from prometheus_client import values as prom_values
 
+from flask_api.metrics import PROBABILITY_BUCKETS, observe_many
 from flask_api.predlog import PredictionLog
 from flask_api.validation import FieldError, check_value, validate_applicants
 from src.config import Profile, build_profile
@@ -149,3 +153,50 @@ def test_failed_writes_are_retried_then_counted(tmp_path: Path, monkeypatch: pyt
     log.close()
     with pytest.raises(RuntimeError, match="closed"):
         log.submit("r3", "api", "m", "1", *scored(1))
+
+
+@pytest.mark.parametrize("multiprocess", [False, True])
+@given(values=st.lists(st.floats(min_value=0.0, max_value=1.0), max_size=60))
+@example(values=[0.0, 0.05, 0.05, 0.1, 0.5, 0.95, 1.0])  # on the bucket bounds: le is inclusive
+@settings(max_examples=40, deadline=None)
+def test_observe_many_equals_observe_one_by_one(values: list[float], multiprocess: bool,
+                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The batch histogram update exposes exactly what observe() per value would (buckets, sum, count)."""
+    def exposition(batch: bool) -> bytes:
+        directory = tmp_path_factory.mktemp("prom")
+        if multiprocess:  # what gunicorn workers do: samples in mmap files, aggregated on scrape
+            with pytest.MonkeyPatch.context() as mpatch:
+                mpatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+                prom_values.ValueClass = prom_values.get_value_class()
+                try:
+                    fill(Histogram("p", "p", buckets=PROBABILITY_BUCKETS, registry=None), batch)
+                    registry = CollectorRegistry()
+                    mp.MultiProcessCollector(registry, path=str(directory))
+                    return generate_latest(registry)
+                finally:
+                    mpatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+                    prom_values.ValueClass = prom_values.get_value_class()
+        registry = CollectorRegistry()
+        fill(Histogram("p", "p", buckets=PROBABILITY_BUCKETS, registry=registry), batch)
+        return generate_latest(registry)
+
+    def fill(histogram: Any, batch: bool) -> None:
+        if batch:
+            observe_many(histogram, values)
+        else:
+            for v in values:
+                histogram.observe(v)
+
+    def samples(text: bytes) -> dict[str, float]:  # sums compared with a tolerance (float addition order)
+        out = {}
+        for line in text.decode().splitlines():
+            if line and not line.startswith("#") and "_created" not in line:
+                key, value = line.rsplit(" ", 1)
+                out[key] = float(value)
+        return out
+
+    one_by_one, batched = samples(exposition(False)), samples(exposition(True))
+    assert one_by_one.keys() == batched.keys()
+    for key, value in one_by_one.items():
+        assert batched[key] == pytest.approx(value, abs=1e-9), key
+    assert one_by_one['p_count'] == len(values)

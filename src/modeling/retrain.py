@@ -1,0 +1,220 @@
+"""The retraining loop: pull data → ``dvc repro`` (train, evaluate, gate, register) → push → reload the service.
+
+``make retrain`` and the weekly workflow call this. The pipeline itself decides
+whether the new model may replace the champion (the register stage's quality gate);
+this module only sequences the steps, reads the gate's verdict from
+``metrics/gate.json`` and, when the champion changed, tells the running service to
+load it (``POST /admin/reload`` with the ``ADMIN_TOKEN`` bearer token) and checks
+that ``/ready`` then reports the new version. Nothing is lost on failure: a failed
+step stops the loop with its exit code and names the step, and the previous
+champion keeps serving.
+
+    python -m src.modeling.retrain                       # pull, repro, push, reload http://<serve.bind>
+    python -m src.modeling.retrain --no-pull --no-push   # offline
+    python -m src.modeling.retrain --reload-url http://10.0.0.5:8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mlflow import MlflowClient
+
+from src.common import PipelineError, setup_logging
+from src.config import ConfigError, RetrainSettings, Settings, load_settings
+from src.deploy.champion import champion_promoted, read_report
+from src.modeling.registry import alias_version
+from src.modeling.tracking import connect
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "ADMIN_TOKEN"  # the service's bearer token for POST /admin/reload (flask_api/ops.py)
+
+Runner = Callable[[Sequence[str]], int]
+
+
+class RetrainError(RuntimeError):
+    """A step of the loop failed; ``step`` names it and ``code`` is the exit code to return."""
+
+    def __init__(self, step: str, message: str, code: int = 1) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.code = code
+
+
+@dataclass
+class RetrainResult:
+    """What one pass of the loop did, printed as JSON at the end."""
+
+    registered_model: str
+    champion_before: str | None = None
+    champion_after: str | None = None
+    gate: dict[str, Any] | None = None
+    promoted: bool = False
+    pulled: bool = False
+    pushed: bool = False
+    reload: str = ""
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_command(argv: Sequence[str]) -> int:
+    """Run one DVC command in the foreground; its output goes to stderr, keeping stdout for the summary."""
+    return subprocess.run(list(argv), check=False, stdout=sys.stderr).returncode
+
+
+def service_url(settings: Settings, override: str | None = None) -> str:
+    """Where the running service listens: --reload-url, retrain.reload_url, else http://<serve.bind>."""
+    url = override or settings.retrain.reload_url or f"http://{settings.serve.bind}"
+    return url.rstrip("/")
+
+
+def champion_version(settings: Settings) -> str | None:
+    """The registry's current champion version of this profile's model (None before the first one)."""
+    connect(settings)
+    try:
+        return alias_version(MlflowClient(), settings.registered_model_name, "champion")
+    except PipelineError:  # nothing registered yet: the first pass registers the first champion
+        return None
+
+
+def _http_json(url: str, *, method: str = "GET", token: str | None = None,
+               timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            body = {}
+        return exc.code, body
+
+
+def reload_service(url: str, token: str | None, model_name: str, champion: str | None, timeout: float) -> str:
+    """Bring the service at ``url`` onto the registry's champion; a one-line outcome.
+
+    The service is compared with the registry, not with this run's gate verdict, so a
+    reload that failed last time is retried by the next pass even when nothing was
+    retrained. No running service is not an error (it loads the champion when it
+    starts); a service pinned to another model is left alone; a refused or failed
+    reload is an error (the previous model keeps serving).
+    """
+    try:
+        status, body = _http_json(f"{url}/ready", timeout=min(timeout, 5.0))
+    except (OSError, ValueError):
+        return f"no service answering at {url}: it loads the champion when it starts"
+    model = body.get("model") or {}
+    served = str(model["version"]) if status == 200 and "version" in model else None
+    if champion is None or served == champion:
+        return f"{url} already serves version {served}"
+    if status == 200 and (model.get("name") != model_name or not str(model.get("uri", "")).endswith("@champion")):
+        return f"{url} serves {model.get('uri')}, not the champion alias: left alone"
+    if not token:
+        raise RetrainError("reload", f"{url} serves version {served}, the champion is {champion}, and "
+                                     f"{TOKEN_ENV} is not set: set it to the service's token, or send SIGHUP to "
+                                     "gunicorn")
+    status, body = _http_json(f"{url}/admin/reload", method="POST", token=token, timeout=timeout)
+    if status != 200:
+        raise RetrainError("reload", f"POST {url}/admin/reload answered {status}: "
+                                     f"{body.get('error', body)}; the previous model keeps serving")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = _http_json(f"{url}/ready", timeout=min(timeout, 5.0))
+        served = str((body.get("model") or {}).get("version")) if status == 200 else None
+        if served == champion:
+            return f"reloaded: {url} serves version {served}"
+        time.sleep(0.5)
+    raise RetrainError("reload", f"{url}/ready still reports version {served}, expected {champion}, "
+                                 f"after {timeout:.0f} s")
+
+
+def retrain(settings: Settings, *, pull: bool, push: bool, reload_url: str | None,
+            runner: Runner = run_command, token: str | None = None) -> RetrainResult:
+    """One pass of the loop; raises :class:`RetrainError` naming the step that failed."""
+    dvc = [sys.executable, "-m", "dvc"]
+    remote = ["-r", settings.retrain.remote] if settings.retrain.remote else []
+    result = RetrainResult(registered_model=settings.registered_model_name)
+    gate_file = settings.paths.metrics / "gate.json"
+
+    def step(name: str, argv: Sequence[str]) -> None:
+        log.info("retrain: %s (%s)", name, " ".join(argv[2:]))
+        started = time.monotonic()
+        code = runner(argv)
+        result.steps.append({"step": name, "exit_code": code, "seconds": round(time.monotonic() - started, 1)})
+        if code != 0:
+            raise RetrainError(name, f"`{' '.join(argv[2:])}` exited with {code}", code=code)
+
+    result.champion_before = champion_version(settings)
+    before = read_report(gate_file)
+    if pull:
+        # --allow-missing: a new remote (or one without some outputs yet) is not a failure;
+        # whatever is missing is rebuilt by the repro below.
+        step("pull", [*dvc, "pull", "--allow-missing", *remote])
+        result.pulled = True
+    step("repro", [*dvc, "repro"])
+    result.gate = read_report(gate_file)
+    result.champion_after = champion_version(settings)
+    result.promoted = (champion_promoted(result.gate, before)
+                       and result.champion_after not in (None, result.champion_before))
+    if push:
+        step("push", [*dvc, "push", *remote])
+        result.pushed = True
+    if result.promoted:
+        log.info("retrain: new champion %s v%s (was v%s)", result.registered_model, result.champion_after,
+                 result.champion_before)
+    else:
+        decision = (result.gate or {}).get("decision", "no report")
+        log.info("retrain: champion unchanged (v%s; gate: %s)", result.champion_after, decision)
+    result.reload = reload_service(service_url(settings, reload_url), token, result.registered_model,
+                                   result.champion_after, settings.retrain.reload_timeout)
+    log.info("retrain: %s", result.reload)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m src.modeling.retrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--pull", action=argparse.BooleanOptionalAction, default=None,
+                        help="dvc pull before the repro (default: retrain.pull)")
+    parser.add_argument("--push", action=argparse.BooleanOptionalAction, default=None,
+                        help="dvc push after the repro (default: retrain.push)")
+    parser.add_argument("--reload-url", default=None,
+                        help="the running service to reload (default: retrain.reload_url, else http://<serve.bind>)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.params)
+        cfg: RetrainSettings = settings.retrain
+        result = retrain(settings, pull=cfg.pull if args.pull is None else args.pull,
+                         push=cfg.push if args.push is None else args.push,
+                         reload_url=args.reload_url, token=os.environ.get(TOKEN_ENV) or None)
+    except (ConfigError, PipelineError) as exc:
+        log.error("%s", exc)
+        return 2
+    except RetrainError as exc:
+        log.error("retrain failed at %s; the previous champion keeps serving", exc)
+        return exc.code
+    sys.stdout.write(json.dumps(asdict(result), indent=2) + "\n")  # the run's summary, for scripts
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
