@@ -1,0 +1,225 @@
+"""Drift drill: a realistic population shift is flagged on exactly the shifted features.
+
+On the REAL taiwan_credit file when it is present (full file through ingest ->
+validate -> split, so the reference is the 21k-row train split and the batch the
+4.5k-row test split), else on SYNTHETIC applicants (``synthetic_taiwan_applicants``).
+The shift: credit limits +30 % (richer applicants), everyone 8 years younger
+(floored at 21, the youngest age in the data), and twice as many single
+applicants. Nothing else changes, so no other feature may be flagged, and the
+untouched test split must show no drift at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from flask_api.predlog import PredictionLog
+from src.config import Settings, load_settings
+from src.data import ingest, split, validate
+from src.monitoring.__main__ import main
+from src.monitoring.drift import compare
+from src.monitoring.sources import Model, load_model
+from tests.conftest import load_params, shared_data_dir
+from tests.synthetic_monitoring import synthetic_score, synthetic_taiwan_applicants
+
+SHIFTED = {"limit_bal", "age", "marriage"}
+SINGLE = 2  # marriage code for "single"
+
+
+def population_shift(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Limits +30 %, 8 years younger (not below 21), and half of the married applicants now single."""
+    out = frame.copy()
+    out["limit_bal"] = (out["limit_bal"] * 1.3).round(-4)
+    out["age"] = (out["age"] - 8).clip(lower=21)
+    married = out.index[out["marriage"] == 1]
+    flip = np.random.default_rng(seed).choice(married, size=len(married) // 2, replace=False)
+    out.loc[flip, "marriage"] = SINGLE
+    return out
+
+
+@dataclass(frozen=True)
+class Drill:
+    settings: Settings
+    params_file: Path
+    train: pd.DataFrame
+    test: pd.DataFrame
+    real: bool
+
+
+@pytest.fixture(scope="module")
+def drill(tmp_path_factory: pytest.TempPathFactory) -> Drill:
+    """A project folder with params.yaml and the split of the full file (real, else SYNTHETIC)."""
+    root = tmp_path_factory.mktemp("drill")
+    params = load_params()
+    params["dataset"] = "taiwan_credit"
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    settings = load_settings(params_file)
+    external = settings.external_dir
+    external.mkdir(parents=True)
+    real = shared_data_dir() / "taiwan_credit" / settings.profile.source.file
+    if real.exists():
+        (external / real.name).symlink_to(real)
+    else:
+        synthetic_taiwan_applicants(30000).to_csv(external / settings.profile.source.file, index=False)
+    for stage in (ingest, validate, split):
+        stage.run(settings)
+    return Drill(settings=settings, params_file=params_file, train=pd.read_parquet(settings.split_table("train")),
+                 test=pd.read_parquet(settings.split_table("test")), real=real.exists())
+
+
+@pytest.fixture(scope="module")
+def scorer(drill: Drill, request: pytest.FixtureRequest) -> Model | None:
+    """The trained project's exported champion (real data only; None on SYNTHETIC data)."""
+    if not drill.real:
+        return None
+    return load_model(drill.settings, str(request.getfixturevalue("trained_project").model_dir))
+
+
+def _scores(scorer: Model | None, frame: pd.DataFrame) -> pd.Series:
+    return scorer.predict(frame) if scorer is not None else synthetic_score(frame)
+
+
+def _compare(drill: Drill, scorer: Model | None, batch: pd.DataFrame) -> dict:
+    return compare(drill.train, _scores(scorer, drill.train), batch, _scores(scorer, batch),
+                   drill.settings.profile, drill.settings.monitoring)
+
+
+def test_untouched_test_split_shows_no_drift(drill: Drill, scorer: Model | None) -> None:
+    result = _compare(drill, scorer, drill.test)
+    worst = max(f["psi"] for f in result["features"].values())
+    assert worst < drill.settings.monitoring.psi_moderate, result["features"]
+    assert result["drifted_features"] == [] and result["flag"] is False
+    assert result["score"]["band"] == "none"
+    assert result["n_batch"] == len(drill.test) and result["n_reference"] == len(drill.train)
+
+
+def test_population_shift_flags_exactly_the_shifted_features(drill: Drill, scorer: Model | None) -> None:
+    result = _compare(drill, scorer, population_shift(drill.test))
+    assert set(result["drifted_features"]) == SHIFTED
+    untouched = {n: f["psi"] for n, f in result["features"].items() if n not in SHIFTED}
+    assert max(untouched.values()) < drill.settings.monitoring.psi_moderate, untouched
+    assert result["flag"] is True
+    assert result["features"]["age"]["band"] == "significant"
+
+
+def test_cli_drift_on_a_shifted_file_writes_json_and_html(drill: Drill, scorer: Model | None,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    if scorer is None:
+        pytest.skip("needs the real taiwan_credit file (the trained project's model)")
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shifted = population_shift(drill.test)
+    half = len(shifted) // 2
+    shifted.iloc[:half].to_parquet(batch / "part-0.parquet")
+    shifted.iloc[half:].drop(columns="default").to_csv(batch / "part-1.csv", index=False)
+    out, html = tmp_path / "drift.json", tmp_path / "drift.html"
+    code = main(["--params", str(drill.params_file), "drift", str(batch), "--model-uri", scorer.uri,
+                 "--output", str(out), "--html", str(html), "--fail-on-drift"])
+    assert code == 1
+    summary = json.loads(out.read_text())
+    assert set(summary["drifted_features"]) == SHIFTED and summary["flag"] is True
+    assert summary["batch"]["rows_in"] == len(shifted) == summary["n_batch"] + summary["batch"]["rejected"]
+    assert summary["batch"]["scores_from"] == "model" and summary["model"]["uri"] == scorer.uri
+    assert summary["report"] == str(html) and html.stat().st_size > 100_000
+    report = html.read_text(encoding="utf-8")
+    assert "Drift" in report and all(name in report for name in SHIFTED)
+    assert "FLAGGED" in capsys.readouterr().out
+    # without --fail-on-drift the same drift is reported but the exit code stays 0
+    assert main(["--params", str(drill.params_file), "drift", str(batch), "--model-uri", scorer.uri,
+                 "--output", str(out), "--no-html"]) == 0
+
+
+def test_cli_drift_from_the_prediction_log(drill: Drill, scorer: Model | None, tmp_path: Path) -> None:
+    if scorer is None:
+        pytest.skip("needs the real taiwan_credit file (the trained project's model)")
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    plog = PredictionLog(url)
+    test = drill.test
+    rows = json.loads(test[drill.settings.profile.feature_names].to_json(orient="records"))
+    proba = scorer.predict(test).tolist()
+    results = [{"probability_of_default": p, "decision": "approve"} for p in proba]
+    for start in range(0, len(rows), 1000):  # one logged request per 1,000 applicants, as the API caps batches
+        plog.write(f"req-{start}", "api", scorer.name, scorer.version, rows[start:start + 1000],
+                   results[start:start + 1000])
+    plog.close()
+    out = tmp_path / "drift.json"
+    args = ["--params", str(drill.params_file), "drift", "--database-url", url, "--model-uri", scorer.uri,
+            "--output", str(out), "--no-html", "--fail-on-drift"]
+    assert main([*args, "--since", "1h"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["n_batch"] == len(test) and summary["batch"]["scores_from"] == "batch"
+    assert summary["drifted_features"] == [] and summary["score"]["band"] == "none"
+    empty = (datetime.now(UTC) - timedelta(days=30)).date().isoformat()
+    assert main([*args, "--since", empty, "--until", (datetime.now(UTC) - timedelta(days=29)).date().isoformat()]) == 2
+
+
+def test_cli_drift_bad_input_exits_2(drill: Drill, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scored = tmp_path / "scored.parquet"
+    pd.DataFrame({"id": [1, 2], "probability": [0.1, 0.2]}).to_parquet(scored)
+    assert main(["--params", str(drill.params_file), "drift", str(scored), "--no-html"]) == 2
+    assert "missing column(s) limit_bal" in caplog.text
+    assert main(["--params", str(drill.params_file), "drift", str(tmp_path / "nope.csv")]) == 2
+    assert "no such file or folder" in caplog.text
+    assert main(["--params", str(drill.params_file), "drift"]) == 2
+    assert "nothing to read" in caplog.text
+
+
+def test_shift_helper_keeps_rows_valid(drill: Drill) -> None:
+    shifted = population_shift(drill.test)
+    assert len(shifted) == len(drill.test) and shifted["age"].min() >= 21
+    assert (shifted["marriage"] == SINGLE).mean() > (drill.test["marriage"] == SINGLE).mean()
+
+
+def _scored_file(drill: Drill, scorer: Model, path: Path) -> pd.DataFrame:
+    """What the batch scorer writes for the test split: id, probability, decision, model, scored_at."""
+    test = drill.test
+    proba = scorer.predict(test)
+    threshold, margin = float(scorer.meta["threshold"]), drill.settings.serve.refer_margin
+    decision = np.where(proba >= threshold, "decline", np.where(proba >= threshold - margin, "refer", "approve"))
+    scored = pd.DataFrame({"id": test["id"], "probability": proba, "decision": decision,
+                           "model_name": scorer.name, "model_version": scorer.version,
+                           "scored_at": pd.Timestamp("2026-10-01", tz="UTC") + pd.to_timedelta(
+                               np.arange(len(test)) % 60, unit="D")})
+    scored.to_parquet(path)
+    return scored
+
+
+def test_cli_performance_joins_outcomes_and_flags_decay(drill: Drill, scorer: Model | None, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        request: pytest.FixtureRequest) -> None:
+    if scorer is None:
+        pytest.skip("needs the real taiwan_credit file (the trained project's model)")
+    project = request.getfixturevalue("trained_project")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project.tracking_uri)  # the model's logged test metrics
+    scored = _scored_file(drill, scorer, tmp_path / "scored.parquet")
+    outcomes = drill.test[["id", "default"]].iloc[300:]  # the first 300 outcomes are not known yet
+    extra = pd.DataFrame({"id": [10**9, 10**9 + 1], "default": [0, 1]})  # outcomes of applicants never scored
+    pd.concat([outcomes, extra]).to_csv(tmp_path / "labels.csv", index=False)
+    out, md = tmp_path / "performance.json", tmp_path / "performance.md"
+    args = ["--params", str(drill.params_file), "performance", str(tmp_path / "scored.parquet"),
+            "--labels", str(tmp_path / "labels.csv"), "--label-column", "default", "--output", str(out)]
+    assert main([*args, "--period", "month", "--markdown", str(md), "--fail-on-decay"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["counts"] == {"scored": len(scored), "labels": len(outcomes) + 2, "matched": len(outcomes),
+                                 "scored_without_label": 300, "labels_without_score": 2}
+    assert summary["reference"]["source"].startswith(f"models:/{scorer.name}/{scorer.version}")
+    assert summary["reference"]["roc_auc"] > 0.7 and summary["overall"]["roc_auc"] > 0.7
+    assert summary["decay"] is False and summary["overall"]["decay_judged"] is True
+    assert [p["period"] for p in summary["periods"]] == ["2026-10", "2026-11"]
+    assert sum(b["rows"] for b in summary["overall"]["bands"].values()) == len(outcomes)
+    assert "no decay" in md.read_text()
+    # outcomes that no longer follow the scores: ROC-AUC ~0.5, far below the model's test ROC-AUC
+    shuffled = outcomes.assign(default=outcomes["default"].sample(frac=1, random_state=1).to_numpy())
+    shuffled.to_csv(tmp_path / "labels.csv", index=False)
+    assert main([*args, "--fail-on-decay"]) == 1
+    assert json.loads(out.read_text())["decay"] is True
+    assert main(args) == 0  # decay is reported, but only --fail-on-decay makes it an exit code
