@@ -160,6 +160,18 @@ def test_cli_drift_from_the_prediction_log(drill: Drill, scorer: Model | None, t
     assert summary["drifted_features"] == [] and summary["score"]["band"] == "none"
     empty = (datetime.now(UTC) - timedelta(days=30)).date().isoformat()
     assert main([*args, "--since", empty, "--until", (datetime.now(UTC) - timedelta(days=29)).date().isoformat()]) == 2
+    # outcomes for logged decisions are keyed <request_id>:<row index>, what the API returned to the client
+    labels = pd.DataFrame({"id": [f"req-{i // 1000 * 1000}:{i % 1000}" for i in range(len(test))],
+                           "default": test["default"].to_numpy()})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "performance.json"
+    assert main(["--params", str(drill.params_file), "performance", "--log", "--database-url", url,
+                 "--labels", str(tmp_path / "labels.csv"), "--label-column", "default", "--reference-auc", "0.78",
+                 "--period", "day", "--output", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["counts"]["matched"] == len(test) and summary["counts"]["scored_without_label"] == 0
+    assert summary["overall"]["bands"]["approve"]["rows"] == len(test) and len(summary["periods"]) >= 1
+    assert summary["reference"]["source"] == "--reference-auc"
 
 
 def test_cli_drift_bad_input_exits_2(drill: Drill, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
