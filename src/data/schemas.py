@@ -66,19 +66,67 @@ def normalise(df: pd.DataFrame, profile: Profile, with_target: bool = True) -> t
             failures += [{"index": i, "column": col, "check": "not a number", "value": series[i]}
                          for i in series.index[bad]]
         else:
-            kind = spec.value_kind
-            codes: list[object] = []
-            for i, value in series.items():
-                if pd.isna(value) or (isinstance(value, str) and not value.strip()):
-                    codes.append(None)
-                    continue
-                try:
-                    codes.append(_code(value, kind))
-                except (TypeError, ValueError):
-                    codes.append(None)
-                    failures.append({"index": i, "column": col, "check": "not a valid code", "value": value})
-            out[col] = pd.Series(codes, index=series.index, dtype="Int64" if kind is int else "string")
+            out[col], bad = _to_codes(series, spec.value_kind)
+            failures += [{"index": i, "column": col, "check": "not a valid code", "value": series[i]}
+                         for i in series.index[bad]]
     return out, pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+
+
+# Integer codes are checked in float64; beyond 2**53 floats skip integers, so such values take the
+# exact per-value path (which the int codes of any real profile never reach).
+_EXACT_FLOAT_INT = 2.0**53
+
+
+def _is_text(series: pd.Series) -> bool:
+    """True when every non-missing cell is a str, so vectorised string methods equal ``str(v).strip()``."""
+    if pd.api.types.is_string_dtype(series.dtype) and series.dtype != object:
+        return True
+    return series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty")
+
+
+def _stripped(series: pd.Series) -> pd.Series:
+    """``str.strip()`` of every cell, by Python's own rule (pyarrow's whitespace set is a little narrower)."""
+    return series.astype(pd.StringDtype("python")).str.strip()
+
+
+def _to_codes(series: pd.Series, kind: type) -> tuple[pd.Series, np.ndarray]:
+    """Vectorised :func:`_code` over a column: typed codes (Int64 or string) and a mask of invalid cells.
+
+    Missing and blank cells become missing codes. A cell the fast path cannot settle (e.g. ``True``,
+    ``"1_000"``) goes through :func:`_code` itself, so the result equals the per-value rule exactly.
+    """
+    index = series.index
+    if kind is str:
+        if _is_text(series):
+            text = _stripped(series).astype("string")
+        else:
+            text = series.map(lambda v: None if pd.isna(v) else str(v).strip()).astype("string")
+        return text.mask(text == ""), np.zeros(len(series), dtype=bool)
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        number = series.to_numpy(dtype="float64", na_value=np.nan)
+        missing = np.isnan(number)
+        with np.errstate(invalid="ignore"):  # whole numbers too big for float64's exact range: ask _code
+            unsure = np.isfinite(number) & (np.floor(number) == number) & (np.abs(number) >= _EXACT_FLOAT_INT)
+    else:
+        text = _stripped(series) if _is_text(series) else None
+        if text is None:  # mixed Python objects: let the per-value rule decide every cell
+            missing = series.map(lambda v: pd.isna(v) or (isinstance(v, str) and not v.strip())).to_numpy(bool)
+            number = np.full(len(series), np.nan)
+        else:
+            missing = (text.isna() | (text == "")).to_numpy(bool)
+            number = pd.to_numeric(text.mask(missing), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        unsure = ~missing
+    with np.errstate(invalid="ignore"):
+        exact = np.isfinite(number) & (np.floor(number) == number) & (np.abs(number) < _EXACT_FLOAT_INT)
+    bad = ~missing & ~exact & ~unsure
+    values = np.where(exact, number, 0).astype("int64")
+    mask = ~exact
+    for pos in np.flatnonzero(unsure & ~exact):  # rare: the fast path could not read the value
+        try:
+            values[pos], mask[pos] = _code(series.iloc[pos], int), False
+        except (TypeError, ValueError, OverflowError):
+            bad[pos] = True
+    return pd.Series(pd.arrays.IntegerArray(values, mask), index=index), bad
 
 
 def _feature_column(spec: FeatureSpec) -> pa.Column:
@@ -101,15 +149,20 @@ def _feature_column(spec: FeatureSpec) -> pa.Column:
     return pa.Column(dtype, checks=checks, nullable=spec.nullable, required=True)
 
 
-def build_schema(profile: Profile, with_target: bool = True) -> pa.DataFrameSchema:
-    """The pandera schema for normalised rows of this profile."""
+def build_schema(profile: Profile, with_target: bool = True, unique_ids: bool = True) -> pa.DataFrameSchema:
+    """The pandera schema for normalised rows of this profile.
+
+    ``unique_ids=False`` (batch scoring) keeps every per-row rule but drops the whole-table
+    rule that ids are unique: a streamed or partitioned batch cannot check it in bounded
+    memory, and a row's fate must not depend on which chunk it landed in.
+    """
     columns = {name: _feature_column(spec) for name, spec in profile.features.items()}
     if with_target:
         columns[profile.target_column] = pa.Column(
             "float64", checks=pa.Check.isin([0.0, 1.0], error="not 0 or 1"), nullable=False)
     if profile.id_column:
         columns[profile.id_column] = pa.Column(
-            nullable=False, unique=True, report_duplicates="exclude_first", required=False)
+            nullable=False, unique=unique_ids, report_duplicates="exclude_first", required=False)
     return pa.DataFrameSchema(columns, strict=False, name=f"{profile.name} applicants")
 
 

@@ -38,18 +38,33 @@ def _reason(record: pd.Series) -> str:
     return f"{record['column']}: {record['check']} (value {value!r})"
 
 
-def validate(raw: pd.DataFrame, profile: Profile) -> ValidationResult:
-    """Split ``raw`` into clean rows (typed, target as 0/1) and rejected rows with reasons."""
-    raw = raw.reset_index(drop=True)
-    typed, type_failures = normalise(raw, profile)
-    failures = pd.concat([type_failures, schema_failures(typed, build_schema(profile))], ignore_index=True)
+def combine_failures(type_failures: pd.DataFrame, check_failures: pd.DataFrame) -> pd.DataFrame:
+    """One record per failing cell (normalise's first, then the schema's), with its ``reason_key``.
+
+    Shared with batch scoring (src/modeling/predict.py), so a row is rejected there for the same
+    reasons, in the same words, as here.
+    """
+    failures = pd.concat([type_failures, check_failures], ignore_index=True)
     # A cell that could not be typed is also "missing" to the schema: keep the first, truer reason.
     failures = failures.drop_duplicates(["index", "column"], keep="first")
     failures["index"] = failures["index"].astype("int64")
     failures["reason_key"] = failures["column"].astype(str) + ": " + failures["check"].astype(str)
+    return failures
+
+
+def reason_texts(failures: pd.DataFrame) -> pd.Series:
+    """Row index -> every reason of that row, joined with "; " (e.g. "age: outside [18, 100] (value 150)")."""
+    return failures.assign(text=failures.apply(_reason, axis=1)).groupby("index")["text"].agg("; ".join)
+
+
+def validate(raw: pd.DataFrame, profile: Profile) -> ValidationResult:
+    """Split ``raw`` into clean rows (typed, target as 0/1) and rejected rows with reasons."""
+    raw = raw.reset_index(drop=True)
+    typed, type_failures = normalise(raw, profile)
+    failures = combine_failures(type_failures, schema_failures(typed, build_schema(profile)))
 
     bad_rows = pd.Index(sorted(failures["index"].unique()))
-    reasons = failures.assign(text=failures.apply(_reason, axis=1)).groupby("index")["text"].agg("; ".join)
+    reasons = reason_texts(failures)
 
     rejected = raw.loc[bad_rows].copy()
     rejected.insert(0, ROW_COLUMN, bad_rows.to_numpy())

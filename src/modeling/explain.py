@@ -137,10 +137,16 @@ class Scorer:
             return REFER
         return APPROVE
 
+    def decisions(self, probabilities: np.ndarray) -> np.ndarray:
+        """:meth:`decision` for a whole batch at once (batch scoring): the same bands, same comparisons."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        return np.where(p >= self.threshold, DECLINE,
+                        np.where(p >= self.threshold - self.refer_margin, REFER, APPROVE)).astype(object)
+
     def reasons(self, row: Mapping[str, Any], contrib: np.ndarray, top: int | None = None) -> list[Reason]:
         """The fields that moved this applicant's risk most, largest effect first."""
         top = self.top_reasons if top is None else top
-        order = np.argsort(-np.abs(contrib[: len(self.columns)]), kind="stable")[:top]
+        order = top_contributions(contrib, len(self.columns), top)
         out = []
         for j in order:
             col = self.columns[j]
@@ -162,6 +168,15 @@ class Scorer:
                 item["reasons"] = [r.as_dict() for r in self.reasons(rows[i], contrib[i])]
             results.append(item)
         return results
+
+
+def top_contributions(contrib: np.ndarray, n_columns: int, top: int) -> np.ndarray:
+    """Indices of the ``top`` largest |contributions| (bias excluded), largest first, ties in column order.
+
+    Works on one row (1-D) or a batch (2-D, one row of indices per row): the service and
+    batch scoring rank reasons with this one rule.
+    """
+    return np.argsort(-np.abs(contrib[..., :n_columns]), axis=-1, kind="stable")[..., :top]
 
 
 def _key(value: Any) -> Any:

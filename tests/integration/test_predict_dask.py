@@ -1,0 +1,130 @@
+"""Batch scoring on Dask equals the pandas engine; --scheduler on a real TCP scheduler; s3:// in and out.
+
+Real components only: a 2-worker distributed LocalCluster, a TCP scheduler with worker
+processes, and a moto S3 server. The input is the trained project's real rows resampled
+(with new ids) plus a few SYNTHETIC defects, written as Parquet with small row groups so
+Dask makes several partitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from distributed import Client, LocalCluster
+
+from src.data.validate import ROW_COLUMN
+from src.modeling import predict
+from tests.conftest import ROOT, TrainedProject
+
+pytestmark = pytest.mark.integration
+
+ROWS = 6000
+
+
+@pytest.fixture(scope="module")
+def batch_input(trained_project: TrainedProject, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real rows resampled to ROWS with new ids; SYNTHETIC defects in every 500th row; 8 row groups."""
+    raw = pd.read_parquet(trained_project.settings.raw_table).drop(columns=["default"])
+    rng = np.random.default_rng(3)
+    frame = raw.iloc[rng.integers(0, len(raw), ROWS)].reset_index(drop=True).astype({"age": "float64"})
+    frame["id"] = np.arange(10_000, 10_000 + ROWS)
+    frame.loc[::500, "age"] = 150.0  # SYNTHETIC: outside [18, 100]
+    path = tmp_path_factory.mktemp("batch") / "batch.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=ROWS // 8)
+    return path
+
+
+@pytest.fixture(scope="module")
+def job(trained_project: TrainedProject) -> predict.BatchJob:
+    return predict.load_job(trained_project.settings, str(trained_project.model_dir), top_reasons=3,
+                            include_features=True, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def pandas_result(trained_project, job, batch_input, tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    out = tmp_path_factory.mktemp("pandas") / "scored.parquet"
+    summary = predict.score_batch(str(batch_input), str(out), job, trained_project.settings.batch, chunk_rows=1000)
+    return pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), summary
+
+
+@pytest.fixture(scope="module")
+def threads_client() -> Iterator[Client]:
+    """2 workers (threads in this process: starts fast, still the distributed scheduler and its tasks)."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def same_rows(dask_out: pd.DataFrame, dask_rejects: pd.DataFrame, reference) -> None:
+    out, rejects, _ = reference
+    assert dask_out["scored_at"].nunique() == 1
+    pd.testing.assert_frame_equal(dask_out.drop(columns="scored_at").reset_index(drop=True),
+                                  out.drop(columns="scored_at"), check_exact=False, rtol=0, atol=1e-12)
+    assert dask_out["decision"].tolist() == out["decision"].tolist()
+    pd.testing.assert_frame_equal(dask_rejects.reset_index(drop=True), rejects)
+
+
+def test_dask_engine_equals_pandas_engine(trained_project, job, batch_input, pandas_result, threads_client,
+                                          tmp_path) -> None:
+    out = tmp_path / "scored.parquet"
+    batch = trained_project.settings.batch
+    small_partitions = replace(batch, dask_partition_bytes=1)  # one partition per row group
+    summary = predict.score_batch(str(batch_input), str(out), job, small_partitions, engine="dask",
+                                  client=threads_client)
+    parts = sorted(p.name for p in out.iterdir())
+    assert len(parts) == 8 and parts[0] == "part-00000.parquet"
+    same_rows(pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), pandas_result)
+    reference = pandas_result[2]
+    for key in ("rows_in", "scored", "rejected", "decisions", "rejected_per_reason"):
+        assert summary[key] == reference[key], key
+    assert summary["rows_in"] == ROWS == summary["scored"] + summary["rejected"]
+    assert summary["rejected"] == ROWS // 500
+    assert pd.read_parquet(predict.default_rejects(str(out)))[ROW_COLUMN].tolist() == list(range(0, ROWS, 500))
+
+
+def test_cli_on_a_real_tcp_scheduler(trained_project, batch_input, pandas_result, tmp_path) -> None:
+    """--scheduler tcp://...: the CLI's client ships the job to separate worker processes."""
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text(encoding="utf-8").replace(
+        "dask_partition_bytes: 33554432", "dask_partition_bytes: 1"), encoding="utf-8")
+    out = tmp_path / "scored.parquet"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1") as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        predict.main([str(batch_input), "--output", str(out), "--params", str(params), "--top-reasons", "3",
+                      "--include-features", "--model-uri", str(trained_project.model_dir),
+                      "--scheduler", cluster.scheduler_address])
+    assert len(list(out.iterdir())) == 8
+    same_rows(pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), pandas_result)
+
+
+def test_s3_input_and_output_both_engines(trained_project, job, batch_input, pandas_result, threads_client,
+                                          moto_server, tmp_path) -> None:
+    pytest.importorskip("s3fs")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="batch")
+    s3.upload_file(str(batch_input), "batch", "in/part-0.parquet")
+    frame = pd.read_parquet(batch_input)
+    frame.to_csv(tmp_path / "batch.csv", index=False)
+    s3.upload_file(str(tmp_path / "batch.csv"), "batch", "csv/batch.csv")
+
+    batch = trained_project.settings.batch
+    summary = predict.score_batch("s3://batch/in/", "s3://batch/out/scored.parquet", job, batch, chunk_rows=1000)
+    assert summary["files"] == 1 and summary["rejects"] == "s3://batch/out/scored.rejects.parquet"
+    got = pd.read_parquet("s3://batch/out/scored.parquet")
+    same_rows(got, pd.read_parquet("s3://batch/out/scored.rejects.parquet"), pandas_result)
+
+    predict.score_batch("s3://batch/csv/batch.csv", "s3://batch/dask/scored.parquet", job, batch, engine="dask",
+                        client=threads_client)
+    same_rows(pd.read_parquet("s3://batch/dask/scored.parquet"),
+              pd.read_parquet("s3://batch/dask/scored.rejects.parquet"), pandas_result)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="batch", Prefix="dask/")["Contents"]]
+    assert any(k.startswith("dask/scored.parquet/part-") for k in keys)
