@@ -17,13 +17,14 @@ A share of zero would make the log infinite, so every share is floored at
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from src.modeling.explain import _key as scorer_key
 
 OTHER = "__other__"
 MISSING = "__missing__"
@@ -101,20 +102,13 @@ def _interval_labels(edges: np.ndarray) -> list[str]:
 
 
 def category_key(value: Any) -> Any:
-    """One spelling per category: 1, 1.0 and np.int64(1) are the same code; NaN/None/NA are missing."""
+    """One spelling per category, as the service's scorer looks codes up: 1, 1.0 and np.int64(1) are
+    the same code, ' RENT ' is 'RENT'; NaN, None, NA and blanks are missing."""
     if value is None or value is pd.NA:
         return None
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if value.is_integer():
-            return int(value)
     if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    return value
+        return value.strip() or None
+    return scorer_key(value)
 
 
 def categorical_psi(reference: pd.Series, batch: pd.Series, known: Iterable[Any] | None,
