@@ -1,4 +1,4 @@
-"""The Prometheus exporter, scraped for real, and the Grafana dashboard that reads it.
+"""The Prometheus exporter, scraped for real, the Grafana dashboard that reads it, and S3 batch folders.
 
 The exporter runs as its own process (``python -m src.monitoring exporter``) on a
 free 127.0.0.1 port, fed with drift.json / performance.json produced by the real
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,6 +28,7 @@ from src.config import load_settings
 from src.data import ingest, validate
 from src.monitoring import performance as perf
 from src.monitoring.drift import compare
+from src.monitoring.sources import read_frame
 from tests.conftest import ROOT, make_settings
 from tests.integration.conftest import free_port, stop_process_group, tool_env, wait_http
 from tests.synthetic_monitoring import synthetic_score, synthetic_scored, synthetic_taiwan_applicants
@@ -182,3 +184,15 @@ def test_provisioning_and_scrape_config_point_at_the_service_and_exporter() -> N
     scrape = yaml.safe_load((ROOT / "monitoring" / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for cfg in job["static_configs"] for t in cfg["targets"]}
     assert {settings.serve.bind, settings.monitoring.exporter_bind} <= targets
+
+
+def test_batches_are_read_from_s3_folders(moto_server: str) -> None:
+    """A folder of scored parts on S3 (a real moto server) reads like a local folder."""
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="scores")
+    scored, _ = synthetic_scored(30)
+    for part in range(3):
+        body = scored.iloc[part * 10:(part + 1) * 10].to_csv(index=False).encode()
+        s3.put_object(Bucket="scores", Key=f"2026-11-21/part-{part}.csv", Body=body)
+    frame = read_frame("s3://scores/2026-11-21")
+    assert len(frame) == 30 and sorted(frame["id"]) == list(range(30))
