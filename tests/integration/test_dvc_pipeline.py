@@ -33,6 +33,10 @@ def test_switch_profile_and_compare_runs(repo: Path, dataset: str) -> None:
     splits = {n: pd.read_parquet(repo / "data" / "processed" / f"{n}.parquet") for n in ("train", "valid", "test")}
     assert sum(len(s) for s in splits.values()) == quality["accepted"]
     assert test["rows"] == len(splits["test"])
+    # the score stage: the champion scored the test split as a "new batch"; every row validates again
+    scored = read_json(repo / "metrics" / "score_summary.json")
+    assert scored["rows_in"] == len(splits["test"]) == scored["scored"] + scored["rejected"] and scored["rejected"] == 0
+    assert len(pd.read_parquet(repo / "data" / "scored" / "test_scored.parquet")) == scored["scored"]
     assert (repo / "data" / "raw" / f"{dataset}.parquet").exists()
     assert 0.55 < test["roc_auc"] <= 1.0, test
     meta = read_json(repo / "models" / "model_meta.json")
@@ -49,7 +53,7 @@ def test_switch_profile_and_compare_runs(repo: Path, dataset: str) -> None:
     assert "Running stage" not in noop.stdout, noop.stdout
     rerun = dvc(repo, "exp", "run", "-S", "train.lgbm.num_leaves=3", "-S", "train.lgbm.learning_rate=0.2")
     ran = {line.split("'")[1] for line in rerun.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "register"}, rerun.stdout
+    assert ran == {"train", "evaluate", "register", "score"}, rerun.stdout
 
     diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
     changed = diff["metrics/test.json"]
