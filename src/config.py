@@ -302,11 +302,11 @@ class BatchSettings:
     chunk_rows: int = 100_000              # rows read, validated and scored at a time: bounds memory
     csv_block_bytes: int = 8_388_608       # CSV read block; a block never holds more than chunk_rows rows
     log_every_rows: int = 1_000_000        # a progress line (rows, rows/s) every this many input rows
-    num_threads: int = 0                   # LightGBM threads in the pandas engine (0 = all cores)
+    num_threads: int = 0                   # pandas engine: chunks scored at once, 1 LightGBM thread each (0 = cores)
     compression: str = "snappy"            # Parquet codec of the scored and rejects files
     dask_workers: int = 2                  # --engine dask without --scheduler: LocalCluster worker processes
     dask_threads_per_worker: int = 1       # ...threads each (and LightGBM threads per partition)
-    dask_partition_bytes: int = 33_554_432  # input bytes per Dask partition (read_parquet / read_csv blocksize)
+    dask_partition_bytes: int = 8_388_608  # input bytes per Dask partition (read_parquet / read_csv blocksize)
     example_input: str = "data/processed/test.parquet"     # the DVC stage `score`: the held-out test split...
     example_output: str = "data/scored/test_scored.parquet"  # ...scored as a "new batch" into this file
     example_rejects: str = "data/scored/test_scored.rejects.parquet"  # ...its rejected rows here
@@ -534,7 +534,8 @@ def batch_settings(raw: dict[str, Any] | None) -> BatchSettings:
         if getattr(settings, key) < 1:
             raise ConfigError(f"params.yaml: 'batch.{key}' must be a positive number, got {getattr(settings, key)}")
     if settings.num_threads < 0:
-        raise ConfigError(f"params.yaml: 'batch.num_threads' must be 0 (all cores) or more, got {settings.num_threads}")
+        raise ConfigError(f"params.yaml: 'batch.num_threads' must be 0 (one per core) or more, "
+                          f"got {settings.num_threads}")
     if settings.compression not in BATCH_COMPRESSIONS:
         raise ConfigError(f"params.yaml: 'batch.compression' must be one of {', '.join(BATCH_COMPRESSIONS)}, "
                           f"got {settings.compression!r}")

@@ -8,6 +8,9 @@ Dask makes several partitions.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +26,7 @@ from distributed import Client, LocalCluster
 from src.data.validate import ROW_COLUMN
 from src.modeling import predict
 from tests.conftest import ROOT, TrainedProject
+from tests.integration.conftest import tool_env
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +98,7 @@ def test_cli_on_a_real_tcp_scheduler(trained_project, batch_input, pandas_result
     """--scheduler tcp://...: the CLI's client ships the job to separate worker processes."""
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text(encoding="utf-8").replace(
-        "dask_partition_bytes: 33554432", "dask_partition_bytes: 1"), encoding="utf-8")
+        "dask_partition_bytes: 8388608", "dask_partition_bytes: 1"), encoding="utf-8")
     out = tmp_path / "scored.parquet"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       host="127.0.0.1") as cluster:
@@ -102,6 +106,32 @@ def test_cli_on_a_real_tcp_scheduler(trained_project, batch_input, pandas_result
         predict.main([str(batch_input), "--output", str(out), "--params", str(params), "--top-reasons", "3",
                       "--include-features", "--model-uri", str(trained_project.model_dir),
                       "--scheduler", cluster.scheduler_address])
+    assert len(list(out.iterdir())) == 8
+    same_rows(pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), pandas_result)
+
+
+def test_cli_local_cluster_with_an_older_model_bundle(trained_project, batch_input, pandas_result, tmp_path) -> None:
+    """--engine dask starts its own LocalCluster; its workers import this checkout's code, not the model's copy.
+
+    A registered model carries the `src` of the day it was registered (mlflow code_paths), and
+    loading it puts that copy first on sys.path. Here the copy predates batch scoring.
+    """
+    model = tmp_path / "model"
+    shutil.copytree(trained_project.model_dir, model)
+    bundled = list(model.rglob("code/src/modeling/predict.py"))
+    assert bundled
+    for path in bundled:
+        path.unlink()
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text(encoding="utf-8").replace(
+        "dask_partition_bytes: 8388608", "dask_partition_bytes: 1"), encoding="utf-8")
+    out = tmp_path / "scored.parquet"
+    proc = subprocess.run([sys.executable, "-m", "src.modeling.predict", str(batch_input), "--output", str(out),
+                           "--engine", "dask", "--params", str(params), "--top-reasons", "3", "--include-features",
+                           "--model-uri", str(model)], cwd=ROOT, env=tool_env(), capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"rows in {ROWS:,}: scored {ROWS - ROWS // 500:,}, rejected {ROWS // 500}" in proc.stdout
     assert len(list(out.iterdir())) == 8
     same_rows(pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), pandas_result)
 
