@@ -302,6 +302,7 @@ class BatchSettings:
     chunk_rows: int = 100_000              # rows read, validated and scored at a time: bounds memory
     csv_block_bytes: int = 8_388_608       # CSV read block; a block never holds more than chunk_rows rows
     log_every_rows: int = 1_000_000        # a progress line (rows, rows/s) every this many input rows
+    reasons_chunk_rows: int = 10_000       # with --reasons: rows per chunk / Dask partition (TreeSHAP is slow)
     num_threads: int = 0                   # pandas engine: chunks scored at once, 1 LightGBM thread each (0 = cores)
     compression: str = "snappy"            # Parquet codec of the scored and rejects files
     dask_workers: int = 2                  # --engine dask without --scheduler: LocalCluster worker processes
@@ -529,8 +530,8 @@ BATCH_COMPRESSIONS = ("snappy", "zstd", "gzip", "lz4", "brotli", "none")
 def batch_settings(raw: dict[str, Any] | None) -> BatchSettings:
     """Typed ``batch:`` section; absent keys keep the defaults, unusable values fail naming the key."""
     settings = section_settings(BatchSettings, raw, "batch")
-    for key in ("chunk_rows", "csv_block_bytes", "log_every_rows", "dask_workers", "dask_threads_per_worker",
-                "dask_partition_bytes"):
+    for key in ("chunk_rows", "csv_block_bytes", "log_every_rows", "reasons_chunk_rows", "dask_workers",
+                "dask_threads_per_worker", "dask_partition_bytes"):
         if getattr(settings, key) < 1:
             raise ConfigError(f"params.yaml: 'batch.{key}' must be a positive number, got {getattr(settings, key)}")
     if settings.num_threads < 0:

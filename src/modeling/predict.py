@@ -492,6 +492,11 @@ def read_dask(files: list[InputFile], batch: BatchSettings) -> Any:
                        blocksize=None if compressed else batch.dask_partition_bytes)
 
 
+def _partition_lengths(ddf: Any, client: Client) -> list[int]:
+    """Rows per partition, reading one column (the row numbers each partition starts at follow)."""
+    return client.compute([dask.delayed(len)(p) for p in ddf[[ddf.columns[0]]].to_delayed()], sync=True)
+
+
 def run_dask(files: list[InputFile], job: BatchJob, output: str, rejects: str, batch: BatchSettings,
              client: Client) -> Counts:
     """The same :func:`score_chunk` over the partitions of a dask.dataframe, on ``client``'s cluster.
@@ -501,8 +506,12 @@ def run_dask(files: list[InputFile], job: BatchJob, output: str, rejects: str, b
     ``output/`` and ``rejects/`` (local or s3://) and return only their counts.
     """
     ddf = read_dask(files, batch)
-    first = ddf.columns[0]
-    lengths = client.compute([dask.delayed(len)(p) for p in ddf[[first]].to_delayed()], sync=True)
+    lengths = _partition_lengths(ddf, client)
+    if job.top_reasons:  # TreeSHAP dominates: split into pieces of at most batch.reasons_chunk_rows rows
+        wanted = -(-sum(lengths) // batch.reasons_chunk_rows)
+        if wanted > ddf.npartitions:
+            ddf = ddf.repartition(npartitions=wanted)
+            lengths = _partition_lengths(ddf, client)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
     log.info("%d partitions, %s rows, on %s", len(lengths), f"{sum(lengths):,}", client.scheduler.address)
     for url in (output, rejects):
@@ -564,7 +573,10 @@ def score_batch(source: str, output: str, job: BatchJob, batch: BatchSettings, *
     if engine == "dask":
         counts = run_dask(files, job, output, rejects, batch, client)
     else:
-        counts = run_pandas(files, job, output, rejects, batch, chunk_rows or batch.chunk_rows)
+        chunk_rows = chunk_rows or batch.chunk_rows
+        if job.top_reasons:  # TreeSHAP dominates: small chunks keep every thread busy
+            chunk_rows = min(chunk_rows, batch.reasons_chunk_rows)
+        counts = run_pandas(files, job, output, rejects, batch, chunk_rows)
     if counts.rows_in != counts.scored + counts.rejected:  # guarded invariant
         raise PipelineError(f"row counts do not reconcile: {counts.rows_in} != {counts.scored} + {counts.rejected}")
     seconds = time.perf_counter() - started

@@ -94,6 +94,16 @@ def test_dask_engine_equals_pandas_engine(trained_project, job, batch_input, pan
     assert pd.read_parquet(predict.default_rejects(str(out)))[ROW_COLUMN].tolist() == list(range(0, ROWS, 500))
 
 
+def test_dask_splits_a_small_file_for_reasons(trained_project, job, batch_input, pandas_result, threads_client,
+                                              tmp_path) -> None:
+    """With reasons (slow TreeSHAP), one default-sized partition is split so both workers get work."""
+    out = tmp_path / "scored.parquet"
+    batch = replace(trained_project.settings.batch, reasons_chunk_rows=1000)
+    predict.score_batch(str(batch_input), str(out), job, batch, engine="dask", client=threads_client)
+    assert len(list(out.iterdir())) == ROWS // 1000
+    same_rows(pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), pandas_result)
+
+
 def test_cli_on_a_real_tcp_scheduler(trained_project, batch_input, pandas_result, tmp_path) -> None:
     """--scheduler tcp://...: the CLI's client ships the job to separate worker processes."""
     params = tmp_path / "params.yaml"
