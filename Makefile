@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 PIPENV := $(PYTHON) -m pipenv
 
-.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check score
+.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check score image
 
 run: install data repro metrics serve  ## install, link data, run the pipeline, print the metrics, serve the model
 
@@ -93,6 +93,25 @@ checkov:  ## install checkov==$(CHECKOV_VERSION) into .tools/checkov (no-op when
 
 infra-check: checkov  ## checkov over infra/terraform (what tests/integration/test_terraform.py asserts)
 	$(CHECKOV_VENV)/bin/checkov -d infra/terraform --framework terraform --compact --quiet --skip-download
+
+# The service image (Dockerfile): the model behind IMAGE_MODEL_URI (models:/<name>@<alias> or
+# models:/<name>/<version>; empty = the profile's champion) is exported at build time from the MLflow
+# server at MLFLOW_TRACKING_URI. docker when its daemon answers, else ../shared/tools/container-sandbox.sh
+# (buildah, no daemon). --network host lets the build reach a registry on 127.0.0.1.
+IMAGE ?= credit-default:dev
+IMAGE_MODEL_URI ?=
+CONTAINER_SANDBOX ?= ../shared/tools/container-sandbox.sh
+IMAGE_BUILD_ARGS = --network host --build-arg "MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI)" --build-arg "MODEL_URI=$(IMAGE_MODEL_URI)"
+image:  ## build the service image as $(IMAGE); needs MLFLOW_TRACKING_URI=http://<mlflow server>
+	@if [ -z "$(MLFLOW_TRACKING_URI)" ]; then \
+	  echo "make image: set MLFLOW_TRACKING_URI=http://<mlflow server> (the registry the model is exported from;" \
+	    "the embedded mlflow.db stores artifacts as local paths a build cannot read)" >&2; exit 2; fi
+	@if docker info >/dev/null 2>&1; then \
+	  echo "docker build -t $(IMAGE)"; docker build $(IMAGE_BUILD_ARGS) -t "$(IMAGE)" . ; \
+	else \
+	  echo "no Docker daemon: $(CONTAINER_SANDBOX) build . $(IMAGE)"; \
+	  $(CONTAINER_SANDBOX) build . "$(IMAGE)" -- $(IMAGE_BUILD_ARGS); \
+	fi
 
 bench: install-dev data
 	$(PIPENV) run python bench/pipeline.py

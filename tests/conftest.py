@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,15 @@ def real_file(dataset: str) -> Path:
     if not path.exists():
         pytest.skip(f"public data file {path} not present (see README, Data)")
     return path
+
+
+def venv_tool(name: str, package: str) -> str:
+    """A linter installed as a dev dependency (next to this interpreter, else on PATH); fails naming its package."""
+    exe = Path(sys.executable).parent / name
+    found = str(exe) if exe.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} not installed: pipenv sync --dev ({package})")
+    return found
 
 
 @pytest.fixture

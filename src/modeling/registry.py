@@ -4,6 +4,7 @@
     python -m src.modeling.registry promote VERSION --reason "..."
     python -m src.modeling.registry rollback [--reason "..."]
     python -m src.modeling.registry export ALIAS DIR
+    python -m src.modeling.registry export models:/<name>@<alias>|models:/<name>/<version> DIR
 
 Every alias change writes an audit tag on the registered model
 (``audit.<UTC time>`` = who, when, alias, from, to, reason, kind), which is also
@@ -38,6 +39,7 @@ CHALLENGER = "challenger"
 AUDIT_PREFIX = "audit."
 ACTOR_ENV = "MLOPS_ACTOR"
 ROLLED_BACK_TAG = "rolled_back"
+MODELS_SCHEME = "models:/"
 
 
 def _client() -> Any:
@@ -178,7 +180,36 @@ def describe_versions(client: Any, name: str) -> list[dict[str, Any]]:
 
 def export(client: Any, name: str, alias: str, dest: Path) -> Path:
     """Download the model an alias points at into ``dest``: a self-contained pyfunc directory."""
-    version = require_alias(client, name, alias)
+    return _export_version(client, name, require_alias(client, name, alias), alias, dest)
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> (name, alias, version), one of them None.
+
+    The container build takes its model as such a URI (build arg MODEL_URI), the
+    form the service and MLflow itself use, so one string names the model everywhere.
+    """
+    ref = uri.removeprefix(MODELS_SCHEME) if uri.startswith(MODELS_SCHEME) else None
+    if ref and "@" in ref:
+        name, alias = ref.split("@", 1)
+        if name and alias and "/" not in name:
+            return name, alias, None
+    elif ref and ref.count("/") == 1:
+        name, version = ref.split("/")
+        if name and version.isdigit():
+            return name, None, version
+    raise PipelineError(f"model URI '{uri}' is not models:/<name>@<alias> or models:/<name>/<version>")
+
+
+def export_uri(client: Any, uri: str, dest: Path) -> Path:
+    """Download the model behind a ``models:/`` URI (alias or version) into ``dest``."""
+    name, alias, version = parse_model_uri(uri)
+    if alias is not None:
+        return _export_version(client, name, require_alias(client, name, alias), alias, dest)
+    return _export_version(client, name, str(require_version(client, name, str(version)).version), None, dest)
+
+
+def _export_version(client: Any, name: str, version: str, alias: str | None, dest: Path) -> Path:
     if dest.exists() and any(dest.iterdir()):
         raise PipelineError(f"{dest} is not empty; export needs a new or empty directory")
     dest.mkdir(parents=True, exist_ok=True)
@@ -189,8 +220,33 @@ def export(client: Any, name: str, alias: str, dest: Path) -> Path:
         "source": mv.source, "tags": dict(mv.tags or {}),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     })
-    log.info("exported %s v%s (@%s) to %s", name, version, alias, dest)
+    log.info("exported %s v%s (%s) to %s", name, version, f"@{alias}" if alias else "by version", dest)
     return dest
+
+
+def import_exported(client: Any, model_dir: Path, name: str, alias: str, reason: str) -> str:
+    """Register an exported model directory (``export``'s output) as a new version of ``name`` with ``alias``.
+
+    Copies a model between stores with no retraining, e.g. the embedded store's champion to
+    the team's server, whose proxied artifacts a container build can download (the embedded
+    store records local file paths). The alias change is audited like any other.
+    """
+    if not (model_dir / "MLmodel").is_file():
+        raise PipelineError(f"{model_dir} is not an exported model directory (no MLmodel file)")
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    run = client.create_run(experiment_id, tags={"imported_from": str(model_dir)})
+    client.log_artifacts(run.info.run_id, str(model_dir), "model")
+    client.set_terminated(run.info.run_id)
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+        client.create_registered_model(name)
+    version = str(client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version)
+    set_alias(client, name, alias, version, reason, kind="import")
+    return version
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -218,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", help="move the champion back to the previous champion")
     rb.add_argument("--reason", default="rollback")
     ex = sub.add_parser("export", help="download the model behind ALIAS into DIR (self-contained)")
-    ex.add_argument("alias")
+    ex.add_argument("alias", help="alias (e.g. champion), or a models:/<name>@<alias> or models:/<name>/<version> URI")
     ex.add_argument("dir", type=Path)
     sub.add_parser("audit", help="every alias change, oldest first")
     return parser
@@ -241,6 +297,8 @@ def _dispatch(args: argparse.Namespace, client: Any, name: str) -> None:
         promote(client, name, args.version, args.reason)
     elif args.command == "rollback":
         rollback(client, name, args.reason)
+    elif args.command == "export" and args.alias.startswith(MODELS_SCHEME):
+        export_uri(client, args.alias, args.dir)
     elif args.command == "export":
         export(client, name, args.alias, args.dir)
     elif args.command == "audit":

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -115,12 +116,11 @@ def stop_process_group(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real `mlflow server` (SQLite backend, proxied artifact store) on a free 127.0.0.1 port."""
+@contextmanager
+def running_mlflow_server(store: Path) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, proxied artifact store under ``store``) on a free 127.0.0.1 port."""
     port = free_port()
-    store = tmp_path / "mlflow-server"
-    store.mkdir()
+    store.mkdir(parents=True, exist_ok=True)
     log = (store / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
@@ -134,6 +134,13 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     finally:
         stop_process_group(proc)
         log.close()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, proxied artifact store) on a free 127.0.0.1 port."""
+    with running_mlflow_server(tmp_path / "mlflow-server") as uri:
+        yield uri
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,28 @@ def json_or_text(resp: requests.Response) -> Any:
         return resp.json()
     except ValueError:  # includes requests' and json's JSONDecodeError
         return resp.text[:500]
+
+
+class FormFields(HTMLParser):
+    """The values a browser would submit from the rendered form: inputs, and each select's chosen option."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, str] = {}
+        self._select: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "input" and a.get("name") and a.get("type") not in {"submit", "button"}:
+            self.values[str(a["name"])] = a.get("value") or ""
+        elif tag == "select":
+            self._select = a.get("name")
+        elif tag == "option" and self._select and ("selected" in a or self._select not in self.values):
+            self.values[self._select] = a.get("value") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self._select = None
 
 
 # --- fixtures -------------------------------------------------------------------------------------------------

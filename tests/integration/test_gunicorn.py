@@ -26,7 +26,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import requests
 from tests.conftest import TrainedProject
 from tests.integration.serving import (  # noqa: F401  (the *_fixture names register fixtures)
     CONFIG,
+    FormFields,
     GunicornServer,
     applicant_fixture,
     gunicorn_server_fixture,
@@ -187,28 +187,6 @@ def test_metrics_are_aggregated_across_workers(gunicorn_server: GunicornServer, 
     live = {key for key, value in info.items() if value == 1}
     assert {int(pid) for pid, _, _ in live} == workers, f"model_info: {info}"
     assert len({(name, version) for _, name, version in live}) == 1  # both serve the same model
-
-
-class FormFields(HTMLParser):
-    """The values a browser would submit from the rendered form: inputs, and each select's chosen option."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: dict[str, str] = {}
-        self._select: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "input" and a.get("name") and a.get("type") not in {"submit", "button"}:
-            self.values[str(a["name"])] = a.get("value") or ""
-        elif tag == "select":
-            self._select = a.get("name")
-        elif tag == "option" and self._select and ("selected" in a or self._select not in self.values):
-            self.values[self._select] = a.get("value") or ""
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "select":
-            self._select = None
 
 
 def test_form_csrf_token_is_valid_on_every_worker(gunicorn_server: GunicornServer) -> None:

