@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 PIPENV := $(PYTHON) -m pipenv
 
-.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check score image
+.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check retrain image score
 
 run: install data repro metrics serve  ## install, link data, run the pipeline, print the metrics, serve the model
 
@@ -65,6 +65,11 @@ MLFLOW_PORT ?= 5000
 mlflow-ui: install
 	$(PIPENV) run mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+# The retraining loop (README "Retraining runbook"): dvc pull -> dvc repro (gate, promote) ->
+# dvc push -> reload the service at retrain.reload_url (ADMIN_TOKEN) onto the new champion.
+retrain: install data  ## pull, rerun the pipeline through the quality gate, push, reload the running service
+	$(PIPENV) run python -m src.modeling.retrain $(RETRAIN_ARGS)
 
 # Batch scoring example (README "Batch scoring"): the DVC stage `score` scores the test split with the
 # champion into data/scored/ and metrics/score_summary.json (after the stages it depends on).
