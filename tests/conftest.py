@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.tracking._model_registry import utils as registry_uri_state
+from mlflow.tracking._tracking_service import utils as tracking_uri_state
 
 from flask_api import create_app
 from src.config import Settings, read_params, settings_from_dict
@@ -57,6 +60,26 @@ def venv_tool(name: str, package: str) -> str:
     if not found:
         pytest.fail(f"{name} not installed: pipenv sync --dev ({package})")
     return found
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris() -> Iterator[None]:
+    """Put MLflow's tracking and registry URIs back after every test.
+
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` (called by ``tracking.connect``) also
+    export ``$MLFLOW_TRACKING_URI`` / ``$MLFLOW_REGISTRY_URI`` in MLflow 3, so a test that talked
+    to a server it then stopped would otherwise point every later test, and every
+    subprocess they start, at that dead server.
+    """
+    saved = {var: os.environ.get(var) for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    tracking, registry_uri = tracking_uri_state._tracking_uri, registry_uri_state._registry_uri
+    yield
+    tracking_uri_state._tracking_uri, registry_uri_state._registry_uri = tracking, registry_uri
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
 
 
 @pytest.fixture

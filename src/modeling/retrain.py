@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "ADMIN_TOKEN"  # the service's bearer token for POST /admin/reload (flask_api/ops.py)
 
 Runner = Callable[[Sequence[str]], int]
+CONFIRMATIONS = 8  # /ready answers in a row that must report the new champion after a reload
 
 
 class RetrainError(RuntimeError):
@@ -131,13 +132,17 @@ def reload_service(url: str, token: str | None, model_name: str, champion: str |
     if status != 200:
         raise RetrainError("reload", f"POST {url}/admin/reload answered {status}: "
                                      f"{body.get('error', body)}; the previous model keeps serving")
+    # The answering worker reloads at once, the others on their next request, in the background:
+    # done when several probes in a row (new connections, spread over the workers) see the champion.
     deadline = time.monotonic() + timeout
+    streak = 0
     while time.monotonic() < deadline:
         status, body = _http_json(f"{url}/ready", timeout=min(timeout, 5.0))
         served = str((body.get("model") or {}).get("version")) if status == 200 else None
-        if served == champion:
+        streak = streak + 1 if served == champion else 0
+        if streak >= CONFIRMATIONS:
             return f"reloaded: {url} serves version {served}"
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise RetrainError("reload", f"{url}/ready still reports version {served}, expected {champion}, "
                                  f"after {timeout:.0f} s")
 

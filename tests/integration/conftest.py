@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import s3fs
 
 from tests.conftest import ROOT, real_file
 from tests.synthetic import write_synthetic_risk_flag
@@ -160,9 +161,14 @@ def moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
+    # fsspec caches one S3FileSystem per set of arguments, and the endpoint comes from the
+    # environment, not the arguments: without this, a later test's s3:// paths would reach
+    # an earlier test's (stopped) server through the cached instance.
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         wait_http(f"{endpoint}/moto-api/", proc=proc, timeout=60)
         yield endpoint
     finally:
+        s3fs.S3FileSystem.clear_instance_cache()
         stop_process_group(proc)
         log.close()

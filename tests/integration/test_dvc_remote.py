@@ -8,6 +8,7 @@ back and checks each file is byte-identical to what the pipeline wrote.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from configparser import ConfigParser
 from pathlib import Path
@@ -42,7 +43,16 @@ def cached_outs(repo: Path, stages: set[str] | None = None) -> dict[str, str]:
     """path -> md5 (from dvc.lock) of every output DVC caches, for ``stages`` (all when None)."""
     spec = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     lock = yaml.safe_load((repo / "dvc.lock").read_text(encoding="utf-8"))["stages"]
-    dataset = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))["dataset"]
+    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+
+    def interpolate(path: str) -> str:  # DVC's ${a.b} templating, from params.yaml
+        def value(match: re.Match[str]) -> str:
+            node = params
+            for key in match[1].split("."):
+                node = node[key]
+            return str(node)
+        return re.sub(r"\$\{([\w.]+)\}", value, path)
+
     found = {}
     for stage, body in spec.items():
         if stages is not None and stage not in stages:
@@ -50,7 +60,7 @@ def cached_outs(repo: Path, stages: set[str] | None = None) -> dict[str, str]:
         for entry in [*body.get("outs", []), *body.get("metrics", []), *body.get("plots", [])]:
             path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
             if opts.get("cache", True):
-                path = path.replace("${dataset}", dataset)
+                path = interpolate(path)
                 found[path] = next(o["md5"] for o in lock[stage]["outs"] if o["path"] == path)
     assert found
     return found

@@ -87,5 +87,6 @@ def test_retrain_loop_promotes_pushes_and_reloads(repo: Path, tmp_path: Path) ->
         assert proc.returncode == 0, proc.stderr
         assert failed["gate"]["decision"] == "failed" and failed["gate"]["version"] == 3
         assert not failed["promoted"] and failed["champion_after"] == "2"
-        assert failed["reload"] == f"{url} already serves version 2"
+        # Usually every worker already serves v2; a worker that was still reloading in the background is caught up.
+        assert failed["reload"] in (f"{url} already serves version 2", f"reloaded: {url} serves version 2")
         assert served_version(url) == "2"

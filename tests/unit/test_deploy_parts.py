@@ -84,8 +84,9 @@ def test_release_script_first_install_then_upgrade_records_tags(instance: dict[s
     assert proc.returncode == 0, proc.stderr
     log = calls(instance)
     # The two sides of `aws ecr get-login-password | docker login` run at once: either may log first.
+    registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
     assert sorted(log[:2]) == ["aws ecr get-login-password --region eu-west-1",
-                               "docker login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com"]
+                               f"docker login --username AWS --password-stdin {registry}"]
     assert log[2] == f"docker pull {IMAGE}:v1"
     assert log[-1] == (f"docker run -d --name credit-default --restart unless-stopped -p 8000:8000 {IMAGE}:v1")
     assert (state / "current-tag").read_text() == "v1\n"
