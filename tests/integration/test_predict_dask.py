@@ -26,7 +26,7 @@ from distributed import Client, LocalCluster
 from src.data.validate import ROW_COLUMN
 from src.modeling import predict
 from tests.conftest import ROOT, TrainedProject
-from tests.integration.conftest import tool_env
+from tests.integration.conftest import free_port, stop_process_group, tool_env
 
 # Each test scores 4,000 rows in well under a minute; a wedged cluster fails in 5 minutes, not the suite's 15.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -106,17 +106,38 @@ def test_dask_splits_a_small_file_for_reasons(trained_project, job, batch_input,
 
 
 def test_cli_on_a_real_tcp_scheduler(trained_project, batch_input, pandas_result, tmp_path) -> None:
-    """--scheduler tcp://...: the CLI's client ships the job to separate worker processes."""
+    """--scheduler tcp://...: an existing cluster (`dask scheduler` + `dask worker` processes) does the work.
+
+    The cluster and the CLI are separate processes, as on a real cluster: nothing is shared
+    with this test process (its imports, threads, OpenMP state) but the network.
+    """
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text(encoding="utf-8").replace(
         "dask_partition_bytes: 8388608", "dask_partition_bytes: 1"), encoding="utf-8")
     out = tmp_path / "scored.parquet"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      host="127.0.0.1") as cluster:
-        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        predict.main([str(batch_input), "--output", str(out), "--params", str(params), "--top-reasons", "3",
-                      "--include-features", "--model-uri", str(trained_project.model_dir),
-                      "--scheduler", cluster.scheduler_address])
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**tool_env(), "PYTHONPATH": str(ROOT)}  # the workers need this project's code, like an image would
+    dask = str(Path(sys.executable).parent / "dask")
+    logs = [(tmp_path / f"{name}.log").open("w") for name in ("scheduler", "workers")]
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", "127.0.0.1:0"], env=env, cwd=tmp_path,
+                              stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)]
+    try:
+        procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", "2", "--nthreads", "1",
+                                       "--host", "127.0.0.1", "--no-dashboard"], env=env, cwd=tmp_path,
+                                      stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True))
+        proc = subprocess.run([sys.executable, "-m", "src.modeling.predict", str(batch_input), "--output", str(out),
+                               "--params", str(params), "--top-reasons", "3", "--include-features",
+                               "--model-uri", str(trained_project.model_dir), "--scheduler", address],
+                              cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=240, check=False)
+    finally:
+        for running in reversed(procs):
+            stop_process_group(running)
+        for log in logs:
+            log.close()
+    assert proc.returncode == 0, proc.stderr[-3000:] + (tmp_path / "workers.log").read_text()[-3000:]
+    assert f"rows in {ROWS:,}: scored {ROWS - ROWS // 500:,}, rejected {ROWS // 500}" in proc.stdout
     assert len(list(out.iterdir())) == 8
     same_rows(pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), pandas_result)
 
