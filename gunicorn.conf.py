@@ -4,9 +4,19 @@ Gunicorn executes this file in the master process at start-up and again on every
 SIGHUP, so everything at module level is idempotent (``setdefault``) and the
 one-time work lives in ``on_starting``. The choices, and why:
 
-* gthread workers: scoring is CPU-light per request and the prediction log does
-  blocking SQLite/SQL I/O, so a few threads per process keep a core busy while
-  a thread waits on the database; several processes side-step the GIL.
+* gthread workers: a few threads per process overlap one request's Python with
+  another's time in LightGBM or a socket (both release the GIL), and several
+  processes side-step the GIL. The class is
+  ``src.gunicorn_worker.KeepAliveThreadWorker``: gthread plus two keep-alive fixes
+  (a restart never closes a connection it promised to keep; a connection is
+  recycled after GUNICORN_KEEPALIVE_REQUESTS requests so clients spread over the
+  workers). See that module.
+* HTTP keep-alive on (5 s): no TCP handshake and per-connection set-up per request,
+  about a third of the server CPU of a single-row prediction.
+* ``gc.freeze()`` once the model is loaded: the ~250,000 objects the imports
+  (Flask, MLflow, pandas, scikit-learn) leave behind are never scanned again. Left
+  in the collector, every full collection walked them all and stalled the worker's
+  requests for 140-180 ms, a few times a minute under load.
 * ``preload_app = False``: each worker imports the app and loads its own model
   after the fork, so SIGHUP (new workers) re-reads the current champion behind
   MODEL_URI, and nothing model-related is shared by fork between processes.
@@ -25,13 +35,15 @@ one-time work lives in ``on_starting``. The choices, and why:
 
 Environment: SERVE_BIND (else params.yaml serve.bind, else 127.0.0.1:8000),
 WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (4), GUNICORN_TIMEOUT (60),
-GUNICORN_GRACEFUL_TIMEOUT (30), GUNICORN_KEEPALIVE (0), GUNICORN_MODEL_WAIT (120),
+GUNICORN_GRACEFUL_TIMEOUT (30), GUNICORN_KEEPALIVE (seconds, 5; 0 = Connection: close),
+GUNICORN_KEEPALIVE_REQUESTS (100; read by the worker class), GUNICORN_MODEL_WAIT (120),
 GUNICORN_PIDFILE (none), GUNICORN_CONTROL_SOCKET (enables gunicornc on that path),
 LOG_LEVEL (info).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -67,7 +79,7 @@ def _default_bind() -> str:
 # --- process model -----------------------------------------------------------
 bind = [os.environ.get("SERVE_BIND") or _default_bind()]
 workers = _int_env("WEB_CONCURRENCY", 2)
-worker_class = "gthread"
+worker_class = "src.gunicorn_worker.KeepAliveThreadWorker"
 threads = _int_env("GUNICORN_THREADS", 4)
 preload_app = False
 # A gthread worker's main loop checks in at least once a second whatever its threads do (and
@@ -75,12 +87,10 @@ preload_app = False
 timeout = _int_env("GUNICORN_TIMEOUT", 60)
 # On SIGHUP/SIGTERM a worker stops accepting and finishes in-flight requests within this.
 graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 30)
-# 0 = "Connection: close" on every response. On SIGHUP/SIGTERM a gthread worker closes a kept-alive
-# connection as soon as its current request is done, even if the client has already sent the next request
-# on it (benoitc/gunicorn#1236): that POST fails with "Remote end closed connection" and clients do not retry
-# POSTs. Model reloads restart workers routinely, so no keep-alive by default; the cost is one TCP handshake
-# per request (~0.1 ms on a LAN, nothing next to scoring). Behind a proxy that retries, GUNICORN_KEEPALIVE=5.
-keepalive = _int_env("GUNICORN_KEEPALIVE", 0)
+# Seconds an idle kept-alive connection stays open. Safe across SIGHUP/SIGTERM restarts with
+# KeepAliveThreadWorker (stock gthread closes a kept-alive connection under a client that already sent
+# its next request: benoitc/gunicorn#1236). 0 = "Connection: close" on every response.
+keepalive = _int_env("GUNICORN_KEEPALIVE", 5)
 model_wait = _int_env("GUNICORN_MODEL_WAIT", 120)
 # Where `kill -HUP $(cat <pidfile>)` finds the master (restarts every worker: each loads the champion).
 pidfile = os.environ.get("GUNICORN_PIDFILE") or None
@@ -150,6 +160,9 @@ def post_worker_init(worker: Any) -> None:
     if not worker.alive:  # told to stop (SIGHUP/SIGTERM) before its model was ready: it will not serve
         worker.log.info("worker %s stopping before serving (after %.1f s)", worker.pid, waited)
         return
+    # Everything alive now (imports, the model) moves to the collector's permanent generation.
+    gc.collect()
+    gc.freeze()
     state = "loaded" if models.current is not None else f"NOT loaded ({models.error or 'still loading'})"
     worker.log.info("worker %s accepting requests: model %s after %.1f s", worker.pid, state, waited)
 

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Request, Response, g, jsonify, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 
@@ -39,6 +40,20 @@ def database_url(settings: Settings) -> str:
     return url
 
 
+class CookieOnlySessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, minus the signing set-up on requests that carry no session cookie.
+
+    Flask builds an itsdangerous serializer (key derivation included) on every request
+    before it even looks for the cookie; API clients never send one, so that was pure
+    overhead on every prediction. With no cookie the session is empty either way.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Build the app. ``overrides`` may hold Flask config and SETTINGS / MODEL_URI / MODEL_LOADING.
 
@@ -49,6 +64,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
                                                                                          "params.yaml"))
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
+    app.session_interface = CookieOnlySessionInterface()
     app.config.update(
         SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_hex(32),
         MAX_CONTENT_LENGTH=settings.serve.max_body_bytes,
@@ -61,7 +77,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     marker = os.environ.get("RELOAD_MARKER_FILE")
     metrics = Metrics()
     predlog = PredictionLog(database_url(settings), max_pending=settings.serve.log_max_pending,
-                            on_failure=metrics.log_failures.inc)
+                            on_failure=metrics.log_failures.inc, linger=settings.serve.log_linger_seconds)
     svc = Service(settings=settings, models=ModelHolder(settings, app.config["MODEL_URI"]),
                   predlog=predlog, metrics=metrics, reload_marker=Path(marker) if marker else None)
     app.extensions["credit_service"] = svc

@@ -21,6 +21,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from src.config import Settings, build_profile
+from src.modeling.compiled import CompiledTrees, CompileError, compile_trees
 from src.modeling.explain import Scorer
 from src.modeling.tracking import connect
 
@@ -41,7 +42,8 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "uri": self.uri, "loaded_at": self.loaded_at,
-                "dataset": self.meta["dataset"], "threshold": self.scorer.threshold}
+                "dataset": self.meta["dataset"], "threshold": self.scorer.threshold,
+                "probabilities_by": self.scorer.engine}
 
 
 def resolve_model_uri(settings: Settings) -> str:
@@ -82,11 +84,31 @@ def load_model(uri: str, settings: Settings) -> LoadedModel:
     profile = settings.profile if dataset == settings.dataset else build_profile(
         dataset, settings.raw["profiles"][dataset])
     scorer = Scorer(model.pipeline, meta, profile, top_reasons=settings.serve.top_reasons,
-                    refer_margin=settings.serve.refer_margin, num_threads=settings.serve.num_threads)
+                    refer_margin=settings.serve.refer_margin, num_threads=settings.serve.num_threads,
+                    compiled=compiled_trees(model.pipeline, meta, settings, f"{name} v{version}"))
     loaded = LoadedModel(scorer=scorer, name=name, version=version, uri=uri,
                          loaded_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    log.info("loaded %s v%s from %s in %.1f s", name, version, uri, time.perf_counter() - started)
+    log.info("loaded %s v%s from %s in %.1f s (probabilities by %s)", name, version, uri,
+             time.perf_counter() - started, scorer.engine)
     return loaded
+
+
+def compiled_trees(pipeline: Any, meta: dict[str, Any], settings: Settings, label: str) -> CompiledTrees | None:
+    """The model's trees compiled by lleaves when serve.compile_trees is on; None (LightGBM) if off or failing."""
+    if not settings.serve.compile_trees:
+        return None
+    model = pipeline.named_steps["model"]
+    num_iteration = int(meta.get("best_iteration") or model.best_iteration_ or -1)
+    cache_dir = Path(settings.serve.compiled_cache_dir) if settings.serve.compiled_cache_dir else None
+    try:
+        compiled = compile_trees(model.booster_, num_iteration, cache_dir)
+    except CompileError as exc:
+        log.warning("%s: serving with LightGBM's own predict, the trees could not be compiled: %s", label, exc)
+        return None
+    log.info("%s: trees compiled by lleaves (%s in %.1f s; max |difference| from LightGBM %.1e on probe rows)",
+             label, "loaded from cache" if compiled.from_cache else "compiled", compiled.seconds,
+             compiled.max_difference)
+    return compiled
 
 
 class ModelHolder:

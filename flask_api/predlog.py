@@ -5,10 +5,16 @@ gunicorn workers append concurrently without losing rows. Any SQLAlchemy URL
 works (e.g. postgresql://...).
 
 Writes happen off the request path: :meth:`PredictionLog.submit` queues the
-scored rows and returns; one writer thread per process drains the queue and
-appends everything waiting in one transaction. A commit per request was the
-largest single cost of a request (and of its tail latency under several
-workers); batched, the log keeps up with any request rate the scorer reaches.
+scored rows and returns; one writer thread per process collects what arrives
+within ``linger`` seconds (serve.log_linger_seconds) and appends it in one
+transaction. A commit per request was the largest single cost of a request,
+and the writer's Python work competes for the GIL with the request threads (a
+request thread back from LightGBM or a socket waits for the GIL while the
+writer holds it), so the writer does as little Python as it can: few
+transactions, and rows bound as tuples through one INSERT compiled for the
+engine's dialect with the columns' own bind processors (the same conversions
+SQLAlchemy applies, once per request for the per-request columns). That cuts
+the writer's CPU per 1000-row request from ~16 ms to a few ms.
 Nothing is lost on a clean stop: :meth:`close` (gunicorn's ``worker_exit``, and
 ``atexit`` as a backstop) drains the queue first. A failing write never fails
 the prediction: it is retried, then counted through ``on_failure`` and logged.
@@ -66,6 +72,63 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+# One queued request: (request_id, source, model_name, model_version, scored_at, rows, results).
+Entry = tuple[str, str, str, str, datetime, Sequence[dict[str, Any]], Sequence[dict[str, Any]]]
+COLUMNS = ("request_id", "row_index", "created_at", "source", "model_name", "model_version", "features",
+           "probability", "decision")
+PER_REQUEST = ("request_id", "created_at", "source", "model_name", "model_version")  # same for a request's rows
+
+
+class FastInsert:
+    """``predictions.insert()`` compiled once for a dialect, executed with pre-bound tuples.
+
+    ``conn.execute(table.insert(), list_of_dicts)`` re-processes every parameter of
+    every row in Python (~9 us a row). Here each column's bind processor (the
+    dialect's own: SQLite's DATETIME string, the engine's JSON serializer, ...) is
+    looked up once, the per-request columns are converted once per request, and the
+    driver's executemany gets plain tuples (or dicts, for named paramstyles).
+    """
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        compiled = predictions.insert().compile(dialect=dialect, column_keys=list(COLUMNS))
+        self.sql = str(compiled)
+        self.positional = bool(compiled.positional)
+        self.order: tuple[str, ...] = tuple(compiled.positiontup or ()) if self.positional else COLUMNS
+        if set(self.order) != set(COLUMNS):
+            raise RuntimeError(f"unexpected INSERT parameters {self.order} for {dialect.name}")
+        self.processors: dict[str, Callable[[Any], Any] | None] = {
+            name: predictions.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in COLUMNS}
+
+    def _bind(self, name: str, value: Any) -> Any:
+        processor = self.processors[name]
+        return value if processor is None else processor(value)
+
+    def parameters(self, batch: Sequence[Entry]) -> list[Any]:
+        """One parameter tuple (or dict) per scored row of every queued request."""
+        bind, slot = self._bind, self.order.index
+        row_index, features, probability, decision = (slot("row_index"), slot("features"), slot("probability"),
+                                                       slot("decision"))
+        out: list[Any] = []
+        for request_id, source, model_name, model_version, scored_at, rows, results in batch:
+            values: list[Any] = [None] * len(self.order)
+            for name, value in zip(PER_REQUEST, (request_id, scored_at, source, model_name, model_version),
+                                   strict=True):
+                values[slot(name)] = bind(name, value)
+            for i, (row, result) in enumerate(zip(rows, results, strict=True)):
+                values[row_index] = bind("row_index", i)
+                values[features] = bind("features", row)
+                values[probability] = bind("probability", result["probability_of_default"])
+                values[decision] = bind("decision", result["decision"])
+                out.append(tuple(values) if self.positional else dict(zip(self.order, values, strict=True)))
+        return out
+
+    def execute(self, conn: sa.Connection, batch: Sequence[Entry]) -> int:
+        parameters = self.parameters(batch)
+        if parameters:
+            conn.exec_driver_sql(self.sql, parameters)
+        return len(parameters)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, json_serializer=_json,
@@ -75,18 +138,17 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, json_serializer=_json)
 
 
-# One queued request: (request_id, source, model_name, model_version, scored_at, rows, results).
-Entry = tuple[str, str, str, str, datetime, Sequence[dict[str, Any]], Sequence[dict[str, Any]]]
-
 
 class PredictionLog:
     """Append-only log of scored rows; ``submit`` queues, a writer thread commits in batches."""
 
     def __init__(self, url: str, max_pending: int = 10_000,
-                 on_failure: Callable[[int], None] | None = None) -> None:
+                 on_failure: Callable[[int], None] | None = None, linger: float = 0.0) -> None:
         self.url = url
         self.engine = make_engine(url)
         self.on_failure = on_failure
+        self.linger = max(0.0, float(linger))
+        self._insert_rows = FastInsert(self.engine.dialect)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self._writer: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -111,7 +173,7 @@ class PredictionLog:
     def write(self, request_id: str, source: str, model_name: str, model_version: str,
               rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> None:
         """Append one request's rows now, in this thread (raises on failure)."""
-        self._insert(_records([(request_id, source, model_name, model_version, datetime.now(UTC), rows, results)]))
+        self._insert([(request_id, source, model_name, model_version, datetime.now(UTC), rows, results)])
 
     def submit(self, request_id: str, source: str, model_name: str, model_version: str,
                rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], timeout: float = 10.0) -> None:
@@ -139,15 +201,19 @@ class PredictionLog:
         stop = False
         while not stop:
             entries = [self._queue.get()]
-            rows = len(entries[0][5]) if entries[0] is not _STOP else 0
-            while rows < MAX_ROWS_PER_TRANSACTION:  # everything already waiting goes in the same transaction
+            stop = entries[0] is _STOP
+            rows = 0 if stop else len(entries[0][5])
+            # Everything arriving within `linger` of the first entry goes into the same transaction.
+            deadline = time.monotonic() + self.linger
+            while not stop and rows < MAX_ROWS_PER_TRANSACTION:
                 try:
-                    entry = self._queue.get_nowait()
+                    entry = self._queue.get(timeout=max(0.0, deadline - time.monotonic())) \
+                        if self.linger else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 entries.append(entry)
-                rows += 0 if entry is _STOP else len(entry[5])
-            stop = any(e is _STOP for e in entries)
+                stop = entry is _STOP
+                rows += 0 if stop else len(entry[5])
             batch = [e for e in entries if e is not _STOP]
             try:
                 if batch:
@@ -157,24 +223,24 @@ class PredictionLog:
                     self._queue.task_done()
 
     def _write_batch(self, batch: list[Entry]) -> None:
-        records = _records(batch)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                self._insert(records)
+                self._insert(batch)
                 return
             except Exception:
                 if attempt == WRITE_ATTEMPTS:
+                    rows = sum(len(entry[5]) for entry in batch)
                     log.exception("prediction log: %d row(s) of %d request(s) could not be written",
-                                  len(records), len(batch))
+                                  rows, len(batch))
                     if self.on_failure is not None:
-                        self.on_failure(len(records))
+                        self.on_failure(rows)
                     return
                 log.warning("prediction log write failed (attempt %d of %d); retrying", attempt, WRITE_ATTEMPTS)
                 time.sleep(0.2 * attempt)
 
-    def _insert(self, records: list[dict[str, Any]]) -> None:
+    def _insert(self, batch: Sequence[Entry]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(predictions.insert(), records)
+            self._insert_rows.execute(conn, batch)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every queued row is written (or given up); False on timeout."""
@@ -207,12 +273,3 @@ class PredictionLog:
 
     def dispose(self) -> None:
         self.close()
-
-
-def _records(batch: Sequence[Entry]) -> list[dict[str, Any]]:
-    return [{
-        "request_id": request_id, "row_index": i, "created_at": scored_at, "source": source,
-        "model_name": model_name, "model_version": model_version, "features": row,
-        "probability": result["probability_of_default"], "decision": result["decision"],
-    } for request_id, source, model_name, model_version, scored_at, rows, results in batch
-        for i, (row, result) in enumerate(zip(rows, results, strict=True))]

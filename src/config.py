@@ -233,7 +233,10 @@ class ServeSettings:
     database_url: str
     bind: str
     log_max_pending: int = 10_000
+    log_linger_seconds: float = 0.1
     num_threads: int = 1
+    compile_trees: bool = True
+    compiled_cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -648,7 +651,10 @@ def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
             refer_margin=float(_require(srv, "refer_margin", "serve")),
             database_url=str(_require(srv, "database_url", "serve")),
             log_max_pending=int(srv.get("log_max_pending", 10_000)),
+            log_linger_seconds=_bounded(srv.get("log_linger_seconds", 0.1), "serve.log_linger_seconds", 0.0, 10.0),
             num_threads=int(srv.get("num_threads", 1)),
+            compile_trees=bool(srv.get("compile_trees", True)),
+            compiled_cache_dir=str(srv["compiled_cache_dir"]) if srv.get("compiled_cache_dir") else None,
             bind=str(srv.get("bind", "127.0.0.1:8000")),
         ),
         raw=params,
@@ -657,6 +663,17 @@ def settings_from_dict(params: dict[str, Any], root: Path) -> Settings:
         monitoring=monitoring_settings(params.get("monitoring")),
         batch=batch_settings(params.get("batch")),
     )
+
+
+def _bounded(value: Any, key: str, low: float, high: float) -> float:
+    """A number within [low, high], or a ConfigError naming the key."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"params.yaml: '{key}' must be a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"params.yaml: '{key}' must be between {low:g} and {high:g}, got {number:g}")
+    return number
 
 
 def load_settings(params_file: str | Path = PARAMS_FILE) -> Settings:

@@ -135,11 +135,11 @@ def test_failed_writes_are_retried_then_counted(tmp_path: Path, monkeypatch: pyt
     attempts = []
     real_insert = log._insert
 
-    def flaky(records: list[dict[str, Any]]) -> None:
-        attempts.append(len(records))
+    def flaky(batch: list[Any]) -> None:  # queued requests: (request_id, ..., rows, results)
+        attempts.append(sum(len(entry[5]) for entry in batch))
         if len(attempts) == 1:
             raise OSError("database is locked")
-        real_insert(records)
+        real_insert(batch)
 
     monkeypatch.setattr(log, "_insert", flaky)
     log.submit("r1", "api", "m", "1", *scored(4))
