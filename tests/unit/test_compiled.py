@@ -6,10 +6,13 @@ the served model's compiled trees are checked in the API and gunicorn tests.
 
 from __future__ import annotations
 
+import builtins
 import logging
+import tempfile
 from pathlib import Path
 
 import lightgbm as lgb
+import lleaves
 import numpy as np
 import pytest
 
@@ -72,8 +75,6 @@ def test_a_damaged_cache_file_is_never_loaded_but_compiled_again(tmp_path: Path)
 
 def test_compiled_trees_that_disagree_with_lightgbm_are_refused(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import lleaves
-
     real_predict = lleaves.Model.predict
     monkeypatch.setattr(lleaves.Model, "predict", lambda self, data, n_jobs=None: real_predict(self, data, n_jobs)
                         + 1e-6)
@@ -82,8 +83,6 @@ def test_compiled_trees_that_disagree_with_lightgbm_are_refused(tmp_path: Path,
 
 
 def test_without_lleaves_the_error_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
-
     real_import = builtins.__import__
 
     def no_lleaves(name: str, *args: object, **kwargs: object) -> object:
@@ -133,6 +132,4 @@ def test_scorer_falls_back_to_lightgbm_when_compiling_fails(monkeypatch: pytest.
 
 
 def test_default_cache_dir_is_under_the_system_temp_dir() -> None:
-    import tempfile
-
     assert compiled_mod.default_cache_dir().parent == Path(tempfile.gettempdir())
