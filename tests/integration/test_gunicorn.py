@@ -14,14 +14,19 @@
   never 500;
 * one SECRET_KEY for all workers: a form's CSRF token validates on both;
 * the config module itself: shared SECRET_KEY and metrics directory created
-  in the master, stable across the re-read that SIGHUP does.
+  in the master, stable across the re-read that SIGHUP does;
+* keep-alive (src/gunicorn_worker.py): a connection is closed after
+  GUNICORN_KEEPALIVE_REQUESTS answers, and a SIGHUP restart never closes a
+  connection under a request it promised to serve.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import shutil
+import socket
 import threading
 import time
 from collections import Counter
@@ -427,3 +432,60 @@ def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# --- f. keep-alive: connections recycled, and never closed under a client after a restart began ---------------
+
+
+def http_exchange(sock: socket.socket, body: bytes, reader: Any) -> tuple[int, dict[str, str], bytes]:
+    """One POST /api/v1/predict on an open socket; (status, lower-cased headers, body) of its response."""
+    sock.sendall(b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    status_line = reader.readline()
+    if not status_line:
+        raise ConnectionError("the server closed the connection without answering")
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, reader.read(int(headers["content-length"]))
+
+
+def test_keepalive_connections_are_recycled_and_survive_a_restart_mid_request(
+        trained_project: TrainedProject, tmp_path: Path, applicant: dict[str, Any]) -> None:
+    """KeepAliveThreadWorker (src/gunicorn_worker.py) on a real gunicorn, over a raw socket.
+
+    * GUNICORN_KEEPALIVE_REQUESTS=3: answers 1-2 keep the connection, the 3rd says
+      "Connection: close" and the server closes it.
+    * A slow request (1000 rows with reasons) is in flight when SIGHUP restarts every
+      worker: its answer still promises keep-alive (it began before the signal), so the
+      client's next request on the same connection must be served, not dropped (stock
+      gthread closed that connection: benoitc/gunicorn#1236), with "Connection: close".
+    """
+    small = json.dumps(predict_body(applicant, reasons=False)).encode()
+    slow = json.dumps(predict_body(applicant, n=1000, reasons=True)).encode()
+    with running_gunicorn(tmp_path / "gunicorn", str(trained_project.model_dir), token=None,
+                          extra_env={"GUNICORN_KEEPALIVE_REQUESTS": "3"}) as server:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock, \
+                sock.makefile("rb") as reader:
+            answers = [http_exchange(sock, small, reader) for _ in range(3)]
+            assert [status for status, _, _ in answers] == [200, 200, 200]
+            assert [h.get("connection") for _, h, _ in answers] == ["keep-alive", "keep-alive", "close"]
+            assert reader.read(1) == b"", "the server closes the connection after the 3rd answer"
+
+        old_workers = server.worker_pids()
+        with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock, \
+                sock.makefile("rb") as reader:
+            assert http_exchange(sock, small, reader)[1]["connection"] == "keep-alive"  # request 1: a worker owns it
+            hup = threading.Timer(0.3, server.sighup)  # lands while the slow request is being scored
+            hup.start()
+            status, headers, payload = http_exchange(sock, slow, reader)
+            hup.join()
+            assert status == 200 and len(json.loads(payload)["results"]) == 1000
+            assert headers["connection"] == "keep-alive", "precondition: the slow request began before SIGHUP"
+            status, headers, payload = http_exchange(sock, small, reader)  # stock gthread: connection reset here
+            assert status == 200 and json.loads(payload)["results"][0]["decision"]
+            assert headers["connection"] == "close"  # the stopping worker ends the connection after this answer
+        wait_for_new_workers(server, old_workers)

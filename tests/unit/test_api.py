@@ -271,3 +271,26 @@ def test_responses_are_compact_json_in_request_order(client, app) -> None:
     assert resp.mimetype == "application/json"
     assert list(resp.json) == ["request_id", "model", "threshold", "results"]
     assert list(resp.json["results"][0]) == ["probability_of_default", "decision"]
+
+
+def test_api_requests_without_a_cookie_build_no_session_signer(client, app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No session cookie: an empty session without itsdangerous set-up, and no cookie in the answer.
+
+    The web form still gets its signed session (CSRF): tests/unit/test_views.py posts forms with it.
+    """
+    interface = app.session_interface
+
+    def refuse(*args: Any) -> None:
+        raise AssertionError("a session serializer was built for a cookie-less request")
+
+    monkeypatch.setattr(interface, "get_signing_serializer", refuse)
+    resp = client.post(PREDICT, json={"applicants": [applicant(app)], "reasons": False})
+    assert resp.status_code == 200 and "Set-Cookie" not in resp.headers
+    monkeypatch.undo()
+    form = client.get("/")
+    assert form.status_code == 200 and "session=" in form.headers.get("Set-Cookie", "")
+    calls = []
+    real = interface.get_signing_serializer
+    monkeypatch.setattr(interface, "get_signing_serializer", lambda a: calls.append(1) or real(a))
+    assert client.get("/").status_code == 200  # the cookie is sent back now: read and verified as before
+    assert calls

@@ -1,22 +1,27 @@
-"""The serving hot path's parts on their own: the validation fast path and the queued prediction log."""
+"""The serving hot path's parts on their own: the validation fast path, the queued prediction log and its
+pre-bound INSERT, batched histogram updates, and the keep-alive worker's setting."""
 
 from __future__ import annotations
 
 import math
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import multiprocess as mp
 from prometheus_client import values as prom_values
+from sqlalchemy.dialects import postgresql
 
 from flask_api.metrics import PROBABILITY_BUCKETS, observe_many
-from flask_api.predlog import PredictionLog
+from flask_api.predlog import COLUMNS, FastInsert, PredictionLog, make_engine, predictions
 from flask_api.validation import FieldError, check_value, validate_applicants
+from src import gunicorn_worker
 from src.config import Profile, build_profile
 from tests.conftest import load_params
 
@@ -200,3 +205,75 @@ def test_observe_many_equals_observe_one_by_one(values: list[float], multiproces
     for key, value in one_by_one.items():
         assert batched[key] == pytest.approx(value, abs=1e-9), key
     assert one_by_one['p_count'] == len(values)
+
+
+# --- the prediction log's pre-bound INSERT -------------------------------------------------------------------
+
+
+def test_logged_rows_read_back_as_sqlalchemy_wrote_them(tmp_path: Path) -> None:
+    """Rows bound by FastInsert read back through the Table's types: datetimes, JSON features, floats."""
+    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", linger=0.05)
+    rows = [{"age": 30, "education": 2, "limit_bal": 1000.5, "note": None}, {"age": 41, "education": 1,
+                                                                              "limit_bal": 2.0, "note": "é"}]
+    results = [{"probability_of_default": 0.125, "decision": "approve"},
+               {"probability_of_default": 0.75, "decision": "decline"}]
+    before = datetime.now(UTC)
+    log.submit("req-a", "api", "model-x", "3", rows, results)
+    log.submit("req-b", "form", "model-x", "3", rows[:1], results[:1])
+    assert log.flush(10)
+    with log.engine.connect() as conn:
+        got = conn.execute(sa.select(predictions).order_by(predictions.c.id)).mappings().all()
+    log.close()
+    assert [(r["request_id"], r["row_index"], r["source"]) for r in got] == [("req-a", 0, "api"), ("req-a", 1, "api"),
+                                                                            ("req-b", 0, "form")]
+    assert [r["features"] for r in got] == [rows[0], rows[1], rows[0]]
+    assert [(r["probability"], r["decision"]) for r in got] == [(0.125, "approve"), (0.75, "decline"),
+                                                                (0.125, "approve")]
+    assert all(r["model_name"] == "model-x" and r["model_version"] == "3" for r in got)
+    stamps = [r["created_at"].replace(tzinfo=UTC) for r in got]
+    assert all(before - timedelta(seconds=1) <= t <= datetime.now(UTC) for t in stamps)
+    assert stamps[0] == stamps[1]  # one timestamp per request
+
+
+def test_insert_for_a_named_paramstyle_dialect_binds_dicts() -> None:
+    """PostgreSQL (pyformat) gets %(name)s placeholders and one dict per row, JSON serialised by the dialect."""
+    dialect = postgresql.psycopg2.dialect()
+    insert = FastInsert(dialect)
+    assert "%(request_id)s" in insert.sql and not insert.positional
+    stamp = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    params = insert.parameters([("r", "api", "m", "1", stamp, [{"a": 1}, {"a": 2}],
+                                 [{"probability_of_default": 0.5, "decision": "refer"}] * 2)])
+    assert [p["row_index"] for p in params] == [0, 1]
+    assert all(set(p) == set(COLUMNS) and p["created_at"] == stamp and p["decision"] == "refer" for p in params)
+    assert [p["features"] for p in params] in ([{"a": 1}, {"a": 2}], ['{"a":1}', '{"a":2}'], ['{"a": 1}', '{"a": 2}'])
+
+
+def test_sqlite_insert_binds_positional_tuples_in_placeholder_order() -> None:
+    insert = FastInsert(make_engine("sqlite://").dialect)  # the engine's JSON serializer: orjson
+    assert insert.positional and insert.sql.count("?") == len(COLUMNS)
+    (row,) = insert.parameters([("r", "api", "m", "1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), [{"a": 1}],
+                                 [{"probability_of_default": 0.5, "decision": "refer"}])])
+    named = dict(zip(insert.order, row, strict=True))
+    assert named["created_at"].startswith("2026-01-02 03:04:05") and named["features"] == '{"a":1}'
+
+
+# --- the keep-alive worker's setting -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, 100), ("", 100), ("0", 0), ("7", 7), (" 25 ", 25)])
+def test_requests_per_connection_setting(raw: str | None, expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    if raw is None:
+        monkeypatch.delenv(gunicorn_worker.REQUESTS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(gunicorn_worker.REQUESTS_ENV, raw)
+    assert gunicorn_worker.requests_per_connection() == expected
+
+
+@pytest.mark.parametrize(("raw", "message"), [("many", "whole number of requests, got 'many'"),
+                                              ("-1", "must be >= 0")])
+def test_a_bad_requests_per_connection_setting_names_itself(raw: str, message: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(gunicorn_worker.REQUESTS_ENV, raw)
+    with pytest.raises(ValueError, match="GUNICORN_KEEPALIVE_REQUESTS") as info:
+        gunicorn_worker.requests_per_connection()
+    assert message in str(info.value)
