@@ -50,7 +50,8 @@ START_TIMEOUT = 240.0
 SCRUBBED_ENV = ("PROMETHEUS_MULTIPROC_DIR", "GUNICORN_OWNS_PROMETHEUS_DIR", "SECRET_KEY", "ADMIN_TOKEN",
                 "MODEL_URI", "DATABASE_URL", "SERVE_BIND", "WEB_CONCURRENCY", "GUNICORN_THREADS",
                 "GUNICORN_CONTROL_SOCKET", "GUNICORN_CMD_ARGS", "GUNICORN_PIDFILE", "GUNICORN_MODEL_WAIT",
-                "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_KEEPALIVE")
+                "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_KEEPALIVE",
+                "GUNICORN_KEEPALIVE_REQUESTS")
 # gunicorn.conf.py's post_worker_init line: the worker is in its accept loop, model loaded or not.
 ACCEPTING_LINE = re.compile(r"worker (?P<pid>\d+) accepting requests: model (?P<state>loaded|NOT loaded)")
 # gunicorn.conf.py's on_starting line naming the Prometheus multiprocess directory it uses.

@@ -36,7 +36,9 @@ from typing import Any
 
 import pytest
 import requests
+from gunicorn.workers.gthread import ThreadWorker
 
+from src import gunicorn_worker
 from tests.conftest import TrainedProject
 from tests.integration.serving import (  # noqa: F401  (the *_fixture names register fixtures)
     CONFIG,
@@ -401,8 +403,10 @@ def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path
         assert Path(created).is_dir()
         assert first["bind"] == ["127.0.0.1:8123"]
         assert first["workers"] == 3
-        assert first["worker_class"] == "gthread"
+        assert first["worker_class"] == "src.gunicorn_worker.KeepAliveThreadWorker"
+        assert issubclass(gunicorn_worker.KeepAliveThreadWorker, ThreadWorker)  # what the name resolves to
         assert first["threads"] == 4
+        assert first["keepalive"] == 5
         assert first["preload_app"] is False
         assert first["control_socket_disable"] is True
         assert "%(D)s" in first["access_log_format"]
