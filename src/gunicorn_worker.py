@@ -2,7 +2,8 @@
 
 Keep-alive saves every request a TCP handshake, a socket and gunicorn's per-connection
 set-up: about a third of the server's CPU per single-row prediction here. Stock gthread
-has two problems with it that this subclass fixes:
+has two problems with it that this subclass fixes, and a third that keep-alive makes
+worse:
 
 1. **Restarts drop requests** (benoitc/gunicorn#1236). When a worker is told to stop
    (SIGHUP restart, SIGTERM, a model reload by restart), a request that was already
@@ -21,6 +22,13 @@ has two problems with it that this subclass fixes:
    worker that accepts first, which is the less busy one (its main thread is not
    waiting for the GIL). nginx (``keepalive_requests``) and Envoy do the same.
 
+3. **New connections go to whichever worker accepts first**, busy or not (both are
+   woken for every connection). A worker that is handling a request leaves a new
+   connection to the others for ACCEPT_DELAY (1 ms) and takes it itself only if it
+   is still waiting then (everyone busy). Together with (2) this keeps the workers
+   evenly loaded: with two long-lived batch clients, stock placement put both on one
+   worker about half the time.
+
 This module lives outside ``flask_api`` on purpose: gunicorn imports the worker class in
 the master, and importing the app package there would load Flask, MLflow and friends
 into the master (and pin their code across SIGHUP restarts).
@@ -30,6 +38,8 @@ from __future__ import annotations
 
 import os
 import selectors
+import threading
+import time
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
@@ -38,6 +48,11 @@ from gunicorn.workers.gthread import ThreadWorker
 
 REQUESTS_ENV = "GUNICORN_KEEPALIVE_REQUESTS"
 DEFAULT_REQUESTS_PER_CONNECTION = 100
+ACCEPT_DELAY = 0.001  # seconds a busy worker leaves a new connection to an idle one
+
+
+def _nothing() -> None:
+    """Posted to the worker's method queue only to wake its event loop."""
 
 
 def requests_per_connection() -> int:
@@ -65,6 +80,36 @@ class KeepAliveThreadWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.requests_per_connection = requests_per_connection()
+        self.running = 0  # requests being handled right now (parsed, answer not yet written)
+        self._running_lock = threading.Lock()
+        self._accept_paused_until = 0.0  # while > now: a busy worker's pause (0 = none)
+        self._accept_resumed_at = 0.0  # when the last pause ended
+
+    # -- prefer idle workers for new connections -----------------------------------------------------
+    def accept(self, listener: Any) -> None:
+        """A busy worker leaves a new connection to an idle one for ACCEPT_DELAY, then takes it itself.
+
+        Right after such a pause the connection still waiting was refused by everyone
+        else (all busy), so it is accepted at once.
+        """
+        now = time.monotonic()
+        if self.running and self.alive and now - self._accept_resumed_at > ACCEPT_DELAY:
+            self._accept_paused_until = now + ACCEPT_DELAY
+            ThreadWorker.set_accept_enabled(self, False)
+            timer = threading.Timer(ACCEPT_DELAY, self.method_queue.defer, args=(_nothing,))
+            timer.daemon = True
+            timer.start()  # wakes the event loop when the pause is over
+            return
+        super().accept(listener)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        if enabled and not self._accepting and self._accept_paused_until:
+            now = time.monotonic()
+            if now < self._accept_paused_until:
+                return  # run() asks again on its next turn
+            self._accept_paused_until = 0.0
+            self._accept_resumed_at = now
+        super().set_accept_enabled(enabled)
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         """Count requests per connection; the last one allowed is answered with ``Connection: close``."""
@@ -72,7 +117,13 @@ class KeepAliveThreadWorker(ThreadWorker):
         conn.requests_served = served
         if self.requests_per_connection and served >= self.requests_per_connection:
             req.must_close = True  # gunicorn then writes "Connection: close" and closes after the response
-        return super().handle_request(req, conn)
+        with self._running_lock:
+            self.running += 1
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            with self._running_lock:
+                self.running -= 1
 
     def finish_request(self, conn: Any, fs: Future[Any]) -> None:
         """While stopping, keep a connection whose response promised keep-alive (see the module docstring)."""

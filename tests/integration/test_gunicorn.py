@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import shutil
 import socket
@@ -61,6 +62,8 @@ from tests.integration.serving import (  # noqa: F401  (the *_fixture names regi
 pytestmark = pytest.mark.integration
 
 PREDICT = "/api/v1/predict"
+# An access-log line of a prediction: its response size and the worker pid (gunicorn.conf.py's format).
+SIZED_ACCESS = re.compile(r'"POST /api/v1/predict HTTP/[\d.]+" \d{3} (?P<size>\d+) \d+us <(?P<pid>\d+)>')
 CLIENT_TIMEOUT = 180  # seconds: a request queued in the backlog during a SIGHUP restart waits for a model load
 LOAD_THREADS, LOAD_REQUESTS = 8, 200
 
@@ -493,3 +496,46 @@ def test_keepalive_connections_are_recycled_and_survive_a_restart_mid_request(
             assert status == 200 and json.loads(payload)["results"][0]["decision"]
             assert headers["connection"] == "close"  # the stopping worker ends the connection after this answer
         wait_for_new_workers(server, old_workers)
+
+
+def test_new_connections_go_to_the_idle_worker(trained_project: TrainedProject, tmp_path: Path,
+                                               applicant: dict[str, Any]) -> None:
+    """While one worker scores slow requests, new connections are taken by the idle one.
+
+    A KeepAliveThreadWorker handling a request leaves a new connection to the others for
+    1 ms before it accepts it itself; stock gthread lets both race for it (about half each
+    here: 32 of 60).
+    """
+    slow = json.dumps(predict_body(applicant, n=1000, reasons=True)).encode()
+    small = json.dumps(predict_body(applicant, reasons=False)).encode()
+    with running_gunicorn(tmp_path / "gunicorn", str(trained_project.model_dir), token=None) as server:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        statuses: list[int] = []
+        probes = 0
+        with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as slow_sock, \
+                slow_sock.makefile("rb") as slow_reader:
+            for _ in range(3):  # slow requests on one kept-alive connection: always the same worker
+                waiter = threading.Thread(target=lambda: statuses.append(http_exchange(slow_sock, slow,
+                                                                                       slow_reader)[0]))
+                waiter.start()
+                time.sleep(0.2)
+                while waiter.is_alive() and probes < 60:  # one new connection per small request
+                    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock, \
+                            sock.makefile("rb") as reader:
+                        assert http_exchange(sock, small, reader)[0] == 200
+                    probes += 1
+                    time.sleep(0.02)  # the idle worker finishes that request (access log...) before the next
+                waiter.join()
+        assert statuses == [200, 200, 200]
+        deadline = time.monotonic() + 30
+        while True:  # access lines land just after each response
+            served = [(int(m["pid"]), int(m["size"])) for m in SIZED_ACCESS.finditer(server.log_text())]
+            if len(served) >= probes + 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        slow_pids = {pid for pid, size in served if size > 50_000}
+        small_pids = Counter(pid for pid, size in served if size <= 50_000)
+        assert len(slow_pids) == 1 and sum(small_pids.values()) == probes >= 5, (slow_pids, small_pids, probes)
+        on_busy = small_pids[next(iter(slow_pids))]
+        print(f"new connections on the busy worker: {on_busy} of {probes}")
+        assert on_busy <= 0.1 * probes, f"{on_busy} of {probes} new connections went to the busy worker"
