@@ -22,12 +22,13 @@ worse:
    worker that accepts first, which is the less busy one (its main thread is not
    waiting for the GIL). nginx (``keepalive_requests``) and Envoy do the same.
 
-3. **New connections go to whichever worker accepts first**, busy or not (both are
-   woken for every connection). A worker that is handling a request leaves a new
-   connection to the others for ACCEPT_DELAY (1 ms) and takes it itself only if it
-   is still waiting then (everyone busy). Together with (2) this keeps the workers
-   evenly loaded: with two long-lived batch clients, stock placement put both on one
-   worker about half the time.
+3. **New connections go to whichever worker accepts first**, busy or not (all are
+   woken for every connection, and on two cores the one already running wins: a burst
+   of 32 connections all landed on one worker, and so did both connections of a
+   two-client batch job). A worker serving a connection (a request running or about to
+   arrive; idle kept-alive ones do not count) leaves a new one to the others for
+   ACCEPT_DELAY (1 ms) and takes it itself only if it is still waiting then (every
+   worker busy). Together with (2) this keeps the workers evenly loaded.
 
 This module lives outside ``flask_api`` on purpose: gunicorn imports the worker class in
 the master, and importing the app package there would load Flask, MLflow and friends
@@ -37,6 +38,7 @@ into the master (and pin their code across SIGHUP restarts).
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import threading
 import time
@@ -80,21 +82,22 @@ class KeepAliveThreadWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.requests_per_connection = requests_per_connection()
-        self.running = 0  # requests being handled right now (parsed, answer not yet written)
-        self._running_lock = threading.Lock()
         self._accept_paused_until = 0.0  # while > now: a busy worker's pause (0 = none)
-        self._accept_resumed_at = 0.0  # when the last pause ended
+        self._take_waiting = False  # a pause just ended with a connection still waiting
 
     # -- prefer idle workers for new connections -----------------------------------------------------
     def accept(self, listener: Any) -> None:
         """A busy worker leaves a new connection to an idle one for ACCEPT_DELAY, then takes it itself.
 
-        Right after such a pause the connection still waiting was refused by everyone
-        else (all busy), so it is accepted at once.
+        A connection still waiting when the pause ends was left by every other worker
+        (all busy), so it is accepted at once.
         """
-        now = time.monotonic()
-        if self.running and self.alive and now - self._accept_resumed_at > ACCEPT_DELAY:
-            self._accept_paused_until = now + ACCEPT_DELAY
+        if self._take_waiting:  # waiting since before our pause: nobody else took it
+            self._take_waiting = False
+            super().accept(listener)
+            return
+        if self.busy() and self.alive:
+            self._accept_paused_until = time.monotonic() + ACCEPT_DELAY
             ThreadWorker.set_accept_enabled(self, False)
             timer = threading.Timer(ACCEPT_DELAY, self.method_queue.defer, args=(_nothing,))
             timer.daemon = True
@@ -102,13 +105,17 @@ class KeepAliveThreadWorker(ThreadWorker):
             return
         super().accept(listener)
 
+    def busy(self) -> bool:
+        """One of our connections is being served (not idling in keep-alive): an unoccupied worker takes the next."""
+        return self.cfg.workers > 1 and self.nr_conns > len(self.keepalived_conns)
+
     def set_accept_enabled(self, enabled: bool) -> None:
         if enabled and not self._accepting and self._accept_paused_until:
-            now = time.monotonic()
-            if now < self._accept_paused_until:
+            if time.monotonic() < self._accept_paused_until:
                 return  # run() asks again on its next turn
             self._accept_paused_until = 0.0
-            self._accept_resumed_at = now
+            # A connection still waiting now was left by every other worker: take it without pausing again.
+            self._take_waiting = bool(select.select(self.sockets, [], [], 0)[0])
         super().set_accept_enabled(enabled)
 
     def handle_request(self, req: Any, conn: Any) -> bool:
@@ -117,13 +124,7 @@ class KeepAliveThreadWorker(ThreadWorker):
         conn.requests_served = served
         if self.requests_per_connection and served >= self.requests_per_connection:
             req.must_close = True  # gunicorn then writes "Connection: close" and closes after the response
-        with self._running_lock:
-            self.running += 1
-        try:
-            return super().handle_request(req, conn)
-        finally:
-            with self._running_lock:
-                self.running -= 1
+        return super().handle_request(req, conn)
 
     def finish_request(self, conn: Any, fs: Future[Any]) -> None:
         """While stopping, keep a connection whose response promised keep-alive (see the module docstring)."""
