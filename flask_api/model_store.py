@@ -65,8 +65,12 @@ def _registry_version(uri: str) -> tuple[str, str]:
     return name, "unknown"
 
 
-def load_model(uri: str, settings: Settings) -> LoadedModel:
-    """Load a pyfunc model (registry URI or local directory) and build its fast scorer."""
+def load_model(uri: str, settings: Settings, compile_trees: bool = True) -> LoadedModel:
+    """Load a pyfunc model (registry URI or local directory) and build its fast scorer.
+
+    ``compile_trees=False`` skips lleaves whatever serve.compile_trees says (batch scoring
+    builds its own LightGBM scorer and would throw the compiled trees away).
+    """
     started = time.perf_counter()
     local = Path(uri)
     if local.is_dir():
@@ -85,7 +89,8 @@ def load_model(uri: str, settings: Settings) -> LoadedModel:
         dataset, settings.raw["profiles"][dataset])
     scorer = Scorer(model.pipeline, meta, profile, top_reasons=settings.serve.top_reasons,
                     refer_margin=settings.serve.refer_margin, num_threads=settings.serve.num_threads,
-                    compiled=compiled_trees(model.pipeline, meta, settings, f"{name} v{version}"))
+                    compiled=compiled_trees(model.pipeline, meta, settings, f"{name} v{version}")
+                    if compile_trees else None)
     loaded = LoadedModel(scorer=scorer, name=name, version=version, uri=uri,
                          loaded_at=datetime.now(UTC).isoformat(timespec="seconds"))
     log.info("loaded %s v%s from %s in %.1f s (probabilities by %s)", name, version, uri,

@@ -116,6 +116,7 @@ def test_scorer_falls_back_to_lightgbm_when_compiling_fails(monkeypatch: pytest.
     uri = str(trained_project.model_dir)
     served = model_store.load_model(uri, settings)
     assert served.scorer.engine == "lleaves" and served.describe()["probabilities_by"] == "lleaves"
+    assert model_store.load_model(uri, settings, compile_trees=False).scorer.engine == "lightgbm"
 
     def broken(*args: object, **kwargs: object) -> None:
         raise CompileError("LLVM said no")
