@@ -58,7 +58,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=deps /opt/venv /opt/venv
 COPY params.yaml gunicorn.conf.py ./
-COPY src/__init__.py src/config.py src/common.py src/gunicorn_worker.py ./src/
+COPY src/__init__.py src/config.py src/common.py src/gunicorn_worker.py src/gunicorn_logging.py ./src/
 COPY src/modeling/ ./src/modeling/
 COPY flask_api/ ./flask_api/
 COPY --from=model /app/model ./model

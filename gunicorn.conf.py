@@ -106,6 +106,9 @@ if not control_socket_disable:
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 accesslog = "-"
 errorlog = "-"
+# gunicorn's logger, minus the ~60 per-header/per-environ atoms it builds for every access line
+# when the format prints none of them (see that module).
+logger_class = "src.gunicorn_logging.LeanAccessLogger"
 # %(D)s: request time in microseconds; %(p)s: "<pid>" of the worker that served it.
 access_log_format = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(D)sus %(p)s "%(a)s"'
 

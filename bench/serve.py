@@ -18,7 +18,7 @@ One run on this machine:
 4. times the in-process floors: the booster on one pre-encoded row, the fast
    Scorer with and without reasons, the naive ``Pipeline.predict_proba`` on a
    one-row DataFrame, and the parts of a request (validation, prediction-log
-   write, a whole request through Flask's test client);
+   write, a whole request straight into the WSGI app: through the fast path and through Flask's view);
 5. prints Markdown tables and marks each target met / not met.
 
 The load generator is ``wrk`` (C, one thread, closed loop: N connections each
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import json
 import logging
 import math
@@ -621,6 +622,21 @@ def environment(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def wsgi_post(wsgi: Callable[..., Any], path: str, body: bytes) -> tuple[str, bytes]:
+    """One POST straight into a WSGI callable, no HTTP and no test client: (status line, body)."""
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+               "SERVER_NAME": HOST, "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": HOST,
+               "HTTP_HOST": HOST, "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+               "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr, "wsgi.url_scheme": "http",
+               "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False}
+    status: list[str] = []
+    chunks = wsgi(environ, lambda line, headers, exc_info=None: status.append(line))
+    data = b"".join(chunks)
+    if hasattr(chunks, "close"):
+        chunks.close()
+    return status[0], data
+
+
 def in_process_floors(project: Project, rows: list[dict[str, Any]], run_dir: Path, budget: float) -> list[Floor]:
     settings = project.settings
     loaded = load_model(str(project.model_dir), settings)
@@ -671,18 +687,19 @@ def in_process_floors(project: Project, rows: list[dict[str, Any]], run_dir: Pat
     # prometheus_client fixed its value class at import: in-process metrics use its single-process registry.
     with environment(DATABASE_URL=f"sqlite:///{run_dir / 'floors-app.db'}", PROMETHEUS_MULTIPROC_DIR=None):
         app = create_app({"SETTINGS": settings, "MODEL_URI": str(project.model_dir), "MODEL_LOADING": "sync"})
-    client = app.test_client()
+    fast = app.wsgi_app  # the fast path for plain predictions (flask_api/fastpath.py), Flask behind it
+    routes = (("WSGI app (fast path)", fast), ("Flask view only", getattr(fast, "flask", fast)))
     try:
         for reasons, n in ((False, 1), (True, 1), (False, BATCH_ROWS)):
             body = ours_body(rows[:n], reasons)
-            check = client.post("/api/v1/predict", data=body, content_type="application/json")
-            if check.status_code != 200:
-                raise RuntimeError(f"in-process request failed: {check.status_code} {check.get_data(as_text=True)}")
-            name = f"whole request via Flask test client, {n} row{'s' if n > 1 else ''}, " + (
-                "with reasons" if reasons else "no reasons")
-            floors.append(time_calls(name, n, lambda b=body: client.post("/api/v1/predict", data=b,
-                                                                         content_type="application/json"),
-                                     budget, 20 if n == 1 else 5))
+            for route, wsgi in routes:
+                status, _ = wsgi_post(wsgi, "/api/v1/predict", body)
+                if not status.startswith("200"):
+                    raise RuntimeError(f"in-process request through the {route} failed: {status}")
+                name = f"whole request, {route}, {n} row{'s' if n > 1 else ''}, " + (
+                    "with reasons" if reasons else "no reasons")
+                floors.append(time_calls(name, n, lambda w=wsgi, b=body: wsgi_post(w, "/api/v1/predict", b),
+                                         budget, 20 if n == 1 else 5))
     finally:
         app.extensions["credit_service"].predlog.dispose()
     return floors

@@ -21,11 +21,12 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from flask_api import api, ops, views
+from flask_api.fastpath import FastPredict
 from flask_api.jsonio import OrjsonProvider
 from flask_api.metrics import Metrics
 from flask_api.model_store import ModelHolder
 from flask_api.predlog import PredictionLog
-from flask_api.service import Service
+from flask_api.service import Service, incident
 from src.config import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(views.bp)
     _install_hooks(app, svc)
+    app.wsgi_app = FastPredict(app, svc)  # type: ignore[method-assign]
     _start_loading(app, svc)
     return app
 
@@ -121,9 +123,9 @@ def _install_hooks(app: Flask, svc: Service) -> None:
     @app.after_request
     def count(response: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        svc.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
-        if "started" in g:
-            svc.metrics.latency.labels(endpoint).observe(time.perf_counter() - g.started)
+        started = g.get("started")
+        svc.metrics.count_request(endpoint, request.method, response.status_code,
+                                  None if started is None else time.perf_counter() - started)
         return response
 
     @app.errorhandler(HTTPException)
@@ -143,9 +145,8 @@ def _install_hooks(app: Flask, svc: Service) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
-        incident = secrets.token_hex(6)
-        log.error("unhandled error (incident %s) on %s %s", incident, request.method, request.path, exc_info=exc)
-        body = {"error": "internal error; it has been logged", "incident": incident}
+        body = incident(exc, request.method, request.path)
         if _is_api(request.path):
             return jsonify(body), 500
-        return Response(f"500 Internal Server Error (incident {incident})\n", status=500, mimetype="text/plain")
+        return Response(f"500 Internal Server Error (incident {body['incident']})\n", status=500,
+                        mimetype="text/plain")

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import BadRequest
 
-from flask_api.service import ModelNotReady, service
+from flask_api.service import ModelNotReady, Service, service
 from flask_api.validation import applicant_json_schema, validate_applicants
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -20,15 +20,61 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 ALLOWED_KEYS = {"applicants", "reasons"}
 
 
-def error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> tuple[Response, int]:
+Answer = tuple[int, dict[str, Any]]
+
+
+def error_body(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> Answer:
     body: dict[str, Any] = {"error": message}
     if errors is not None:
         body["errors"] = errors
+    return status, body
+
+
+def error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> tuple[Response, int]:
+    status, body = error_body(status, message, errors)
     return jsonify(body), status
+
+
+def answer_predict(svc: Service, payload: Any) -> Answer:
+    """The contract of POST /api/v1/predict on a parsed JSON body: (HTTP status, JSON body).
+
+    Both ways in answer through this one function, so they cannot disagree: the
+    Flask view below and the fast path (flask_api/fastpath.py) that serves plain
+    requests without Flask's per-request machinery.
+    """
+    if not isinstance(payload, dict):
+        return error_body(422, "the body must be a JSON object like {\"applicants\": [{...}]}")
+    unknown = sorted(set(payload) - ALLOWED_KEYS)
+    if unknown:
+        return error_body(422, "unknown top-level fields",
+                          [{"row": None, "field": k, "message": "is not a known field"} for k in unknown])
+    applicants = payload.get("applicants")
+    if not isinstance(applicants, list) or not applicants:
+        return error_body(422, "'applicants' must be a non-empty list of applicant objects",
+                          [{"row": None, "field": "applicants", "message": "must be a non-empty list"}])
+    limit = svc.settings.serve.max_batch
+    if len(applicants) > limit:
+        return error_body(422, f"too many applicants: {len(applicants)} > serve.max_batch = {limit}",
+                          [{"row": None, "field": "applicants", "message": f"at most {limit} rows per request"}])
+    reasons = payload.get("reasons", True)
+    if not isinstance(reasons, bool):
+        return error_body(422, "'reasons' must be true or false",
+                          [{"row": None, "field": "reasons", "message": "must be a boolean"}])
+    try:
+        model = svc.model()
+    except ModelNotReady as exc:
+        return error_body(503, f"no model loaded yet: {exc}")
+    rows, problems = validate_applicants(applicants, model.scorer.profile)
+    if problems:
+        return error_body(422, f"{len(problems)} invalid field(s)", [p.as_dict() for p in problems])
+    request_id, used, results = svc.score(rows, source="api", reasons=reasons)
+    return 200, {"request_id": request_id, "model": {"name": used.name, "version": used.version},
+                 "threshold": used.scorer.threshold, "results": results}
 
 
 @bp.post("/predict")
 def predict() -> Any:
+    """Transport checks (content type, well-formed JSON) here; the rest in :func:`answer_predict`."""
     svc = service()
     if not request.is_json:
         return error(415, f"Content-Type must be application/json, got '{request.mimetype or 'none'}'")
@@ -38,34 +84,8 @@ def predict() -> Any:
         return error(400, "the request body is not valid JSON")
     except RecursionError:  # the JSON parser gives up on pathological nesting
         return error(400, "the request body is nested too deeply to be an applicant list")
-    if not isinstance(payload, dict):
-        return error(422, "the body must be a JSON object like {\"applicants\": [{...}]}")
-    unknown = sorted(set(payload) - ALLOWED_KEYS)
-    if unknown:
-        return error(422, "unknown top-level fields", [{"row": None, "field": k, "message": "is not a known field"}
-                                                      for k in unknown])
-    applicants = payload.get("applicants")
-    if not isinstance(applicants, list) or not applicants:
-        return error(422, "'applicants' must be a non-empty list of applicant objects",
-                     [{"row": None, "field": "applicants", "message": "must be a non-empty list"}])
-    limit = svc.settings.serve.max_batch
-    if len(applicants) > limit:
-        return error(422, f"too many applicants: {len(applicants)} > serve.max_batch = {limit}",
-                     [{"row": None, "field": "applicants", "message": f"at most {limit} rows per request"}])
-    reasons = payload.get("reasons", True)
-    if not isinstance(reasons, bool):
-        return error(422, "'reasons' must be true or false",
-                     [{"row": None, "field": "reasons", "message": "must be a boolean"}])
-    try:
-        model = svc.model()
-    except ModelNotReady as exc:
-        return error(503, f"no model loaded yet: {exc}")
-    rows, problems = validate_applicants(applicants, model.scorer.profile)
-    if problems:
-        return error(422, f"{len(problems)} invalid field(s)", [p.as_dict() for p in problems])
-    request_id, used, results = svc.score(rows, source="api", reasons=reasons)
-    return jsonify({"request_id": request_id, "model": {"name": used.name, "version": used.version},
-                    "threshold": used.scorer.threshold, "results": results})
+    status, body = answer_predict(svc, payload)
+    return jsonify(body), status
 
 
 @bp.get("/schema")

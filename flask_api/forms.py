@@ -162,6 +162,9 @@ def field_infos(profile: Profile, summary: Mapping[str, Mapping[str, Any]]) -> l
                 parts.append(f"At least {readable_number(spec.min)}{unit_text}.")
             elif spec.max is not None:
                 parts.append(f"At most {readable_number(spec.max)}{unit_text}.")
+            if spec.value_labels:
+                parts.append("Codes: " + "; ".join(f"{readable_number(k)} = {v}" for k, v in spec.value_labels.items())
+                             + ".")
             if entry.get("p01") is not None and entry.get("p99") is not None:
                 parts.append(f"Most applicants: {readable_number(entry['p01'])} to {readable_number(entry['p99'])}.")
         if spec.nullable:

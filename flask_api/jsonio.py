@@ -29,11 +29,16 @@ def _default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def dumps_bytes(obj: Any) -> bytes:
+    """A JSON response body, exactly as the app's provider writes it."""
+    return orjson.dumps(obj, default=_default, option=OPTIONS)
+
+
 class OrjsonProvider(JSONProvider):
     """Drop-in JSON provider for ``app.json`` (keys keep their insertion order)."""
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
-        return orjson.dumps(obj, default=_default, option=OPTIONS).decode()
+        return dumps_bytes(obj).decode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         if isinstance(s, bytes | bytearray):
@@ -44,5 +49,4 @@ class OrjsonProvider(JSONProvider):
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(orjson.dumps(obj, default=_default, option=OPTIONS),
-                                        mimetype="application/json")
+        return self._app.response_class(dumps_bytes(obj), mimetype="application/json")

@@ -69,6 +69,18 @@ class Metrics:
         # Info metrics are not supported in multiprocess mode: a 0/1 gauge per (name, version) instead.
         self.model_info = Gauge("model_info", "Served model (1 = being served by this worker)",
                                 ["name", "version"], multiprocess_mode="liveall", registry=reg)
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def count_request(self, endpoint: str, method: str, status: int, seconds: float | None) -> None:
+        """One served request: its count by endpoint/method/status and (if timed) its latency."""
+        key = (endpoint, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # labels() parses and looks up its arguments on every call: do it once per key
+            children = (self.requests.labels(endpoint, method, str(status)), self.latency.labels(endpoint))
+            self._request_children[key] = children
+        children[0].inc()
+        if seconds is not None:
+            children[1].observe(seconds)
 
     def set_model(self, name: str, version: str, previous: tuple[str, str] | None) -> None:
         if previous is not None and previous != (name, version):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -114,6 +115,13 @@ class Service:
         self.metrics.set_model(fresh.name, fresh.version,
                                (previous.name, previous.version) if previous else None)
         return fresh
+
+
+def incident(exc: BaseException, method: str, path: str) -> dict[str, Any]:
+    """Log an unexpected error with a short incident id; the body the client gets (no stack trace)."""
+    code = secrets.token_hex(6)
+    log.error("unhandled error (incident %s) on %s %s", code, method, path, exc_info=exc)
+    return {"error": "internal error; it has been logged", "incident": code}
 
 
 def service() -> Service:

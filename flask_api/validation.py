@@ -199,8 +199,11 @@ def applicant_json_schema(profile: Profile) -> dict[str, Any]:
                 prop["minimum"] = spec.min
             if spec.max is not None:
                 prop["maximum"] = spec.max
-            if spec.unit:
-                prop["description"] = f"unit: {spec.unit}"
+            notes = [f"unit: {spec.unit}"] if spec.unit else []
+            if spec.value_labels:
+                notes.append("codes: " + "; ".join(f"{k:g} = {v}" for k, v in spec.value_labels.items()))
+            if notes:
+                prop["description"] = "; ".join(notes)
         if spec.nullable:
             prop["type"] = [prop["type"], "null"]
             if "enum" in prop:

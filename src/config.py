@@ -70,6 +70,15 @@ class FeatureSpec:
     # code -> human-readable label for categorical columns; None = open set
     # (any non-empty string, e.g. 300 city names).
     values: dict[Any, str] | None = None
+    # Numeric columns only: values that are codes rather than amounts (Taiwan's repayment
+    # status: -1 = "paid in full", not "-1 months late"), shown as their label.
+    value_labels: dict[float, str] | None = None
+
+    def value_label(self, value: Any) -> str | None:
+        """The label of a numeric code, or None for an ordinary value."""
+        if not self.value_labels or isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return self.value_labels.get(float(value))
 
     @property
     def is_categorical(self) -> bool:
@@ -382,6 +391,7 @@ def _feature(name: str, raw: dict[str, Any], where: str) -> FeatureSpec:
     lo, hi = raw.get("min"), raw.get("max")
     if lo is not None and hi is not None and float(lo) > float(hi):
         raise ConfigError(f"params.yaml: '{where}' has min {lo} > max {hi}")
+    value_labels = _value_labels(raw.get("value_labels"), ftype, lo, hi, f"{where}.value_labels")
     return FeatureSpec(
         name=name,
         type=ftype,
@@ -391,7 +401,28 @@ def _feature(name: str, raw: dict[str, Any], where: str) -> FeatureSpec:
         max=None if hi is None else float(hi),
         nullable=bool(raw.get("nullable", False)),
         values=values if ftype == "categorical" else None,
+        value_labels=value_labels,
     )
+
+
+def _value_labels(raw: Any, ftype: str, lo: Any, hi: Any, where: str) -> dict[float, str] | None:
+    """``value_labels:`` of a numeric feature: {number within min..max: non-empty label}."""
+    if raw is None:
+        return None
+    if ftype != "numeric":
+        raise ConfigError(f"params.yaml: '{where}' is for numeric features (categoricals have 'values')")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"params.yaml: '{where}' must map numbers to labels, e.g. {{-1: paid in full}}")
+    labels: dict[float, str] = {}
+    for key, label in raw.items():
+        if isinstance(key, bool) or not isinstance(key, int | float):
+            raise ConfigError(f"params.yaml: '{where}' key {key!r} is not a number")
+        if (lo is not None and key < float(lo)) or (hi is not None and key > float(hi)):
+            raise ConfigError(f"params.yaml: '{where}' key {key} is outside the feature's range {lo}..{hi}")
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"params.yaml: '{where}.{key}' needs a non-empty text label")
+        labels[float(key)] = label.strip()
+    return labels
 
 
 def _source(raw: dict[str, Any], where: str) -> SourceSpec:

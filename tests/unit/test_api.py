@@ -284,7 +284,8 @@ def test_api_requests_without_a_cookie_build_no_session_signer(client, app, monk
         raise AssertionError("a session serializer was built for a cookie-less request")
 
     monkeypatch.setattr(interface, "get_signing_serializer", refuse)
-    resp = client.post(PREDICT, json={"applicants": [applicant(app)], "reasons": False})
+    # Not a prediction: plain predictions never reach Flask's session code (flask_api/fastpath.py).
+    resp = client.get("/api/v1/schema")
     assert resp.status_code == 200 and "Set-Cookie" not in resp.headers
     monkeypatch.undo()
     form = client.get("/")
@@ -294,3 +295,19 @@ def test_api_requests_without_a_cookie_build_no_session_signer(client, app, monk
     monkeypatch.setattr(interface, "get_signing_serializer", lambda a: calls.append(1) or real(a))
     assert client.get("/").status_code == 200  # the cookie is sent back now: read and verified as before
     assert calls
+
+
+def test_repayment_status_codes_read_as_words(client, app) -> None:
+    """pay_* below 1 are codes, not amounts: "-1 months late" would be wrong, "paid in full" is right."""
+    scorer = app.extensions["credit_service"].model().scorer
+    contrib = np.zeros(len(scorer.columns) + 1)
+    contrib[scorer.columns.index("pay_0")] = -0.5
+    (code,) = scorer.reasons(applicant(app, pay_0=-1), contrib, top=1)
+    assert code.value == "paid in full"
+    assert code.text == "Repayment status, September = paid in full lowers the risk of default"
+    (late,) = scorer.reasons(applicant(app, pay_0=2.0), contrib, top=1)
+    assert late.value == "2 months late"
+    schema = client.get("/api/v1/schema").json["properties"]["pay_0"]
+    assert schema["description"] == ("unit: months late; codes: -2 = no balance (card not used); -1 = paid in full; "
+                                     "0 = revolving credit (minimum paid)")
+    assert "Codes: -2 = no balance (card not used); -1 = paid in full" in client.get("/").get_data(as_text=True)

@@ -280,3 +280,34 @@ def test_unquoted_category_codes_build_the_same_profiles(tmp_path):
             assert unq.features[name].values == spec.values, (dataset, name)
     risk = make_settings("risk_flag", tmp_path).profile
     assert set(risk.features["car_ownership"].values) == {"yes", "no"}
+
+
+def test_repayment_status_codes_are_labelled(tmp_path):
+    spec = _build(_params_for("taiwan_credit"), tmp_path).profile.features["pay_0"]
+    assert spec.value_label(-1) == spec.value_label(-1.0) == "paid in full"
+    assert spec.value_label(-2) == "no balance (card not used)"
+    assert spec.value_label(0) == "revolving credit (minimum paid)"
+    assert spec.value_label(2) is None and spec.value_label(True) is None and spec.value_label("x") is None
+
+
+@pytest.mark.parametrize(("labels", "needle"), [
+    ([1, 2], "must map numbers to labels"),
+    ({}, "must map numbers to labels"),
+    ({"minus one": "paid"}, "is not a number"),
+    ({-5: "far below"}, "outside the feature's range"),
+    ({-1: ""}, "non-empty text label"),
+    ({-1: 3}, "non-empty text label"),
+])
+def test_bad_value_labels_name_the_key(labels, needle, tmp_path):
+    params = _params_for("taiwan_credit")
+    params["profiles"]["taiwan_credit"]["features"]["pay_0"]["value_labels"] = labels
+    with pytest.raises(ConfigError) as err:
+        _build(params, tmp_path)
+    assert "profiles.taiwan_credit.features.pay_0.value_labels" in str(err.value) and needle in str(err.value)
+
+
+def test_value_labels_are_for_numeric_features(tmp_path):
+    params = _params_for("taiwan_credit")
+    params["profiles"]["taiwan_credit"]["features"]["sex"]["value_labels"] = {1: "one"}
+    with pytest.raises(ConfigError, match="is for numeric features"):
+        _build(params, tmp_path)

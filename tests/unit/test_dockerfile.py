@@ -78,3 +78,13 @@ def test_dockerignore_keeps_data_stores_and_caches_out() -> None:
         assert needed in patterns, needed
     copied = {"Pipfile.lock", "params.yaml", "gunicorn.conf.py", "src/", "flask_api/"}
     assert {p.removeprefix("!") for p in patterns if p.startswith("!")} == copied
+
+
+def test_every_src_module_gunicorn_conf_names_is_copied() -> None:
+    """gunicorn.conf.py's worker and logger classes live in src/: a module missing from COPY stops the container."""
+    conf = (ROOT / "gunicorn.conf.py").read_text(encoding="utf-8")
+    named = set(re.findall(r'"src\.(\w+)\.\w+"', conf))
+    assert {"gunicorn_worker", "gunicorn_logging"} <= named
+    copied = " ".join(args for word, args in final_stage() if word == "COPY")
+    for module in named:
+        assert f"src/{module}.py" in copied, module

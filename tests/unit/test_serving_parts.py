@@ -1,16 +1,21 @@
 """The serving hot path's parts on their own: the validation fast path, the queued prediction log and its
-pre-bound INSERT, batched histogram updates, and the keep-alive worker's setting."""
+pre-bound INSERT, batched histogram updates, the keep-alive worker's setting and the lean access log."""
 
 from __future__ import annotations
 
+import ast
 import math
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from gunicorn.config import Config
+from gunicorn.glogging import Logger, SafeAtoms
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -23,7 +28,8 @@ from flask_api.predlog import COLUMNS, FastInsert, PredictionLog, make_engine, p
 from flask_api.validation import FieldError, check_value, validate_applicants
 from src import gunicorn_worker
 from src.config import Profile, build_profile
-from tests.conftest import load_params
+from src.gunicorn_logging import BASIC_ENVIRON, LeanAccessLogger, needs_every_atom
+from tests.conftest import ROOT, load_params
 
 PROFILES = {name: build_profile(name, raw) for name, raw in load_params()["profiles"].items()}
 
@@ -277,3 +283,59 @@ def test_a_bad_requests_per_connection_setting_names_itself(raw: str, message: s
     with pytest.raises(ValueError, match="GUNICORN_KEEPALIVE_REQUESTS") as info:
         gunicorn_worker.requests_per_connection()
     assert message in str(info.value)
+
+
+# --- the lean access log ----------------------------------------------------------------------------------------
+
+
+def _gunicorn_config(access_log_format: str) -> Any:
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    cfg.set("access_log_format", access_log_format)
+    return cfg
+
+
+def _one_request() -> tuple[Any, Any, dict[str, Any], timedelta]:
+    headers = [("HOST", "127.0.0.1:8000"), ("USER-AGENT", 'wrk "4"'), ("X-REQUEST-ID", "abc-123")]
+    req = SimpleNamespace(headers=headers)
+    resp = SimpleNamespace(status="422 UNPROCESSABLE ENTITY", sent=321,
+                           headers=[("Content-Type", "application/json"), ("Content-Length", "321")])
+    environ = {"REMOTE_ADDR": "10.0.0.7", "REQUEST_METHOD": "POST", "RAW_URI": "/api/v1/predict?x=1",
+               "SERVER_PROTOCOL": "HTTP/1.1", "PATH_INFO": "/api/v1/predict", "QUERY_STRING": "x=1",
+               "HTTP_USER_AGENT": 'wrk "4"', "HTTP_REFERER": "http://example.test/",
+               "HTTP_AUTHORIZATION": "Basic dXNlcjpwYXNz", "HTTP_X_REQUEST_ID": "abc-123",
+               "wsgi.input": object(), "SERVER_NAME": "127.0.0.1", "CONTENT_LENGTH": "17"}
+    return resp, req, environ, timedelta(seconds=1, microseconds=2345)
+
+
+FULL_FORMAT = ('%(h)s %(l)s %(u)s "%(r)s" %(s)s %(b)s %(B)s %(m)s %(U)s %(q)s %(H)s "%(f)s" "%(a)s" %(T)s %(D)s '
+               "%(M)s %(L)s %(p)s")
+
+
+EXTENDED_FORMAT = FULL_FORMAT + " %({x-request-id}i)s %({content-type}o)s %({server_name}e)s"
+
+
+@pytest.mark.parametrize("fmt", [FULL_FORMAT, EXTENDED_FORMAT, "%(h)s %(missing)s"])
+def test_lean_access_log_lines_are_gunicorns(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every line reads exactly as stock gunicorn writes it, for the repo's format and for others."""
+    monkeypatch.setattr(Logger, "now", lambda self: "[22/Nov/2026:03:04:05 +0000]")
+    cfg = _gunicorn_config(fmt)
+    stock, lean = Logger(cfg), LeanAccessLogger(cfg)
+    request = _one_request()
+    expected = fmt % SafeAtoms(stock.atoms(*request))
+    assert fmt % SafeAtoms(lean.atoms(*request)) == expected
+    assert "user" in expected or "%(u)s" not in fmt  # basic-auth user, from HTTP_AUTHORIZATION
+
+
+def test_lean_access_log_builds_only_the_basic_atoms_for_the_repo_format() -> None:
+    # Read, not executed: running gunicorn.conf.py would set PROMETHEUS_MULTIPROC_DIR in this process.
+    conf = (ROOT / "gunicorn.conf.py").read_text(encoding="utf-8")
+    repo_format = ast.literal_eval(re.search(r"^access_log_format = (.+)$", conf, re.M).group(1))
+    assert "logger_class = \"src.gunicorn_logging.LeanAccessLogger\"" in conf
+    assert not needs_every_atom(repo_format)
+    assert needs_every_atom("%({x-request-id}i)s") and needs_every_atom("%({wsgi.url_scheme}e)s")
+    cfg = _gunicorn_config(repo_format)
+    resp, req, environ, took = _one_request()
+    lean, stock = LeanAccessLogger(cfg).atoms(resp, req, environ, took), Logger(cfg).atoms(resp, req, environ, took)
+    assert {k for k in lean if k.startswith("{")} == {f"{{{k.lower()}}}e" for k in BASIC_ENVIRON if k in environ}
+    assert {"{wsgi.input}e", "{x-request-id}i", "{content-type}o"} <= set(stock)
