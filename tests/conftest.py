@@ -18,6 +18,7 @@ from flask_api import create_app
 from src.config import Settings, read_params, settings_from_dict
 from src.data import ingest, split, validate
 from src.modeling import evaluate, register, registry, train
+from tests import postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATASETS = ("taiwan_credit", "credit_risk", "lending_club")
@@ -138,3 +139,20 @@ def client(app):
 def default_applicant(meta: dict) -> dict:
     """A valid applicant built from the model's training medians / modes."""
     return {name: entry["default"] for name, entry in meta["feature_summary"].items()}
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server for the session (admin URL); skipped where the server is not installed."""
+    bindir = postgres.server_binaries()
+    if bindir is None:
+        pytest.skip("the PostgreSQL server is not installed: apt-get install -y postgresql (.ci/run does)")
+    with postgres.running_server(bindir) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh database of its own on the session's PostgreSQL server."""
+    with postgres.fresh_database(postgres_server) as url:
+        yield url

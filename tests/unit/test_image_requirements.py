@@ -149,18 +149,22 @@ print(json.dumps({"result": api.get_json()["results"][0], "files": files,
 """
 
 
-def test_serving_works_with_only_the_image_closure(trained_project: TrainedProject, tmp_path: Path) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_serving_works_with_only_the_image_closure(trained_project: TrainedProject, tmp_path: Path, database: str,
+                                                   request: pytest.FixtureRequest) -> None:
     """The real app (exported model, API and form) in a fresh interpreter that cannot import anything else.
 
     The dev venv holds more than the image (pytest, dvc, optional extras that libraries try
     to import, e.g. psutil or rich); an import hook makes every package outside the closure
     unimportable, as in the image, and the app must still load the model and score a row
-    exactly as in process.
+    exactly as in process, logging to SQLite (the default) or to a real PostgreSQL server
+    (its driver must be in the image).
     """
     closure = installed_closure(ir.SERVE_PACKAGES)
+    url = (f"sqlite:///{tmp_path / 'predictions.db'}" if database == "sqlite"
+           else request.getfixturevalue("postgres_url"))
     env = {"PATH": str(Path(sys.executable).parent), "PARAMS_FILE": str(ROOT / "params.yaml"),
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'predictions.db'}", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "HOME": str(tmp_path)}
+           "DATABASE_URL": url, "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", SERVE_WITH_ONLY, str(trained_project.model_dir),
                            json.dumps(sorted(closure))], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
@@ -173,7 +177,7 @@ def test_serving_works_with_only_the_image_closure(trained_project: TrainedProje
     imported = {ir.canonical(d) for d in out["imported"]}
     assert {"mlflow", "lightgbm", "flask", "flask-wtf", "sqlalchemy", "prometheus-client"} <= imported
     assert not PIPELINE_ONLY & imported
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'predictions.db'}")
+    engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:  # the prediction log wrote both rows (API and form) too
             assert conn.execute(sa.text("SELECT COUNT(*) FROM predictions")).scalar_one() == 2
