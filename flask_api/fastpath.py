@@ -63,7 +63,7 @@ class FastPredict:
     def __init__(self, app: Flask, svc: Service) -> None:
         self.flask: Callable[[dict[str, Any], StartResponse], Iterable[bytes]] = app.wsgi_app
         self.svc = svc
-        self.max_body: int | None = app.config.get("MAX_CONTENT_LENGTH")
+        self.config = app.config  # read per request, as Flask does: MAX_CONTENT_LENGTH may change after start-up
         self._status_lines = {code: status_line(code) for code in (200, 422, 500, 503)}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -71,7 +71,8 @@ class FastPredict:
                 or not is_json_type(environ.get("CONTENT_TYPE", ""))):
             return self.flask(environ, start_response)
         length = content_length(environ.get("CONTENT_LENGTH"))
-        if length is None or (self.max_body is not None and length > self.max_body):
+        max_body = self.config.get("MAX_CONTENT_LENGTH")
+        if length is None or (max_body is not None and length > max_body):
             return self.flask(environ, start_response)
         started = time.perf_counter()
         body = environ["wsgi.input"].read(length)

@@ -163,8 +163,7 @@ def field_infos(profile: Profile, summary: Mapping[str, Mapping[str, Any]]) -> l
             elif spec.max is not None:
                 parts.append(f"At most {readable_number(spec.max)}{unit_text}.")
             if spec.value_labels:
-                parts.append("Codes: " + "; ".join(f"{readable_number(k)} = {v}" for k, v in spec.value_labels.items())
-                             + ".")
+                parts.append(f"Codes: {spec.value_labels_text()}.")
             if entry.get("p01") is not None and entry.get("p99") is not None:
                 parts.append(f"Most applicants: {readable_number(entry['p01'])} to {readable_number(entry['p99'])}.")
         if spec.nullable:

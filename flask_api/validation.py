@@ -201,7 +201,7 @@ def applicant_json_schema(profile: Profile) -> dict[str, Any]:
                 prop["maximum"] = spec.max
             notes = [f"unit: {spec.unit}"] if spec.unit else []
             if spec.value_labels:
-                notes.append("codes: " + "; ".join(f"{k:g} = {v}" for k, v in spec.value_labels.items()))
+                notes.append(f"codes: {spec.value_labels_text()}")
             if notes:
                 prop["description"] = "; ".join(notes)
         if spec.nullable:

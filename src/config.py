@@ -80,6 +80,10 @@ class FeatureSpec:
             return None
         return self.value_labels.get(float(value))
 
+    def value_labels_text(self) -> str:
+        """The codes in words, as the form's hint and the JSON Schema show them: "-1 = paid in full; ..."."""
+        return "; ".join(f"{code:g} = {label}" for code, label in (self.value_labels or {}).items())
+
     @property
     def is_categorical(self) -> bool:
         return self.type == "categorical"

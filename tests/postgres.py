@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-HOST = "127.0.0.1"
+from tests.net import HOST, free_port
+
 USER = "credit"
 
 
@@ -33,12 +33,6 @@ def server_binaries() -> Path | None:
     return Path(found).parent if found and shutil.which("pg_ctl") else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running_server(bindir: Path) -> Iterator[str]:
     """Start a fresh cluster (trust auth, fsync off: a test server), yield its admin URL, stop and delete it."""
@@ -49,7 +43,7 @@ def running_server(bindir: Path) -> Iterator[str]:
         owner = pwd.getpwnam("postgres")
         os.chown(root, owner.pw_uid, owner.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     options = f"-p {port} -k {root} -c listen_addresses={HOST} -c fsync=off -c max_connections=60"
     started = False
     try:

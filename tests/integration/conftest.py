@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import s3fs
 
 from tests.conftest import ROOT, real_file
+from tests.net import free_port
 from tests.synthetic import write_synthetic_risk_flag
 
 SAMPLE_ROWS = 4000
@@ -83,12 +83,6 @@ def link_data(repo: Path, dataset: str) -> None:
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
