@@ -4,13 +4,22 @@ Gunicorn executes this file in the master process at start-up and again on every
 SIGHUP, so everything at module level is idempotent (``setdefault``) and the
 one-time work lives in ``on_starting``. The choices, and why:
 
-* gthread workers: a few threads per process overlap one request's Python with
-  another's time in LightGBM or a socket (both release the GIL), and several
-  processes side-step the GIL. The class is
-  ``src.gunicorn_worker.KeepAliveThreadWorker``: gthread plus two keep-alive fixes
-  (a restart never closes a connection it promised to keep; a connection is
-  recycled after GUNICORN_KEEPALIVE_REQUESTS requests so clients spread over the
-  workers). See that module.
+* gthread workers: a second thread per process overlaps one request's Python with
+  another's time in LightGBM or a socket (both release the GIL), and keeps a slow
+  request (a 1000-row batch, a /metrics scrape) from stalling the worker's single-row
+  predictions; several processes side-step the GIL. Two threads, not more: on 2 cores
+  every extra runnable thread only queues for the GIL and the CPU, which lengthened
+  the c=8 tail in the benchmark (bench/README.md).
+  The class is ``src.gunicorn_worker.KeepAliveThreadWorker``: gthread plus two
+  keep-alive fixes (a restart never closes a connection it promised to keep; a
+  connection is recycled after GUNICORN_KEEPALIVE_REQUESTS requests so clients
+  spread over the workers). See that module.
+* ``sys.setswitchinterval(0.5 ms)`` in each worker (GUNICORN_SWITCH_INTERVAL_MS): a
+  thread that wants the GIL waits up to the interval (5 ms by default) for one that
+  holds it, so a request could stall behind the prediction-log writer or another
+  request's Python for a whole interval. At 0.5 ms the c=8 p99 fell in three paired
+  benchmark runs from 8.4-8.8 to 7.1-7.6 ms (no reasons) and from 11.5-14.0 to
+  9.3-12.0 ms (with reasons), at no measurable cost in CPU per request.
 * HTTP keep-alive on (5 s): no TCP handshake and per-connection set-up per request,
   about a third of the server CPU of a single-row prediction.
 * ``gc.freeze()`` once the model is loaded: the ~250,000 objects the imports
@@ -34,7 +43,8 @@ one-time work lives in ``on_starting``. The choices, and why:
   every worker after a SIGHUP) signs CSRF tokens and sessions with the same key.
 
 Environment: SERVE_BIND (else params.yaml serve.bind, else 127.0.0.1:8000),
-WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (4), GUNICORN_TIMEOUT (60),
+WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (2), GUNICORN_SWITCH_INTERVAL_MS (0.5),
+GUNICORN_TIMEOUT (60),
 GUNICORN_GRACEFUL_TIMEOUT (30), GUNICORN_KEEPALIVE (seconds, 5; 0 = Connection: close),
 GUNICORN_KEEPALIVE_REQUESTS (100; read by the worker class), GUNICORN_MODEL_WAIT (120),
 GUNICORN_PIDFILE (none), GUNICORN_CONTROL_SOCKET (enables gunicornc on that path),
@@ -48,6 +58,7 @@ import logging
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -62,8 +73,20 @@ APP_LOGGERS = ("flask_api", "src")
 
 
 def _int_env(name: str, default: int) -> int:
+    return _number_env(name, int, default)
+
+
+def _float_env(name: str, default: float) -> float:
+    return _number_env(name, float, default)
+
+
+def _number_env(name: str, kind: type, default: Any) -> Any:
+    """The variable's value as ``kind``, ``default`` when unset; a bad value stops start-up naming the variable."""
     value = os.environ.get(name, "").strip()
-    return int(value) if value else default
+    try:
+        return kind(value) if value else default
+    except ValueError:
+        raise ValueError(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {value!r}") from None
 
 
 def _default_bind() -> str:
@@ -80,7 +103,12 @@ def _default_bind() -> str:
 bind = [os.environ.get("SERVE_BIND") or _default_bind()]
 workers = _int_env("WEB_CONCURRENCY", 2)
 worker_class = "src.gunicorn_worker.KeepAliveThreadWorker"
-threads = _int_env("GUNICORN_THREADS", 4)
+threads = _int_env("GUNICORN_THREADS", 2)
+# Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005); set per worker.
+switch_interval = _float_env("GUNICORN_SWITCH_INTERVAL_MS", 0.5) / 1000
+if not switch_interval > 0:
+    raise ValueError(f"GUNICORN_SWITCH_INTERVAL_MS must be a number of milliseconds above 0, "
+                     f"got {os.environ.get('GUNICORN_SWITCH_INTERVAL_MS', '').strip()!r}")
 preload_app = False
 # A gthread worker's main loop checks in at least once a second whatever its threads do (and
 # post_worker_init does while waiting for the model), so this only fires for a wedged process.
@@ -132,7 +160,9 @@ def on_starting(server: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """Send the app's own log records (model loads, incidents) to gunicorn's error log, with the pid."""
+    """In the new worker: the app's own log records (model loads, incidents) go to gunicorn's error log,
+    with the pid, and the GIL switch interval is shortened (see the module docstring)."""
+    sys.setswitchinterval(switch_interval)
     error_log = logging.getLogger("gunicorn.error")
     for name in APP_LOGGERS:
         app_log = logging.getLogger(name)

@@ -6,7 +6,7 @@ One run on this machine:
    taiwan_credit file: ingest -> validate -> split -> train -> evaluate ->
    register in an embedded MLflow store (SQLite), then exports the champion;
 2. starts our service under gunicorn (``gunicorn.conf.py`` when the repo has one,
-   else ``-w 2 -k gthread --threads 4``) on a free port with MODEL_URI = the
+   else ``-w 2 -k gthread --threads 2``) on a free port with MODEL_URI = the
    exported directory and a throw-away SQLite prediction log, and
    ``mlflow models serve -m models:/<name>@champion --env-manager local`` with
    as many workers as gunicorn booted;
@@ -99,7 +99,7 @@ BIN = Path(sys.executable).parent
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 1000
 BATCH_CONCURRENCY = (1, 2)
-DEFAULT_WORKERS, DEFAULT_THREADS = 2, 4
+DEFAULT_WORKERS, DEFAULT_THREADS = 2, 2
 IDLE_CORES = 0.3  # --wait-idle: "quiet" = other processes use less than this many cores
 
 TARGET_P99_MS = 10.0  # single row, concurrency 8, no reasons
@@ -292,8 +292,8 @@ def gunicorn_server(project: Project, run_dir: Path, workers: int | None, thread
         command += ["-c", str(conf)]
         if workers:
             command += ["-w", str(workers)]
-        if threads:
-            command += ["-k", "gthread", "--threads", str(threads)]
+        if threads:  # the config's worker class (gthread plus keep-alive fixes) stays
+            command += ["--threads", str(threads)]
     else:
         command += ["-w", str(workers or DEFAULT_WORKERS), "-k", "gthread",
                     "--threads", str(threads or DEFAULT_THREADS)]
@@ -818,7 +818,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None,
                         help="gunicorn workers (default: gunicorn.conf.py, else 2)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="gunicorn gthread threads per worker (default: gunicorn.conf.py, else 4)")
+                        help="gunicorn gthread threads per worker (default: gunicorn.conf.py, else 2)")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for our gunicorn server, e.g. OMP_NUM_THREADS=1 (repeatable)")
     parser.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",

@@ -38,17 +38,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask
-import dask.dataframe as dd
 import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from distributed import Client, LocalCluster, as_completed
 from fsspec.implementations.local import LocalFileSystem
 from mlflow.exceptions import MlflowException
 from pandas._libs.parsers import STR_NA_VALUES
@@ -59,6 +56,9 @@ from src.config import BatchSettings, ConfigError, Profile, Settings, load_setti
 from src.data.schemas import FAILURE_COLUMNS, build_schema, normalise, schema_failures
 from src.data.validate import REASON_COLUMN, ROW_COLUMN, combine_failures, reason_texts
 from src.modeling.explain import Scorer, top_contributions
+
+if TYPE_CHECKING:  # dask is imported only by the dask engine: ~1 s of start-up the pandas engine never needs
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +475,7 @@ def _score_partition(part: pd.DataFrame, job: BatchJob, columns: dict[str, str],
 
 def read_dask(files: list[InputFile], batch: BatchSettings) -> Any:
     """The input as a ``dask.dataframe`` (one format, one column layout for all files)."""
+    import dask.dataframe as dd  # noqa: PLC0415  (see the TYPE_CHECKING import above)
     formats = {f.format for f in files}
     layouts = {tuple(f.columns.items()) for f in files}
     if len(formats) > 1:
@@ -494,6 +495,8 @@ def read_dask(files: list[InputFile], batch: BatchSettings) -> Any:
 
 def _partition_lengths(ddf: Any, client: Client) -> list[int]:
     """Rows per partition, reading one column (the row numbers each partition starts at follow)."""
+    import dask  # noqa: PLC0415
+
     return client.compute([dask.delayed(len)(p) for p in ddf[[ddf.columns[0]]].to_delayed()], sync=True)
 
 
@@ -505,6 +508,9 @@ def run_dask(files: list[InputFile], job: BatchJob, output: str, rejects: str, b
     input row number of its first row; workers then write their part files straight to
     ``output/`` and ``rejects/`` (local or s3://) and return only their counts.
     """
+    import dask  # noqa: PLC0415
+    from distributed import as_completed  # noqa: PLC0415
+
     ddf = read_dask(files, batch)
     lengths = _partition_lengths(ddf, client)
     if job.top_reasons:  # TreeSHAP dominates: split into pieces of at most batch.reasons_chunk_rows rows
@@ -534,6 +540,8 @@ def run_dask(files: list[InputFile], job: BatchJob, output: str, rejects: str, b
 
 def dask_client(batch: BatchSettings, scheduler: str | None) -> Client:
     """A client on ``scheduler`` (tcp://host:port), else on a new LocalCluster from ``batch.dask_*``."""
+    from distributed import Client, LocalCluster  # noqa: PLC0415
+
     if scheduler:
         try:
             return Client(scheduler, timeout=30)

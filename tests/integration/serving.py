@@ -178,7 +178,7 @@ def _tail(log_path: Path, lines: int = 120) -> str:
 
 @contextmanager
 def running_gunicorn(workdir: Path, model_uri: str, *, token: str | None = "generate", workers: int = 2,
-                     threads: int = 4, extra_env: dict[str, str] | None = None,
+                     threads: int = 2, extra_env: dict[str, str] | None = None,
                      ready: bool = True) -> Iterator[GunicornServer]:
     """Run gunicorn until the block ends, with every worker past its model load attempt.
 

@@ -1,6 +1,6 @@
 """The scoring service under a real gunicorn (gunicorn.conf.py): what only several processes can show.
 
-* concurrency: 2 workers x 4 threads take 1,600 requests from 8 clients with no
+* concurrency: 2 workers x 2 threads (the shipped config) take 1,600 requests from 8 clients with no
   error, and the shared SQLite prediction log holds exactly one row per request;
 * reloads under load: POST /admin/reload (twice) and a SIGHUP restart of every
   worker while clients keep sending; no request fails, not even with a
@@ -14,7 +14,8 @@
   never 500;
 * one SECRET_KEY for all workers: a form's CSRF token validates on both;
 * the config module itself: shared SECRET_KEY and metrics directory created
-  in the master, stable across the re-read that SIGHUP does;
+  in the master, stable across the re-read that SIGHUP does; each worker shortens
+  the GIL switch interval, and a bad value stops start-up naming the variable;
 * keep-alive (src/gunicorn_worker.py): a connection is closed after
   GUNICORN_KEEPALIVE_REQUESTS answers, and a SIGHUP restart never closes a
   connection under a request it promised to serve.
@@ -23,11 +24,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import runpy
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -37,9 +40,11 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from gunicorn.workers.gthread import ThreadWorker
 
 from src import gunicorn_worker
+from src.config import read_params
 from tests.conftest import TrainedProject
 from tests.integration.serving import (  # noqa: F401  (the *_fixture names register fixtures)
     CONFIG,
@@ -392,7 +397,7 @@ def test_unloadable_model_is_alive_but_not_ready_and_never_500(trained_project: 
 def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path) -> None:
     """Run gunicorn.conf.py as gunicorn does (master, then again on SIGHUP): values set once and kept."""
     keys = ("SECRET_KEY", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_OWNS_PROMETHEUS_DIR", "SERVE_BIND",
-            "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_CONTROL_SOCKET")
+            "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_CONTROL_SOCKET", "GUNICORN_SWITCH_INTERVAL_MS")
     saved = {k: os.environ.get(k) for k in keys}
     created = None
     try:
@@ -408,7 +413,8 @@ def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path
         assert first["workers"] == 3
         assert first["worker_class"] == "src.gunicorn_worker.KeepAliveThreadWorker"
         assert issubclass(gunicorn_worker.KeepAliveThreadWorker, ThreadWorker)  # what the name resolves to
-        assert first["threads"] == 4
+        assert first["threads"] == 2
+        assert first["switch_interval"] == pytest.approx(0.0005)
         assert first["keepalive"] == 5
         assert first["preload_app"] is False
         assert first["control_socket_disable"] is True
@@ -439,6 +445,39 @@ def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, 0.0005), ("2", 0.002)])
+def test_post_fork_sets_the_gil_switch_interval(setting: str | None, expected: float,
+                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each worker shortens the GIL switch interval (default 0.5 ms; GUNICORN_SWITCH_INTERVAL_MS overrides)."""
+    conf = _run_config_isolated(monkeypatch, tmp_path, GUNICORN_SWITCH_INTERVAL_MS=setting)
+    saved_interval = sys.getswitchinterval()
+    loggers = [logging.getLogger(name) for name in conf["APP_LOGGERS"]]
+    saved_loggers = [(lg.handlers, lg.level, lg.propagate) for lg in loggers]
+    try:
+        sys.setswitchinterval(0.005)
+        conf["post_fork"](None, None)
+        assert sys.getswitchinterval() == pytest.approx(expected)
+    finally:
+        sys.setswitchinterval(saved_interval)
+        for lg, (handlers, level, propagate) in zip(loggers, saved_loggers, strict=True):
+            lg.handlers, lg.propagate = handlers, propagate
+            lg.setLevel(level)
+
+
+@pytest.mark.parametrize("setting", ["0", "-1", "fast"])
+def test_a_bad_switch_interval_is_named(setting: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"GUNICORN_SWITCH_INTERVAL_MS .*{setting}"):
+        _run_config_isolated(monkeypatch, tmp_path, GUNICORN_SWITCH_INTERVAL_MS=setting)
+
+
+def _run_config_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str | None) -> dict[str, Any]:
+    """Execute gunicorn.conf.py as the master does, its environment writes kept out of this process's."""
+    environ = {k: v for k, v in os.environ.items() if k not in env}
+    environ.update({k: v for k, v in env.items() if v is not None}, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    monkeypatch.setattr(os, "environ", environ)
+    return runpy.run_path(str(CONFIG))
 
 
 # --- f. keep-alive: connections recycled, and never closed under a client after a restart began ---------------
@@ -498,6 +537,9 @@ def test_keepalive_connections_are_recycled_and_survive_a_restart_mid_request(
         wait_for_new_workers(server, old_workers)
 
 
+SLOW_ROWS = 10_000  # applicants in each slow request of the test below
+
+
 def test_new_connections_go_to_the_idle_worker(trained_project: TrainedProject, tmp_path: Path,
                                                applicant: dict[str, Any]) -> None:
     """While one worker scores slow requests, new connections are taken by the idle one.
@@ -506,9 +548,16 @@ def test_new_connections_go_to_the_idle_worker(trained_project: TrainedProject, 
     1 ms before it accepts it itself; stock gthread lets both race for it (about half each
     here: 32 of 60).
     """
-    slow = json.dumps(predict_body(applicant, n=1000, reasons=True)).encode()
+    # Slow enough (well over the 0.2 s below) whatever the model's size: more rows than a
+    # request may normally carry, allowed by a params file of this test's own.
+    slow = json.dumps(predict_body(applicant, n=SLOW_ROWS, reasons=True)).encode()
     small = json.dumps(predict_body(applicant, reasons=False)).encode()
-    with running_gunicorn(tmp_path / "gunicorn", str(trained_project.model_dir), token=None) as server:
+    params = read_params(CONFIG.parent / "params.yaml")
+    params["serve"].update(max_batch=SLOW_ROWS, max_body_bytes=4 * len(slow))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params), encoding="utf-8")
+    with running_gunicorn(tmp_path / "gunicorn", str(trained_project.model_dir), token=None,
+                          extra_env={"PARAMS_FILE": str(params_file)}) as server:
         port = int(server.base_url.rsplit(":", 1)[1])
         statuses: list[int] = []
         probes = 0
