@@ -472,6 +472,14 @@ def test_a_bad_switch_interval_is_named(setting: str, monkeypatch: pytest.Monkey
         _run_config_isolated(monkeypatch, tmp_path, GUNICORN_SWITCH_INTERVAL_MS=setting)
 
 
+@pytest.mark.parametrize(("variable", "setting"), [("WEB_CONCURRENCY", "two"), ("GUNICORN_THREADS", "2.5"),
+                                                   ("GUNICORN_TIMEOUT", "1e3")])
+def test_a_bad_whole_number_is_named(variable: str, setting: str, monkeypatch: pytest.MonkeyPatch,
+                                     tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"{variable} must be a whole number, got '{setting}'"):
+        _run_config_isolated(monkeypatch, tmp_path, **{variable: setting})
+
+
 def _run_config_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str | None) -> dict[str, Any]:
     """Execute gunicorn.conf.py as the master does, its environment writes kept out of this process's."""
     environ = {k: v for k, v in os.environ.items() if k not in env}
