@@ -58,8 +58,10 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=deps /opt/venv /opt/venv
 COPY params.yaml gunicorn.conf.py ./
-COPY src/__init__.py src/config.py src/common.py src/gunicorn_worker.py src/gunicorn_logging.py ./src/
+COPY src/__init__.py src/config.py src/common.py ./src/
 COPY src/modeling/ ./src/modeling/
+COPY src/scoring/ ./src/scoring/
+COPY src/server/ ./src/server/
 COPY flask_api/ ./flask_api/
 COPY --from=model /app/model ./model
 RUN python -m compileall -q /app/src /app/flask_api /app/gunicorn.conf.py \

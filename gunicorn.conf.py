@@ -10,7 +10,7 @@ one-time work lives in ``on_starting``. The choices, and why:
   predictions; several processes side-step the GIL. Two threads, not more: on 2 cores
   every extra runnable thread only queues for the GIL and the CPU, which lengthened
   the c=8 tail in the benchmark (bench/README.md).
-  The class is ``src.gunicorn_worker.KeepAliveThreadWorker``: gthread plus two
+  The class is ``src.server.worker.KeepAliveThreadWorker``: gthread plus two
   keep-alive fixes (a restart never closes a connection it promised to keep; a
   connection is recycled after GUNICORN_KEEPALIVE_REQUESTS requests so clients
   spread over the workers). See that module.
@@ -46,7 +46,8 @@ Environment: SERVE_BIND (else params.yaml serve.bind, else 127.0.0.1:8000),
 WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (2), GUNICORN_SWITCH_INTERVAL_MS (0.5),
 GUNICORN_TIMEOUT (60),
 GUNICORN_GRACEFUL_TIMEOUT (30), GUNICORN_KEEPALIVE (seconds, 5; 0 = Connection: close),
-GUNICORN_KEEPALIVE_REQUESTS (100; read by the worker class), GUNICORN_MODEL_WAIT (120),
+GUNICORN_KEEPALIVE_REQUESTS (100; read by the worker class), GUNICORN_WORKER_CLASS (keepalive),
+GUNICORN_MODEL_WAIT (120),
 GUNICORN_PIDFILE (none), GUNICORN_CONTROL_SOCKET (enables gunicornc on that path),
 LOG_LEVEL (info).
 """
@@ -65,6 +66,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # `gunicorn -c /path/to/gunicorn.conf.py` from elsewhere
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from src.server import worker as server_worker
 
 PROM_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Set when this config created the multiprocess directory itself, so on_exit may delete it.
@@ -102,7 +107,9 @@ def _default_bind() -> str:
 # --- process model -----------------------------------------------------------
 bind = [os.environ.get("SERVE_BIND") or _default_bind()]
 workers = _int_env("WEB_CONCURRENCY", 2)
-worker_class = "src.gunicorn_worker.KeepAliveThreadWorker"
+# GUNICORN_WORKER_CLASS: keepalive (default; stock gthread if this gunicorn's internals differ from the
+# verified ones) or gthread. See src/server/worker.py.
+worker_class = server_worker.worker_class()
 threads = _int_env("GUNICORN_THREADS", 2)
 # Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005); set per worker.
 switch_interval = _float_env("GUNICORN_SWITCH_INTERVAL_MS", 0.5) / 1000
@@ -136,7 +143,7 @@ accesslog = "-"
 errorlog = "-"
 # gunicorn's logger, minus the ~60 per-header/per-environ atoms it builds for every access line
 # when the format prints none of them (see that module).
-logger_class = "src.gunicorn_logging.LeanAccessLogger"
+logger_class = "src.server.access_log.LeanAccessLogger"
 # %(D)s: request time in microseconds; %(p)s: "<pid>" of the worker that served it.
 access_log_format = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(D)sus %(p)s "%(a)s"'
 

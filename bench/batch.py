@@ -6,7 +6,7 @@
 
 Inputs are the current profile's real rows resampled with replacement to N rows with new
 ids (bench/make_big_input.py), as Parquet with 250,000-row row groups; they are made once
-per work folder and reused. Every run is the real CLI (``python -m src.modeling.predict``)
+per work folder and reused. Every run is the real CLI (``python -m src.batch``)
 in a subprocess scoring with the registered champion (run ``dvc repro`` first). Its
 memory is the peak of the summed RSS of the process and all its children (Dask's
 scheduler-side client and worker processes included), sampled every 50 ms with psutil.
@@ -43,10 +43,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.make_big_input import base_rows, make_big_input  # noqa: E402
+from src.batch.chunk import _encode  # noqa: E402
+from src.batch.engine_pandas import default_rejects  # noqa: E402
+from src.batch.run import load_job  # noqa: E402
 from src.common import setup_logging  # noqa: E402
 from src.config import load_settings  # noqa: E402
 from src.data.schemas import normalise  # noqa: E402
-from src.modeling import predict  # noqa: E402
 
 log = logging.getLogger("bench.batch")
 
@@ -86,7 +88,7 @@ def tree_rss(proc: psutil.Process) -> int:
 def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Run the CLI, polling its process tree's RSS; return (wall seconds, peak MB)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "src.modeling.predict", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "src.batch", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
     peak = 0
@@ -114,11 +116,11 @@ def floor(settings, input_path: Path, rows: int, contrib_rows: int) -> dict[str,
     Two ways to use the cores: one call with OpenMP threads (LightGBM's default), and one
     single-threaded call per core on a slice each (what the batch engines do).
     """
-    job = predict.load_job(settings, None, num_threads=0)
+    job = load_job(settings, None, num_threads=0)
     booster, it = job.scorer.booster, job.scorer.num_iteration
     frame = pq.ParquetFile(input_path).read().to_pandas().head(rows)
     typed, _ = normalise(frame, settings.profile, with_target=False)
-    matrix = predict._encode(job.scorer, typed)
+    matrix = _encode(job.scorer, typed)
     cores = os.cpu_count() or 1
     slices = np.array_split(matrix, cores)
     with ThreadPoolExecutor(cores) as pool:
@@ -149,7 +151,7 @@ def bench_run(input_path: Path, rows: int, engine: str, reasons: bool, workdir: 
     wall, peak = run_cli(args, env)
     summary = json.loads(summary_file.read_text())
     assert summary["rows_in"] == rows == summary["scored"] + summary["rejected"], summary
-    for path in (out, Path(predict.default_rejects(str(out)))):
+    for path in (out, Path(default_rejects(str(out)))):
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return Run(engine, rows, reasons, wall, summary["seconds"], peak, summary)
 

@@ -82,14 +82,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from flask_api import create_app  # noqa: E402
-from flask_api.model_store import load_model  # noqa: E402
-from flask_api.predlog import PredictionLog  # noqa: E402
 from flask_api.validation import validate_applicants  # noqa: E402
 from src.common import read_table  # noqa: E402
 from src.config import Settings, load_settings, read_params  # noqa: E402
 from src.data import ingest, split, validate  # noqa: E402
 from src.modeling import evaluate, register, registry, train  # noqa: E402
 from src.modeling.pyfunc_model import example_rows  # noqa: E402
+from src.scoring.model_store import load_model  # noqa: E402
+from src.scoring.predlog import PredictionLog  # noqa: E402
 
 log = logging.getLogger("bench.serve")
 

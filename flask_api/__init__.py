@@ -24,21 +24,12 @@ from flask_api import api, ops, views
 from flask_api.fastpath import FastPredict
 from flask_api.jsonio import OrjsonProvider
 from flask_api.metrics import Metrics
-from flask_api.model_store import ModelHolder
-from flask_api.predlog import PredictionLog
 from flask_api.service import Service, incident
 from src.config import Settings, load_settings
+from src.scoring.model_store import ModelHolder
+from src.scoring.predlog import PredictionLog, database_url
 
 log = logging.getLogger(__name__)
-
-
-def database_url(settings: Settings) -> str:
-    """$DATABASE_URL, else serve.database_url with a relative SQLite path anchored at the project root."""
-    url = os.environ.get("DATABASE_URL") or settings.serve.database_url
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
-        url = prefix + str((settings.paths.root / url.removeprefix(prefix)).resolve())
-    return url
 
 
 class CookieOnlySessionInterface(SecureCookieSessionInterface):

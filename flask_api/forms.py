@@ -25,7 +25,7 @@ from wtforms.widgets import NumberInput
 
 from flask_api.validation import check_value
 from src.config import FeatureSpec, Profile
-from src.modeling.explain import readable_number
+from src.scoring.scorer import readable_number
 
 NOT_GIVEN = ""  # the select option / empty input that means "no value" for a nullable field
 

@@ -16,9 +16,9 @@ from typing import Any
 from flask import current_app
 
 from flask_api.metrics import Metrics, observe_many
-from flask_api.model_store import LoadedModel, ModelHolder
-from flask_api.predlog import PredictionLog
 from src.config import Settings
+from src.scoring.model_store import LoadedModel, ModelHolder
+from src.scoring.predlog import PredictionLog
 
 log = logging.getLogger(__name__)
 

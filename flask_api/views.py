@@ -15,9 +15,9 @@ from flask import Blueprint, render_template, request
 from flask_wtf.csrf import CSRFError
 
 from flask_api.forms import ApplicantForm, default_values, field_infos, form_class
-from flask_api.model_store import LoadedModel
 from flask_api.service import ModelNotReady, service
-from src.modeling.explain import APPROVE, DECLINE, REFER, display_value
+from src.scoring.model_store import LoadedModel
+from src.scoring.scorer import APPROVE, DECLINE, REFER, display_value
 
 log = logging.getLogger(__name__)
 

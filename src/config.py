@@ -313,7 +313,7 @@ class MonitoringSettings:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """Batch scoring (``python -m src.modeling.predict``); see README "Batch scoring"."""
+    """Batch scoring (``python -m src.batch``); see README "Batch scoring"."""
 
     chunk_rows: int = 100_000              # rows read, validated and scored at a time: bounds memory
     csv_block_bytes: int = 8_388_608       # CSV read block; a block never holds more than chunk_rows rows

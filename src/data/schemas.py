@@ -1,7 +1,7 @@
-"""Pandera schemas generated from a dataset profile, plus the normalisation before them.
+"""Pandera schemas generated from a dataset profile, the normalisation before them, and reject reasons.
 
-Shared by the validate stage and (later) every consumer of raw applicant rows,
-so a row the model is trained on and a row it scores are judged by one rule set.
+Shared by the validate stage, batch scoring and monitoring, so a row the model is
+trained on and a row it scores are judged by one rule set and rejected in the same words.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import pandera.pandas as pa
 from src.config import FeatureSpec, Profile
 
 FAILURE_COLUMNS = ["index", "column", "check", "value"]
+REASON_COLUMN = "reject_reasons"
+ROW_COLUMN = "raw_row"
 
 
 def _format_number(value: float) -> str:
@@ -196,3 +198,28 @@ def _check_message(schema: pa.DataFrameSchema, column: str, check: str) -> str:
             if chk.error and (check == chk.error or check.startswith(chk.name or "")):
                 return chk.error
     return re.sub(r"\s+", " ", check)
+
+
+def _reason(record: pd.Series) -> str:
+    value = record["value"]
+    value = value.item() if hasattr(value, "item") else value  # np.int64(3) -> 3
+    return f"{record['column']}: {record['check']} (value {value!r})"
+
+
+def combine_failures(type_failures: pd.DataFrame, check_failures: pd.DataFrame) -> pd.DataFrame:
+    """One record per failing cell (normalise's first, then the schema's), with its ``reason_key``.
+
+    Shared by the validate stage and batch scoring (src/batch), so a row is rejected there for the same
+    reasons, in the same words, as here.
+    """
+    failures = pd.concat([type_failures, check_failures], ignore_index=True)
+    # A cell that could not be typed is also "missing" to the schema: keep the first, truer reason.
+    failures = failures.drop_duplicates(["index", "column"], keep="first")
+    failures["index"] = failures["index"].astype("int64")
+    failures["reason_key"] = failures["column"].astype(str) + ": " + failures["check"].astype(str)
+    return failures
+
+
+def reason_texts(failures: pd.DataFrame) -> pd.Series:
+    """Row index -> every reason of that row, joined with "; " (e.g. "age: outside [18, 100] (value 150)")."""
+    return failures.assign(text=failures.apply(_reason, axis=1)).groupby("index")["text"].agg("; ".join)

@@ -17,44 +17,15 @@ import pandas as pd
 
 from src.common import PipelineError, read_table, run_main, write_json, write_table
 from src.config import Profile, Settings, load_settings
-from src.data.schemas import build_schema, normalise, schema_failures
+from src.data.schemas import REASON_COLUMN, ROW_COLUMN, build_schema, combine_failures, normalise, reason_texts, schema_failures
 
 log = logging.getLogger(__name__)
-
-REASON_COLUMN = "reject_reasons"
-ROW_COLUMN = "raw_row"
-
 
 @dataclass(frozen=True)
 class ValidationResult:
     clean: pd.DataFrame
     rejected: pd.DataFrame
     report: dict[str, Any]
-
-
-def _reason(record: pd.Series) -> str:
-    value = record["value"]
-    value = value.item() if hasattr(value, "item") else value  # np.int64(3) -> 3
-    return f"{record['column']}: {record['check']} (value {value!r})"
-
-
-def combine_failures(type_failures: pd.DataFrame, check_failures: pd.DataFrame) -> pd.DataFrame:
-    """One record per failing cell (normalise's first, then the schema's), with its ``reason_key``.
-
-    Shared with batch scoring (src/modeling/predict.py), so a row is rejected there for the same
-    reasons, in the same words, as here.
-    """
-    failures = pd.concat([type_failures, check_failures], ignore_index=True)
-    # A cell that could not be typed is also "missing" to the schema: keep the first, truer reason.
-    failures = failures.drop_duplicates(["index", "column"], keep="first")
-    failures["index"] = failures["index"].astype("int64")
-    failures["reason_key"] = failures["column"].astype(str) + ": " + failures["check"].astype(str)
-    return failures
-
-
-def reason_texts(failures: pd.DataFrame) -> pd.Series:
-    """Row index -> every reason of that row, joined with "; " (e.g. "age: outside [18, 100] (value 150)")."""
-    return failures.assign(text=failures.apply(_reason, axis=1)).groupby("index")["text"].agg("; ".join)
 
 
 def validate(raw: pd.DataFrame, profile: Profile) -> ValidationResult:

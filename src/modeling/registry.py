@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from src.common import PipelineError, run_main, write_json
 from src.config import Settings, load_settings
+from src.modeling.model_uri import is_models_uri, parse_model_uri
 from src.modeling.tracking import connect
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ CHALLENGER = "challenger"
 AUDIT_PREFIX = "audit."
 ACTOR_ENV = "MLOPS_ACTOR"
 ROLLED_BACK_TAG = "rolled_back"
-MODELS_SCHEME = "models:/"
 
 
 def _client() -> Any:
@@ -183,24 +183,6 @@ def export(client: Any, name: str, alias: str, dest: Path) -> Path:
     return _export_version(client, name, require_alias(client, name, alias), alias, dest)
 
 
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> (name, alias, version), one of them None.
-
-    The container build takes its model as such a URI (build arg MODEL_URI), the
-    form the service and MLflow itself use, so one string names the model everywhere.
-    """
-    ref = uri.removeprefix(MODELS_SCHEME) if uri.startswith(MODELS_SCHEME) else None
-    if ref and "@" in ref:
-        name, alias = ref.split("@", 1)
-        if name and alias and "/" not in name:
-            return name, alias, None
-    elif ref and ref.count("/") == 1:
-        name, version = ref.split("/")
-        if name and version.isdigit():
-            return name, None, version
-    raise PipelineError(f"model URI '{uri}' is not models:/<name>@<alias> or models:/<name>/<version>")
-
-
 def export_uri(client: Any, uri: str, dest: Path) -> Path:
     """Download the model behind a ``models:/`` URI (alias or version) into ``dest``."""
     name, alias, version = parse_model_uri(uri)
@@ -297,7 +279,7 @@ def _dispatch(args: argparse.Namespace, client: Any, name: str) -> None:
         promote(client, name, args.version, args.reason)
     elif args.command == "rollback":
         rollback(client, name, args.reason)
-    elif args.command == "export" and args.alias.startswith(MODELS_SCHEME):
+    elif args.command == "export" and is_models_uri(args.alias):
         export_uri(client, args.alias, args.dir)
     elif args.command == "export":
         export(client, name, args.alias, args.dir)

@@ -23,10 +23,10 @@ from mlflow import MlflowClient
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from src.config import MonitoringSettings, Settings
-from src.modeling.explain import APPROVE, DECLINE, REFER
 from src.modeling.metrics import ks_statistic
 from src.modeling.tracking import connect
 from src.monitoring.sources import SCORE_COLUMN, InputError, check_scores, require_columns
+from src.scoring.scorer import APPROVE, DECLINE, REFER
 
 log = logging.getLogger(__name__)
 

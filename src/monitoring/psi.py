@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from src.modeling.explain import _key as scorer_key
+from src.scoring.scorer import _key as scorer_key
 
 OTHER = "__other__"
 MISSING = "__missing__"

@@ -20,13 +20,13 @@ import pandas as pd
 import sqlalchemy as sa
 from mlflow.exceptions import MlflowException
 
-from flask_api import database_url as served_url
-from flask_api.model_store import load_model as load_served
-from flask_api.model_store import resolve_model_uri
-from flask_api.predlog import make_engine, predictions
 from src.common import PipelineError
 from src.config import Profile, Settings
 from src.data.schemas import build_schema, normalise, schema_failures
+from src.scoring.model_store import load_model as load_served
+from src.scoring.model_store import resolve_model_uri
+from src.scoring.predlog import database_url as served_url
+from src.scoring.predlog import make_engine, predictions
 
 log = logging.getLogger(__name__)
 

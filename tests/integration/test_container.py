@@ -32,8 +32,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from flask_api.model_store import load_model
 from src.modeling import registry
+from src.scoring.model_store import load_model
 from tests.conftest import ROOT, TrainedProject
 from tests.integration.conftest import free_port, running_mlflow_server, tool_env
 from tests.integration.serving import (  # noqa: F401  (the *_fixture names register fixtures)

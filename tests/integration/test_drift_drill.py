@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from flask_api.predlog import PredictionLog
 from src.config import Settings, load_settings
 from src.data import ingest, split, validate
 from src.monitoring.__main__ import main
 from src.monitoring.drift import compare
 from src.monitoring.sources import Model, load_model
+from src.scoring.predlog import PredictionLog
 from tests.conftest import load_params, shared_data_dir
 from tests.synthetic_monitoring import synthetic_score, synthetic_taiwan_applicants
 

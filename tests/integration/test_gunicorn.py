@@ -16,7 +16,7 @@
 * the config module itself: shared SECRET_KEY and metrics directory created
   in the master, stable across the re-read that SIGHUP does; each worker shortens
   the GIL switch interval, and a bad value stops start-up naming the variable;
-* keep-alive (src/gunicorn_worker.py): a connection is closed after
+* keep-alive (src/server/worker.py): a connection is closed after
   GUNICORN_KEEPALIVE_REQUESTS answers, and a SIGHUP restart never closes a
   connection under a request it promised to serve.
 """
@@ -43,8 +43,8 @@ import requests
 import yaml
 from gunicorn.workers.gthread import ThreadWorker
 
-from src import gunicorn_worker
 from src.config import read_params
+from src.server import worker as gunicorn_worker
 from tests.conftest import TrainedProject
 from tests.integration.serving import (  # noqa: F401  (the *_fixture names register fixtures)
     CONFIG,
@@ -411,7 +411,7 @@ def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path
         assert Path(created).is_dir()
         assert first["bind"] == ["127.0.0.1:8123"]
         assert first["workers"] == 3
-        assert first["worker_class"] == "src.gunicorn_worker.KeepAliveThreadWorker"
+        assert first["worker_class"] == "src.server.worker.KeepAliveThreadWorker"
         assert issubclass(gunicorn_worker.KeepAliveThreadWorker, ThreadWorker)  # what the name resolves to
         assert first["threads"] == 2
         assert first["switch_interval"] == pytest.approx(0.0005)
@@ -508,7 +508,7 @@ def http_exchange(sock: socket.socket, body: bytes, reader: Any) -> tuple[int, d
 
 def test_keepalive_connections_are_recycled_and_survive_a_restart_mid_request(
         trained_project: TrainedProject, tmp_path: Path, applicant: dict[str, Any]) -> None:
-    """KeepAliveThreadWorker (src/gunicorn_worker.py) on a real gunicorn, over a raw socket.
+    """KeepAliveThreadWorker (src/server/worker.py) on a real gunicorn, over a raw socket.
 
     * GUNICORN_KEEPALIVE_REQUESTS=3: answers 1-2 keep the connection, the 3rd says
       "Connection: close" and the server closes it.

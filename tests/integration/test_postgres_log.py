@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_api import create_app
-from flask_api.predlog import PredictionLog, predictions
+from src.scoring.predlog import PredictionLog, predictions
 from tests.conftest import TrainedProject, default_applicant
 
 WORKERS, THREADS, REQUESTS = 2, 4, 40  # two logs stand in for two gunicorn workers

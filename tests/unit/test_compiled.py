@@ -16,11 +16,11 @@ import lleaves
 import numpy as np
 import pytest
 
-from flask_api import model_store
 from src.common import read_table
-from src.modeling import compiled as compiled_mod
-from src.modeling.compiled import CompileError, compile_trees, probe_matrix
 from src.modeling.pyfunc_model import example_rows
+from src.scoring import compiled as compiled_mod
+from src.scoring import model_store
+from src.scoring.compiled import CompileError, compile_trees, probe_matrix
 from tests.conftest import TrainedProject
 
 
@@ -122,7 +122,7 @@ def test_scorer_falls_back_to_lightgbm_when_compiling_fails(monkeypatch: pytest.
         raise CompileError("LLVM said no")
 
     monkeypatch.setattr(model_store, "compile_trees", broken)
-    with caplog.at_level(logging.WARNING, logger="flask_api.model_store"):
+    with caplog.at_level(logging.WARNING, logger="src.scoring.model_store"):
         fallback = model_store.load_model(uri, settings)
     assert fallback.scorer.engine == "lightgbm"
     assert "serving with LightGBM's own predict" in caplog.text and "LLVM said no" in caplog.text

@@ -83,8 +83,10 @@ def test_dockerignore_keeps_data_stores_and_caches_out() -> None:
 def test_every_src_module_gunicorn_conf_names_is_copied() -> None:
     """gunicorn.conf.py's worker and logger classes live in src/: a module missing from COPY stops the container."""
     conf = (ROOT / "gunicorn.conf.py").read_text(encoding="utf-8")
-    named = set(re.findall(r'"src\.(\w+)\.\w+"', conf))
-    assert {"gunicorn_worker", "gunicorn_logging"} <= named
+    named = set(re.findall(r'"src\.([\w.]+)\.\w+"', conf)) | {
+        f"{package}.{name}" for package, name in re.findall(r"^from src\.([\w.]+) import (\w+)", conf, re.M)}
+    assert {"server.worker", "server.access_log"} <= named
     copied = " ".join(args for word, args in final_stage() if word == "COPY")
     for module in named:
-        assert f"src/{module}.py" in copied, module
+        path = "src/" + module.replace(".", "/")
+        assert f"{path}.py" in copied or f"{path.rpartition('/')[0]}/ " in copied, module

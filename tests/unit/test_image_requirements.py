@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy as sa
 from packaging.requirements import Requirement
 
-from flask_api.model_store import load_model
 from src.deploy import image_requirements as ir
+from src.scoring.model_store import load_model
 from tests.conftest import ROOT, TrainedProject, default_applicant
 
 LOCK = ROOT / "Pipfile.lock"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flask_api.predlog import PredictionLog
 from src.monitoring import sources
 from src.monitoring.sources import InputError
+from src.scoring.predlog import PredictionLog
 from tests.conftest import ROOT, make_settings
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

@@ -16,6 +16,8 @@ from mlflow import MlflowClient
 
 from src.common import PipelineError
 from src.modeling import registry
+from src.modeling.model_uri import parse_model_uri
+from src.scoring import model_store
 from tests.conftest import TrainedProject
 
 
@@ -24,14 +26,14 @@ from tests.conftest import TrainedProject
     ("models:/m/12", ("m", None, "12")),
 ])
 def test_model_uris_parse(uri: str, parsed: tuple[str, str | None, str | None]) -> None:
-    assert registry.parse_model_uri(uri) == parsed
+    assert parse_model_uri(uri) == parsed
 
 
 @pytest.mark.parametrize("uri", ["champion", "models:/m", "models:/m/latest", "models:/@champion", "runs:/abc/model",
                                  "models:/a/b@c", "models:/m/1/2"])
 def test_other_uris_are_one_clear_error(uri: str) -> None:
     with pytest.raises(PipelineError, match="is not models:/<name>@<alias> or models:/<name>/<version>"):
-        registry.parse_model_uri(uri)
+        parse_model_uri(uri)
 
 
 @pytest.fixture
@@ -75,3 +77,26 @@ def test_import_then_export_by_alias_and_by_version(trained_project: TrainedProj
         registry.export_uri(store, f"models:/{name}@gold", tmp_path / "nope")
     with pytest.raises(PipelineError, match="not an exported model directory"):
         registry.import_exported(store, tmp_path, name, "champion", "bad")
+
+
+def test_an_alias_is_resolved_once_and_that_version_is_loaded(trained_project: TrainedProject, store: MlflowClient,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The champion moves between resolving the alias and loading: the model loaded is the version logged."""
+    name = "raced-model"
+    store.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
+    registry.import_exported(store, trained_project.model_dir, name, "champion", "first")
+    registry.import_exported(store, trained_project.model_dir, name, "challenger", "second")
+    registry.set_alias(store, name, "champion", "1", "back to v1")
+    real_load = mlflow.pyfunc.load_model
+    loaded_uris: list[str] = []
+
+    def load_while_the_champion_moves(uri: str, *args: object, **kwargs: object) -> object:
+        registry.set_alias(store, name, "champion", "2", "promoted mid-load")  # what a retrain would do
+        loaded_uris.append(uri)
+        return real_load(uri, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", load_while_the_champion_moves)
+    loaded = model_store.load_model(f"models:/{name}@champion", trained_project.settings, compile_trees=False)
+    assert loaded_uris == [f"models:/{name}/1"]
+    assert (loaded.name, loaded.version, loaded.uri) == (name, "1", f"models:/{name}@champion")
+    assert str(store.get_model_version_by_alias(name, "champion").version) == "2"

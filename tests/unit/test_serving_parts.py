@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import gunicorn
 import pytest
 import sqlalchemy as sa
 from gunicorn.config import Config
@@ -24,11 +25,11 @@ from prometheus_client import values as prom_values
 from sqlalchemy.dialects import postgresql
 
 from flask_api.metrics import PROBABILITY_BUCKETS, observe_many
-from flask_api.predlog import COLUMNS, FastInsert, PredictionLog, make_engine, predictions
 from flask_api.validation import FieldError, check_value, validate_applicants
-from src import gunicorn_worker
 from src.config import Profile, build_profile
-from src.gunicorn_logging import BASIC_ENVIRON, LeanAccessLogger, needs_every_atom
+from src.scoring.predlog import COLUMNS, FastInsert, PredictionLog, make_engine, predictions
+from src.server import worker as gunicorn_worker
+from src.server.access_log import BASIC_ENVIRON, LeanAccessLogger, needs_every_atom
 from tests.conftest import ROOT, load_params
 
 PROFILES = {name: build_profile(name, raw) for name, raw in load_params()["profiles"].items()}
@@ -285,6 +286,43 @@ def test_a_bad_requests_per_connection_setting_names_itself(raw: str, message: s
     assert message in str(info.value)
 
 
+def test_the_keepalive_worker_was_verified_against_the_installed_gunicorn() -> None:
+    """Fails on a gunicorn whose gthread internals changed: re-verify the subclass, then record the new digests."""
+    changed = gunicorn_worker.changed_internals()
+    assert not changed, (
+        f"gunicorn {gunicorn.__version__} changed ThreadWorker.{', '.join(changed)} since "
+        f"{gunicorn_worker.VERIFIED_GUNICORN}, which src/server/worker.py's KeepAliveThreadWorker relies on. "
+        f"Re-verify it (tests/integration/test_gunicorn.py) and record {gunicorn_worker.internals_digest()}")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, gunicorn_worker.KEEPALIVE_WORKER),
+                                               ("keepalive", gunicorn_worker.KEEPALIVE_WORKER),
+                                               (" GThread ", "gthread")])
+def test_the_worker_class_is_chosen_by_an_environment_variable(raw: str | None, expected: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if raw is None:
+        monkeypatch.delenv(gunicorn_worker.WORKER_CLASS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(gunicorn_worker.WORKER_CLASS_ENV, raw)
+    assert gunicorn_worker.worker_class() == expected
+
+
+def test_a_bad_worker_class_setting_names_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(gunicorn_worker.WORKER_CLASS_ENV, "eventlet")
+    with pytest.raises(ValueError, match="GUNICORN_WORKER_CLASS must be keepalive or gthread, got 'eventlet'"):
+        gunicorn_worker.worker_class()
+
+
+def test_changed_gunicorn_internals_fall_back_to_stock_gthread(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv(gunicorn_worker.WORKER_CLASS_ENV, raising=False)
+    monkeypatch.setitem(gunicorn_worker.VERIFIED_INTERNALS, "finish_request", "0" * 16)
+    assert gunicorn_worker.changed_internals() == ["finish_request"]
+    with caplog.at_level("WARNING", logger=gunicorn_worker.__name__):
+        assert gunicorn_worker.worker_class() == "gthread"
+    assert "changed ThreadWorker.finish_request" in caplog.text and "stock gthread" in caplog.text
+
+
 # --- the lean access log ----------------------------------------------------------------------------------------
 
 
@@ -331,7 +369,7 @@ def test_lean_access_log_builds_only_the_basic_atoms_for_the_repo_format() -> No
     # Read, not executed: running gunicorn.conf.py would set PROMETHEUS_MULTIPROC_DIR in this process.
     conf = (ROOT / "gunicorn.conf.py").read_text(encoding="utf-8")
     repo_format = ast.literal_eval(re.search(r"^access_log_format = (.+)$", conf, re.M).group(1))
-    assert "logger_class = \"src.gunicorn_logging.LeanAccessLogger\"" in conf
+    assert "logger_class = \"src.server.access_log.LeanAccessLogger\"" in conf
     assert not needs_every_atom(repo_format)
     assert needs_every_atom("%({x-request-id}i)s") and needs_every_atom("%({wsgi.url_scheme}e)s")
     cfg = _gunicorn_config(repo_format)

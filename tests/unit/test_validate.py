@@ -14,8 +14,8 @@ from src.common import PipelineError, write_table
 from src.config import Profile
 from src.data import validate as validate_mod
 from src.data.ingest import ingest, read_raw
-from src.data.schemas import build_schema, normalise, schema_failures
-from src.data.validate import REASON_COLUMN, ROW_COLUMN, validate
+from src.data.schemas import REASON_COLUMN, ROW_COLUMN, build_schema, normalise, schema_failures
+from src.data.validate import validate
 from tests.conftest import make_settings, real_file
 from tests.synthetic import synthetic_risk_flag
 

@@ -15,7 +15,7 @@ from werkzeug.datastructures import MultiDict
 from flask_api import create_app
 from flask_api.forms import default_values, field_infos, fmt_number, form_class
 from src.config import build_profile
-from src.modeling.explain import readable_number
+from src.scoring.scorer import readable_number
 from tests.conftest import TrainedProject, default_applicant, load_params
 
 

@@ -1,4 +1,4 @@
-"""Batch scoring (src/modeling/predict.py) on a small real model: the pure chunk function and the CLI.
+"""Batch scoring (src/batch/) on a small real model: the pure chunk function and the CLI.
 
 Inputs are the trained project's real taiwan_credit rows; rows with impossible values
 are planted into them (SYNTHETIC defects, named as such below).
@@ -18,11 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from src.batch.__main__ import main as batch_main
+from src.batch.chunk import BatchJob, score_chunk
+from src.batch.inputs import ID_INT
+from src.batch.run import load_job, score_batch
 from src.config import Profile
 from src.data import schemas
-from src.data.validate import REASON_COLUMN, ROW_COLUMN, validate
-from src.modeling import predict
-from src.modeling.explain import Scorer
+from src.data.schemas import REASON_COLUMN, ROW_COLUMN
+from src.data.validate import validate
+from src.scoring.scorer import Scorer
 from tests.conftest import ROOT, TrainedProject, make_settings
 
 # SYNTHETIC defects planted into real rows: row -> cells to set (profile column names).
@@ -36,8 +40,8 @@ DEFECTS: dict[int, dict[str, object]] = {
 
 
 @pytest.fixture(scope="module")
-def job(trained_project: TrainedProject) -> predict.BatchJob:
-    return predict.load_job(trained_project.settings, str(trained_project.model_dir), top_reasons=4,
+def job(trained_project: TrainedProject) -> BatchJob:
+    return load_job(trained_project.settings, str(trained_project.model_dir), top_reasons=4,
                             include_features=True, num_threads=1)
 
 
@@ -56,8 +60,8 @@ def with_defects(raw: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def score(source: Path | str, job: predict.BatchJob, out: Path, batch_settings, **kwargs) -> dict:
-    return predict.score_batch(str(source), str(out), job, batch_settings, **kwargs)
+def score(source: Path | str, job: BatchJob, out: Path, batch_settings, **kwargs) -> dict:
+    return score_batch(str(source), str(out), job, batch_settings, **kwargs)
 
 
 def read(path: Path | str) -> pd.DataFrame:
@@ -132,7 +136,7 @@ def test_rejects_are_the_validate_stage_rejects_with_reasons(trained_project, ra
     src = tmp_path / "batch.parquet"
     bad.drop(columns=["default"]).to_parquet(src)
     summary_file = tmp_path / "summary.json"
-    predict.main([str(src), "--output", str(tmp_path / "s.parquet"), "--model-uri", str(trained_project.model_dir),
+    batch_main([str(src), "--output", str(tmp_path / "s.parquet"), "--model-uri", str(trained_project.model_dir),
                   "--summary", str(summary_file), "--params", str(cli_params(tmp_path))])
     rejects = read(tmp_path / "s.rejects.parquet")
     scored = read(tmp_path / "s.parquet")
@@ -181,7 +185,7 @@ def test_row_level_id_rules(job, raw_rows) -> None:
     frame.loc[2, "id"] = None
     frame.loc[4, "id"] = "x7"
     frame.loc[6, "id"] = frame.loc[5, "id"]
-    result = predict.score_chunk(frame, replace(job, id_kind=predict.ID_INT), first_row=100)
+    result = score_chunk(frame, replace(job, id_kind=ID_INT), first_row=100)
     rejects = result.rejects.to_pandas()
     assert rejects[ROW_COLUMN].tolist() == [102, 104]
     assert rejects[REASON_COLUMN].iloc[0].startswith("id: missing")
@@ -239,7 +243,7 @@ def test_chunk_boundaries_do_not_change_the_output(job, raw_rows, tmp_path, trai
 def run_cli(args: list[str], caplog: pytest.LogCaptureFixture) -> tuple[int, str]:
     caplog.clear()
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exc:
-        predict.main(args)
+        batch_main(args)
     return exc.value.code, caplog.text
 
 

@@ -1,5 +1,9 @@
 """Loading the served model from the registry (or an exported directory) and swapping it safely.
 
+A ``models:/<name>@<alias>`` URI is resolved to its version once, and that version
+(``models:/<name>/<version>``) is what gets loaded: if the alias moves meanwhile, the
+model and the version it is logged under still agree.
+
 Requests take a reference to the current :class:`LoadedModel` once and use it to
 the end, so a reload that swaps in a new champion never changes a model under a
 request in flight: old requests finish on the old model, new ones get the new.
@@ -21,9 +25,10 @@ import mlflow
 from mlflow import MlflowClient
 
 from src.config import Settings, build_profile
-from src.modeling.compiled import CompiledTrees, CompileError, compile_trees
-from src.modeling.explain import Scorer
+from src.modeling.model_uri import is_models_uri, parse_model_uri
 from src.modeling.tracking import connect
+from src.scoring.compiled import CompiledTrees, CompileError, compile_trees
+from src.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +57,11 @@ def resolve_model_uri(settings: Settings) -> str:
             or f"models:/{settings.registered_model_name}@champion")
 
 
-def _registry_version(uri: str) -> tuple[str, str]:
-    """Name and version behind a models:/ URI (resolving an alias through the registry)."""
-    ref = uri.removeprefix("models:/")
-    client = MlflowClient()
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        return name, str(client.get_model_version_by_alias(name, alias).version)
-    name, _, version = ref.partition("/")
-    if version.isdigit():
-        return name, version
-    return name, "unknown"
+def resolve_version(uri: str) -> tuple[str, str, str]:
+    """Name, version and the by-version URI behind a ``models:/`` URI (an alias is resolved once, here)."""
+    ref = parse_model_uri(uri)
+    version = ref.version or str(MlflowClient().get_model_version_by_alias(ref.name, str(ref.alias)).version)
+    return ref.name, version, ref.by_version(version)
 
 
 def load_model(uri: str, settings: Settings, compile_trees: bool = True) -> LoadedModel:
@@ -80,8 +79,8 @@ def load_model(uri: str, settings: Settings, compile_trees: bool = True) -> Load
         name, version = info.get("registered_model", local.name), str(info.get("version", "local"))
     else:
         connect(settings)
-        name, version = _registry_version(uri) if uri.startswith("models:/") else (uri, "unknown")
-        pyfunc = mlflow.pyfunc.load_model(uri)
+        name, version, source = resolve_version(uri) if is_models_uri(uri) else (uri, "unknown", uri)
+        pyfunc = mlflow.pyfunc.load_model(source)
     model = pyfunc.unwrap_python_model()
     meta = model.meta
     dataset = meta["dataset"]

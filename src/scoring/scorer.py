@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from src.config import FeatureSpec, Profile
-from src.modeling.compiled import CompiledTrees
+from src.scoring.compiled import CompiledTrees
 
 APPROVE, REFER, DECLINE = "approve", "refer", "decline"
 
@@ -81,7 +81,7 @@ class Scorer:
                  top_reasons: int = 4, refer_margin: float = 0.05, num_threads: int = 0,
                  compiled: CompiledTrees | None = None) -> None:
         self.pipeline = pipeline
-        # The booster's trees compiled to native code (src/modeling/compiled.py), checked against
+        # The booster's trees compiled to native code (src/scoring/compiled.py), checked against
         # LightGBM; None = LightGBM predicts. Reasons always come from LightGBM's pred_contrib.
         self.compiled = compiled
         self.meta = dict(meta)

@@ -23,8 +23,10 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 
-from src.data.validate import ROW_COLUMN
-from src.modeling import predict
+from src.batch.chunk import BatchJob
+from src.batch.engine_pandas import default_rejects
+from src.batch.run import load_job, score_batch
+from src.data.schemas import ROW_COLUMN
 from tests.conftest import ROOT, TrainedProject
 from tests.integration.conftest import free_port, stop_process_group, tool_env
 
@@ -48,16 +50,16 @@ def batch_input(trained_project: TrainedProject, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="module")
-def job(trained_project: TrainedProject) -> predict.BatchJob:
-    return predict.load_job(trained_project.settings, str(trained_project.model_dir), top_reasons=3,
+def job(trained_project: TrainedProject) -> BatchJob:
+    return load_job(trained_project.settings, str(trained_project.model_dir), top_reasons=3,
                             include_features=True, num_threads=1)
 
 
 @pytest.fixture(scope="module")
 def pandas_result(trained_project, job, batch_input, tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     out = tmp_path_factory.mktemp("pandas") / "scored.parquet"
-    summary = predict.score_batch(str(batch_input), str(out), job, trained_project.settings.batch, chunk_rows=1000)
-    return pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), summary
+    summary = score_batch(str(batch_input), str(out), job, trained_project.settings.batch, chunk_rows=1000)
+    return pd.read_parquet(out), pd.read_parquet(default_rejects(str(out))), summary
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +84,17 @@ def test_dask_engine_equals_pandas_engine(trained_project, job, batch_input, pan
     out = tmp_path / "scored.parquet"
     batch = trained_project.settings.batch
     small_partitions = replace(batch, dask_partition_bytes=1)  # one partition per row group
-    summary = predict.score_batch(str(batch_input), str(out), job, small_partitions, engine="dask",
+    summary = score_batch(str(batch_input), str(out), job, small_partitions, engine="dask",
                                   client=threads_client)
     parts = sorted(p.name for p in out.iterdir())
     assert len(parts) == 8 and parts[0] == "part-00000.parquet"
-    same_rows(pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), pandas_result)
+    same_rows(pd.read_parquet(out), pd.read_parquet(default_rejects(str(out))), pandas_result)
     reference = pandas_result[2]
     for key in ("rows_in", "scored", "rejected", "decisions", "rejected_per_reason"):
         assert summary[key] == reference[key], key
     assert summary["rows_in"] == ROWS == summary["scored"] + summary["rejected"]
     assert summary["rejected"] == ROWS // 500
-    assert pd.read_parquet(predict.default_rejects(str(out)))[ROW_COLUMN].tolist() == list(range(0, ROWS, 500))
+    assert pd.read_parquet(default_rejects(str(out)))[ROW_COLUMN].tolist() == list(range(0, ROWS, 500))
 
 
 def test_dask_splits_a_small_file_for_reasons(trained_project, job, batch_input, pandas_result, threads_client,
@@ -100,9 +102,9 @@ def test_dask_splits_a_small_file_for_reasons(trained_project, job, batch_input,
     """With reasons (slow TreeSHAP), one default-sized partition is split so both workers get work."""
     out = tmp_path / "scored.parquet"
     batch = replace(trained_project.settings.batch, reasons_chunk_rows=1000)
-    predict.score_batch(str(batch_input), str(out), job, batch, engine="dask", client=threads_client)
+    score_batch(str(batch_input), str(out), job, batch, engine="dask", client=threads_client)
     assert len(list(out.iterdir())) == ROWS // 1000
-    same_rows(pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), pandas_result)
+    same_rows(pd.read_parquet(out), pd.read_parquet(default_rejects(str(out))), pandas_result)
 
 
 def test_cli_on_a_real_tcp_scheduler(trained_project, batch_input, pandas_result, tmp_path) -> None:
@@ -127,7 +129,7 @@ def test_cli_on_a_real_tcp_scheduler(trained_project, batch_input, pandas_result
         procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", "2", "--nthreads", "1",
                                        "--host", "127.0.0.1", "--no-dashboard"], env=env, cwd=tmp_path,
                                       stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True))
-        proc = subprocess.run([sys.executable, "-m", "src.modeling.predict", str(batch_input), "--output", str(out),
+        proc = subprocess.run([sys.executable, "-m", "src.batch", str(batch_input), "--output", str(out),
                                "--params", str(params), "--top-reasons", "3", "--include-features",
                                "--model-uri", str(trained_project.model_dir), "--scheduler", address],
                               cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=240, check=False)
@@ -139,7 +141,7 @@ def test_cli_on_a_real_tcp_scheduler(trained_project, batch_input, pandas_result
     assert proc.returncode == 0, proc.stderr[-3000:] + (tmp_path / "workers.log").read_text()[-3000:]
     assert f"rows in {ROWS:,}: scored {ROWS - ROWS // 500:,}, rejected {ROWS // 500}" in proc.stdout
     assert len(list(out.iterdir())) == 8
-    same_rows(pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), pandas_result)
+    same_rows(pd.read_parquet(out), pd.read_parquet(default_rejects(str(out))), pandas_result)
 
 
 def test_cli_local_cluster_with_an_older_model_bundle(trained_project, batch_input, pandas_result, tmp_path) -> None:
@@ -150,22 +152,22 @@ def test_cli_local_cluster_with_an_older_model_bundle(trained_project, batch_inp
     """
     model = tmp_path / "model"
     shutil.copytree(trained_project.model_dir, model)
-    bundled = list(model.rglob("code/src/modeling/predict.py"))
+    bundled = [p for p in model.rglob("code/src/batch") if p.is_dir()]
     assert bundled
     for path in bundled:
-        path.unlink()
+        shutil.rmtree(path)
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text(encoding="utf-8").replace(
         "dask_partition_bytes: 8388608", "dask_partition_bytes: 1"), encoding="utf-8")
     out = tmp_path / "scored.parquet"
-    proc = subprocess.run([sys.executable, "-m", "src.modeling.predict", str(batch_input), "--output", str(out),
+    proc = subprocess.run([sys.executable, "-m", "src.batch", str(batch_input), "--output", str(out),
                            "--engine", "dask", "--params", str(params), "--top-reasons", "3", "--include-features",
                            "--model-uri", str(model)], cwd=ROOT, env=tool_env(), capture_output=True, text=True,
                           timeout=280, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"rows in {ROWS:,}: scored {ROWS - ROWS // 500:,}, rejected {ROWS // 500}" in proc.stdout
     assert len(list(out.iterdir())) == 8
-    same_rows(pd.read_parquet(out), pd.read_parquet(predict.default_rejects(str(out))), pandas_result)
+    same_rows(pd.read_parquet(out), pd.read_parquet(default_rejects(str(out))), pandas_result)
 
 
 def test_s3_input_and_output_both_engines(trained_project, job, batch_input, pandas_result, threads_client,
@@ -179,12 +181,12 @@ def test_s3_input_and_output_both_engines(trained_project, job, batch_input, pan
     s3.upload_file(str(tmp_path / "batch.csv"), "batch", "csv/batch.csv")
 
     batch = trained_project.settings.batch
-    summary = predict.score_batch("s3://batch/in/", "s3://batch/out/scored.parquet", job, batch, chunk_rows=1000)
+    summary = score_batch("s3://batch/in/", "s3://batch/out/scored.parquet", job, batch, chunk_rows=1000)
     assert summary["files"] == 1 and summary["rejects"] == "s3://batch/out/scored.rejects.parquet"
     got = pd.read_parquet("s3://batch/out/scored.parquet")
     same_rows(got, pd.read_parquet("s3://batch/out/scored.rejects.parquet"), pandas_result)
 
-    predict.score_batch("s3://batch/csv/batch.csv", "s3://batch/dask/scored.parquet", job, batch, engine="dask",
+    score_batch("s3://batch/csv/batch.csv", "s3://batch/dask/scored.parquet", job, batch, engine="dask",
                         client=threads_client)
     same_rows(pd.read_parquet("s3://batch/dask/scored.parquet"),
               pd.read_parquet("s3://batch/dask/scored.rejects.parquet"), pandas_result)

@@ -30,6 +30,13 @@ worse:
    ACCEPT_DELAY (1 ms) and takes it itself only if it is still waiting then (every
    worker busy). Together with (2) this keeps the workers evenly loaded.
 
+The subclass relies on gthread internals (the methods in ``VERIFIED_INTERNALS``). Their
+source digests for the gunicorn release it was verified against are recorded below;
+:func:`worker_class` (what gunicorn.conf.py asks) falls back to stock gthread, with a
+warning, when the installed gunicorn's differ, and a unit test fails loudly then, so an
+upgrade is re-verified before it ships. ``GUNICORN_WORKER_CLASS=gthread`` picks stock
+gthread on purpose.
+
 This module lives outside ``flask_api`` on purpose: gunicorn imports the worker class in
 the master, and importing the app package there would load Flask, MLflow and friends
 into the master (and pin their code across SIGHUP restarts).
@@ -37,6 +44,9 @@ into the master (and pin their code across SIGHUP restarts).
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import logging
 import os
 import select
 import selectors
@@ -46,7 +56,65 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
+import gunicorn
 from gunicorn.workers.gthread import ThreadWorker
+
+log = logging.getLogger(__name__)
+
+WORKER_CLASS_ENV = "GUNICORN_WORKER_CLASS"
+KEEPALIVE_WORKER = "src.server.worker.KeepAliveThreadWorker"
+STOCK_WORKER = "gthread"
+# ThreadWorker methods this subclass overrides, calls or whose loop it depends on, with the sha256
+# (first 16 hex digits) of their source in the gunicorn release the subclass was verified against.
+VERIFIED_GUNICORN = "26.2.0"
+VERIFIED_INTERNALS = {
+    "accept": "f8dcead3dce5c851",
+    "set_accept_enabled": "140150ebfd3cae34",
+    "handle_request": "a3ccb3ba1b4db837",
+    "finish_request": "b9a75d3c2fba5dc0",
+    "on_client_socket_readable": "aead1a3ea7b7daff",
+    "murder_keepalived": "fa9a01fbf2ab15c5",
+    "run": "e50ebf2d88b17eb2",
+    "enqueue_req": "c9f428953d24acef",
+}
+
+
+def internals_digest(cls: type = ThreadWorker) -> dict[str, str]:
+    """The source digest of each ThreadWorker method in VERIFIED_INTERNALS, as installed now."""
+    digests = {}
+    for name in VERIFIED_INTERNALS:
+        method = getattr(cls, name, None)
+        source = inspect.getsource(method) if method is not None else ""
+        digests[name] = hashlib.sha256(source.encode()).hexdigest()[:16] if source else "missing"
+    return digests
+
+
+def changed_internals() -> list[str]:
+    """The relied-on ThreadWorker methods whose source differs from the verified release's (empty: none)."""
+    now = internals_digest()
+    return [name for name, digest in VERIFIED_INTERNALS.items() if now[name] != digest]
+
+
+def worker_class() -> str:
+    """gunicorn's worker_class: $GUNICORN_WORKER_CLASS (keepalive | gthread), keepalive by default.
+
+    The keep-alive worker is used only on the gunicorn it was verified against; on another
+    whose relied-on internals changed, stock gthread serves (correct, less even under load)
+    and a warning says why.
+    """
+    wanted = os.environ.get(WORKER_CLASS_ENV, "").strip().lower() or "keepalive"
+    if wanted == STOCK_WORKER:
+        return STOCK_WORKER
+    if wanted != "keepalive":
+        raise ValueError(f"{WORKER_CLASS_ENV} must be keepalive or gthread, got {wanted!r}")
+    changed = changed_internals()
+    if changed:
+        log.warning("gunicorn %s changed ThreadWorker.%s since %s, which KeepAliveThreadWorker was verified "
+                    "against: serving with stock gthread", gunicorn.__version__, ", ".join(changed),
+                    VERIFIED_GUNICORN)
+        return STOCK_WORKER
+    return KEEPALIVE_WORKER
+
 
 REQUESTS_ENV = "GUNICORN_KEEPALIVE_REQUESTS"
 DEFAULT_REQUESTS_PER_CONNECTION = 100

@@ -1,0 +1,213 @@
+"""The per-chunk work of batch scoring: validate, score and explain one chunk of rows (a pure function).
+
+A row's fate depends on that row only (the one whole-table rule of the validate stage,
+unique ids, is not applied: a stream cannot check it in bounded memory), so chunk sizes
+and engines cannot change the result, and the pandas and Dask engines run this same code.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from src.batch.inputs import ID_STR
+from src.config import Profile
+from src.data.schemas import (
+    FAILURE_COLUMNS,
+    REASON_COLUMN,
+    ROW_COLUMN,
+    build_schema,
+    combine_failures,
+    normalise,
+    reason_texts,
+    schema_failures,
+)
+from src.scoring.scorer import Scorer, top_contributions
+
+COLUMNS_COLUMN = "reject_columns"
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """Everything a chunk needs to be scored (pickled once to each Dask worker)."""
+
+    scorer: Scorer
+    model_name: str
+    model_version: str
+    scored_at: pd.Timestamp  # one per run
+    id_kind: str | None  # "int"/"str": the profile's id column is in the input; None: ids are row numbers
+    model_uri: str = ""
+    top_reasons: int = 0  # 0: no reasons
+    include_features: bool = False
+
+    @property
+    def profile(self) -> Profile:
+        return self.scorer.profile
+
+    def output_schema(self) -> pa.Schema:
+        """The scored file's columns; fixed per run, so every chunk and part file agrees."""
+        fields = [pa.field("id", pa.string() if self.id_kind == ID_STR else pa.int64(), nullable=False),
+                  pa.field("probability", pa.float64()), pa.field("decision", pa.string()),
+                  pa.field("model_name", pa.string()), pa.field("model_version", pa.string()),
+                  pa.field("scored_at", pa.timestamp("us", tz="UTC"))]
+        for i in range(1, self.top_reasons + 1):
+            fields += [pa.field(f"reason_{i}_feature", pa.string()), pa.field(f"reason_{i}_contribution",
+                                                                             pa.float64())]
+        if self.include_features:
+            for name, spec in self.profile.features.items():
+                kind = pa.float64() if not spec.is_categorical else (
+                    pa.int64() if spec.value_kind is int else pa.string())
+                fields.append(pa.field(name, kind))
+        return pa.schema(fields)
+
+    def rejects_schema(self) -> pa.Schema:
+        """Input row number, failing columns, reasons, then every input column's raw value as text."""
+        raw = [c for c in (self.profile.id_column if self.id_kind else None, *self.profile.features) if c]
+        return pa.schema([pa.field(ROW_COLUMN, pa.int64()), pa.field(COLUMNS_COLUMN, pa.string()),
+                          pa.field(REASON_COLUMN, pa.string()), *(pa.field(c, pa.string()) for c in raw)])
+
+
+@dataclass
+class Counts:
+    """What happened to the rows; adds up over chunks and partitions."""
+
+    rows_in: int = 0
+    scored: int = 0
+    rejected: int = 0
+    decisions: Counter = field(default_factory=Counter)
+    rejected_per_reason: Counter = field(default_factory=Counter)
+
+    def add(self, other: Counts) -> None:
+        self.rows_in += other.rows_in
+        self.scored += other.scored
+        self.rejected += other.rejected
+        self.decisions.update(other.decisions)
+        self.rejected_per_reason.update(other.rejected_per_reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows_in": self.rows_in, "scored": self.scored, "rejected": self.rejected,
+                "decisions": dict(sorted(self.decisions.items())),
+                "rejected_per_reason": dict(self.rejected_per_reason.most_common())}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Counts:
+        return cls(rows_in=data["rows_in"], scored=data["scored"], rejected=data["rejected"],
+                   decisions=Counter(data["decisions"]), rejected_per_reason=Counter(data["rejected_per_reason"]))
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    scored: pa.Table
+    rejects: pa.Table
+    counts: Counts
+
+
+def _typed_ids(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.DataFrame]:
+    """The id column in its run-wide type; for integer ids, an id that is not a whole number fails its row."""
+    no_failures = pd.DataFrame(columns=FAILURE_COLUMNS)
+    if kind == ID_STR:
+        return raw.astype("string"), no_failures
+    if pd.api.types.is_integer_dtype(raw.dtype):
+        return raw.astype("Int64"), no_failures
+    text = raw if pd.api.types.is_numeric_dtype(raw.dtype) else raw.astype("string").str.strip()
+    missing = (text.isna() | (text == "")).to_numpy(bool) if text is not raw else raw.isna().to_numpy(bool)
+    number = pd.to_numeric(text.mask(missing), errors="coerce")
+    unreadable = number.isna().to_numpy(bool) & ~missing
+    if pd.api.types.is_integer_dtype(number.dtype) and not unreadable.any():  # no float round trip
+        return number.astype("Int64"), no_failures
+    values = number.to_numpy(dtype="float64", na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(values) & (np.floor(values) == values)
+    bad = ~whole & ~missing
+    ids = pd.Series(pd.arrays.IntegerArray(np.where(whole, values, 0).astype("int64"), ~whole), index=raw.index)
+    failures = pd.DataFrame({"index": raw.index[bad], "column": raw.name, "check": "not a whole-number id",
+                             "value": raw[bad].to_numpy(object)}, columns=FAILURE_COLUMNS)
+    return ids, failures
+
+
+def _encode(scorer: Scorer, frame: pd.DataFrame) -> np.ndarray:
+    """The fitted preprocessing on the whole chunk at once, in the booster's column order.
+
+    Row-major (C order): LightGBM walks each row's values, and a column-major matrix (what
+    ``DataFrame.to_numpy`` gives) makes its threads fight over cache lines.
+    """
+    encoded = scorer.pipeline.named_steps["preprocess"].transform(frame[scorer.profile.feature_names])
+    return np.ascontiguousarray(encoded[scorer.columns].to_numpy(dtype=np.float64))
+
+
+def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult:
+    """Validate, score and explain one chunk whose first row is input row ``first_row`` (0-based).
+
+    ``raw`` has the profile's column names (as read, untyped). Rows failing any per-row rule of
+    the validate stage become rejects with every reason; the others are encoded as one matrix
+    and scored with one booster call (and one ``pred_contrib`` call with reasons).
+    """
+    profile = job.profile
+    raw = raw.reset_index(drop=True)
+    n = len(raw)
+    rows = np.arange(first_row, first_row + n, dtype=np.int64)
+    typed, type_failures = normalise(raw, profile, with_target=False)
+    id_col = profile.id_column if job.id_kind else None
+    if id_col:
+        typed[id_col], id_failures = _typed_ids(raw[id_col], job.id_kind)
+        type_failures = pd.concat([type_failures, id_failures], ignore_index=True) if len(id_failures) \
+            else type_failures
+    rules = build_schema(profile, with_target=False, unique_ids=False)
+    failures = combine_failures(type_failures, schema_failures(typed, rules))
+
+    bad = np.sort(failures["index"].unique()).astype(np.int64)
+    keep = np.ones(n, dtype=bool)
+    keep[bad] = False
+    counts = Counts(rows_in=n, scored=int(keep.sum()), rejected=len(bad),
+                    rejected_per_reason=Counter(failures.groupby("reason_key")["index"].nunique().to_dict()))
+
+    rejects_schema = job.rejects_schema()
+    reject_data: dict[str, Any] = {ROW_COLUMN: rows[bad]}
+    if len(bad):
+        named = failures.groupby("index")["column"].agg(lambda c: ", ".join(dict.fromkeys(map(str, c))))
+        reject_data[COLUMNS_COLUMN] = named.reindex(bad).to_numpy(object)
+        reject_data[REASON_COLUMN] = reason_texts(failures).reindex(bad).to_numpy(object)
+    else:
+        reject_data[COLUMNS_COLUMN] = reject_data[REASON_COLUMN] = np.array([], dtype=object)
+    for name in rejects_schema.names[3:]:
+        values = raw[name].iloc[bad].astype("string")
+        reject_data[name] = values.to_numpy(object, na_value=None)
+    rejects = pa.Table.from_pydict(reject_data, schema=rejects_schema)
+
+    good = typed.loc[keep]
+    scorer = job.scorer
+    m = len(good)
+    if m:
+        matrix = _encode(scorer, good)
+        proba = scorer.probabilities(matrix)
+        decisions = scorer.decisions(proba)
+    else:
+        matrix, proba, decisions = np.empty((0, len(scorer.columns))), np.empty(0), np.empty(0, dtype=object)
+    counts.decisions.update(pd.Series(decisions, dtype=object).value_counts().to_dict())
+    schema = job.output_schema()
+    arrays: dict[str, pa.Array] = {
+        "id": pa.array(rows[keep] if not id_col else good[id_col].to_numpy(
+            object if job.id_kind == ID_STR else np.int64), type=schema.field("id").type),
+        "probability": pa.array(proba, pa.float64()),
+        "decision": pa.array(decisions, pa.string()),
+        "model_name": pa.repeat(pa.scalar(job.model_name), m),
+        "model_version": pa.repeat(pa.scalar(job.model_version), m),
+        "scored_at": pa.repeat(pa.scalar(job.scored_at.to_pydatetime(), pa.timestamp("us", tz="UTC")), m),
+    }
+    if job.top_reasons:
+        contrib = scorer.contributions(matrix) if m else np.empty((0, len(scorer.columns) + 1))
+        order = top_contributions(contrib, len(scorer.columns), job.top_reasons)
+        names = np.asarray(scorer.columns, dtype=object)
+        for i in range(job.top_reasons):
+            arrays[f"reason_{i + 1}_feature"] = pa.array(names[order[:, i]], pa.string())
+            arrays[f"reason_{i + 1}_contribution"] = pa.array(contrib[np.arange(m), order[:, i]], pa.float64())
+    if job.include_features:
+        for name in profile.features:
+            arrays[name] = pa.Array.from_pandas(good[name]).cast(schema.field(name).type)
+    scored = pa.Table.from_arrays([arrays[name] for name in schema.names], schema=schema)
+    return ChunkResult(scored=scored, rejects=rejects, counts=counts)

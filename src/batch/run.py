@@ -1,0 +1,83 @@
+"""One batch run: plan the inputs, load the model as a job, run an engine, reconcile the counts.
+
+The model is resolved and loaded as the service loads it (src.scoring.model_store), and
+the decision bands and TreeSHAP reasons are the service's (src.scoring.scorer.Scorer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from src.batch.chunk import BatchJob
+from src.batch.engine_pandas import default_rejects, run_pandas
+from src.batch.inputs import InputError, plan_inputs
+from src.common import PipelineError
+from src.config import BatchSettings, Settings
+from src.scoring.model_store import load_model, resolve_model_uri
+from src.scoring.scorer import Scorer
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+log = logging.getLogger(__name__)
+
+
+def score_batch(source: str, output: str, job: BatchJob, batch: BatchSettings, *, rejects: str | None = None,
+                engine: str = "pandas", client: Client | None = None, chunk_rows: int | None = None) -> dict[str, Any]:
+    """Score every row of ``source`` into ``output`` and ``rejects``; return the run's summary.
+
+    ``job.id_kind`` is taken from the input. The dask engine needs ``client``.
+    """
+    started = time.perf_counter()
+    rejects = rejects or default_rejects(output)
+    files, id_kind = plan_inputs(source, job.profile, batch.csv_block_bytes)
+    job = replace(job, id_kind=id_kind)
+    if engine == "dask":
+        from src.batch.engine_dask import run_dask  # noqa: PLC0415  (Dask only when asked for)
+
+        counts = run_dask(files, job, output, rejects, batch, client)
+    else:
+        chunk_rows = chunk_rows or batch.chunk_rows
+        if job.top_reasons:  # TreeSHAP dominates: small chunks keep every thread busy
+            chunk_rows = min(chunk_rows, batch.reasons_chunk_rows)
+        counts = run_pandas(files, job, output, rejects, batch, chunk_rows)
+    if counts.rows_in != counts.scored + counts.rejected:  # guarded invariant
+        raise PipelineError(f"row counts do not reconcile: {counts.rows_in} != {counts.scored} + {counts.rejected}")
+    seconds = time.perf_counter() - started
+    return {
+        "input": source, "files": len(files), "engine": engine, "profile": job.profile.name,
+        "model": {"name": job.model_name, "version": job.model_version, "uri": job.model_uri},
+        "scored_at": job.scored_at.isoformat(), "output": output, "rejects": rejects,
+        "id": f"column {job.profile.id_column}" if id_kind else "input row number",
+        **counts.as_dict(),
+        "reject_share": round(counts.rejected / counts.rows_in, 6) if counts.rows_in else 0.0,
+        "reasons": job.top_reasons, "seconds": round(seconds, 3),
+        "rows_per_second": round(counts.rows_in / seconds) if seconds > 0 else None,
+    }
+
+
+def load_job(settings: Settings, model_uri: str | None, *, top_reasons: int = 0, include_features: bool = False,
+             num_threads: int = 1) -> BatchJob:
+    """The model the service would serve (or ``model_uri``) as a batch job; ``scored_at`` is now."""
+    uri = model_uri or resolve_model_uri(settings)
+    try:
+        loaded = load_model(uri, settings, compile_trees=False)  # its own LightGBM scorer below
+    except (MlflowException, OSError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot load model {uri}: {first} (register one with `dvc repro`, "
+                         f"or pass --model-uri)") from exc
+    dataset = loaded.meta["dataset"]
+    if dataset != settings.dataset:
+        raise InputError(f"model {uri} was trained for profile '{dataset}', not '{settings.dataset}' "
+                         f"(use --profile {dataset})")
+    scorer = Scorer(loaded.scorer.pipeline, loaded.meta, settings.profile, top_reasons=max(top_reasons, 1),
+                    refer_margin=settings.serve.refer_margin, num_threads=num_threads)
+    return BatchJob(scorer=scorer, model_name=loaded.name, model_version=loaded.version, model_uri=uri,
+                    scored_at=pd.Timestamp.now(tz="UTC").floor("us"), id_kind=None,
+                    top_reasons=min(top_reasons, len(scorer.columns)), include_features=include_features)
