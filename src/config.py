@@ -382,6 +382,11 @@ class Settings:
     def model_meta_file(self) -> Path:
         return self.paths.models / "model_meta.json"
 
+    @property
+    def registration_file(self) -> Path:
+        """The register stage's receipt: the model bytes (sha256) now in the registry."""
+        return self.paths.models / "registration.json"
+
 
 def _feature(name: str, raw: dict[str, Any], where: str) -> FeatureSpec:
     ftype = _require(raw, "type", where)

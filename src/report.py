@@ -23,7 +23,7 @@ def render(quality: dict, test: dict, meta: dict) -> str:
         f"quarantined {quality['rejected']} ({100 * quality['reject_share']:.2f} %)",
     ]
     lines += [f"  {reason}: {count}" for reason, count in quality["rejected_per_reason"].items()]
-    lines.append(f"model          LightGBM, {meta['best_iteration']} trees, trained in {meta['train_seconds']:.1f} s")
+    lines.append(f"model          LightGBM, {meta['best_iteration']} trees")
     lines.append(f"test ({test['rows']} rows)")
     lines += [f"  {key:<22} {test[key]:.4f}" for key in TEST_KEYS]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from src.batch.inputs import InputError
-from src.batch.run import load_job, score_batch
+from src.batch.run import load_job, score_batch, stable_summary
 from src.common import PipelineError, setup_logging, write_json
 from src.config import ConfigError, Settings, load_settings, read_params, settings_from_dict
 
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reasons", action="store_true", help="add the top reasons per row (TreeSHAP; slower)")
     parser.add_argument("--top-reasons", type=int, help="reasons per row (default: serve.top_reasons); "
                                                         "implies --reasons")
+    parser.add_argument("--reproducible", action="store_true",
+                        help="leave out what differs between runs of one model on one input (scored_at and "
+                             "model_version columns; times and the version number in the summary): for DVC outputs")
     parser.add_argument("--include-features", action="store_true",
                         help="also write the validated feature columns (what the drift monitor reads)")
     parser.add_argument("--engine", choices=("pandas", "dask"), default="pandas")
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client = dask_client(batch, args.scheduler)
     try:
         # One LightGBM thread per call: the pandas engine's thread pool / Dask's workers spread the chunks.
-        job = load_job(settings, args.model_uri, top_reasons=top, include_features=args.include_features)
+        job = load_job(settings, args.model_uri, top_reasons=top, include_features=args.include_features,
+                       reproducible=args.reproducible)
         summary = score_batch(args.input, args.output, job, batch, rejects=args.rejects, engine=engine,
                               client=client, chunk_rows=args.chunk_rows)
     finally:
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if cluster is not None:
                 cluster.close()
     if args.summary:
-        write_summary(args.summary, summary)
+        write_summary(args.summary, stable_summary(summary) if args.reproducible else summary)
     return summary
 
 

@@ -44,6 +44,9 @@ class BatchJob:
     model_uri: str = ""
     top_reasons: int = 0  # 0: no reasons
     include_features: bool = False
+    # True: leave out the columns that differ between runs of the same model on the same input
+    # (model_version, scored_at), for outputs DVC tracks; the run's log still names them.
+    reproducible: bool = False
 
     @property
     def profile(self) -> Profile:
@@ -53,8 +56,9 @@ class BatchJob:
         """The scored file's columns; fixed per run, so every chunk and part file agrees."""
         fields = [pa.field("id", pa.string() if self.id_kind == ID_STR else pa.int64(), nullable=False),
                   pa.field("probability", pa.float64()), pa.field("decision", pa.string()),
-                  pa.field("model_name", pa.string()), pa.field("model_version", pa.string()),
-                  pa.field("scored_at", pa.timestamp("us", tz="UTC"))]
+                  pa.field("model_name", pa.string())]
+        if not self.reproducible:
+            fields += [pa.field("model_version", pa.string()), pa.field("scored_at", pa.timestamp("us", tz="UTC"))]
         for i in range(1, self.top_reasons + 1):
             fields += [pa.field(f"reason_{i}_feature", pa.string()), pa.field(f"reason_{i}_contribution",
                                                                              pa.float64())]
@@ -196,9 +200,10 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
         "probability": pa.array(proba, pa.float64()),
         "decision": pa.array(decisions, pa.string()),
         "model_name": pa.repeat(pa.scalar(job.model_name), m),
-        "model_version": pa.repeat(pa.scalar(job.model_version), m),
-        "scored_at": pa.repeat(pa.scalar(job.scored_at.to_pydatetime(), pa.timestamp("us", tz="UTC")), m),
     }
+    if not job.reproducible:
+        arrays["model_version"] = pa.repeat(pa.scalar(job.model_version), m)
+        arrays["scored_at"] = pa.repeat(pa.scalar(job.scored_at.to_pydatetime(), pa.timestamp("us", tz="UTC")), m)
     if job.top_reasons:
         contrib = scorer.contributions(matrix) if m else np.empty((0, len(scorer.columns) + 1))
         order = top_contributions(contrib, len(scorer.columns), job.top_reasons)

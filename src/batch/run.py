@@ -62,8 +62,18 @@ def score_batch(source: str, output: str, job: BatchJob, batch: BatchSettings, *
     }
 
 
+RUN_FACTS = ("scored_at", "seconds", "rows_per_second")
+
+
+def stable_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary minus what differs between runs of one model on one input (times, rates, version number)."""
+    stable = {k: v for k, v in summary.items() if k not in RUN_FACTS}
+    stable["model"] = {k: v for k, v in summary["model"].items() if k != "version"}
+    return stable
+
+
 def load_job(settings: Settings, model_uri: str | None, *, top_reasons: int = 0, include_features: bool = False,
-             num_threads: int = 1) -> BatchJob:
+             num_threads: int = 1, reproducible: bool = False) -> BatchJob:
     """The model the service would serve (or ``model_uri``) as a batch job; ``scored_at`` is now."""
     uri = model_uri or resolve_model_uri(settings)
     try:
@@ -80,4 +90,5 @@ def load_job(settings: Settings, model_uri: str | None, *, top_reasons: int = 0,
                     refer_margin=settings.serve.refer_margin, num_threads=num_threads)
     return BatchJob(scorer=scorer, model_name=loaded.name, model_version=loaded.version, model_uri=uri,
                     scored_at=pd.Timestamp.now(tz="UTC").floor("us"), id_kind=None,
-                    top_reasons=min(top_reasons, len(scorer.columns)), include_features=include_features)
+                    top_reasons=min(top_reasons, len(scorer.columns)), include_features=include_features,
+                    reproducible=reproducible)

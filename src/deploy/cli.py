@@ -4,7 +4,8 @@
     python -m src.deploy release TAG [--smoke-url URL]   # SSM pull + restart, smoke test, rollback on failure
     python -m src.deploy status                          # current tag, last release and command, instances
     python -m src.deploy config                          # key=value lines for $GITHUB_OUTPUT
-    python -m src.deploy promoted [--before FILE]        # did metrics/gate.json record a new champion?
+    python -m src.deploy champion                        # version=<the registry's champion now>
+    python -m src.deploy promoted --before VERSION       # did the champion move since? (promoted=true|false)
 
 Defaults come from params.yaml's ``deploy:`` section; flags override them. Exit
 codes: 0 done; 1 the release failed (rolled back when there was a tag to return
@@ -28,6 +29,7 @@ from src.config import PARAMS_FILE, ConfigError, DeploySettings, deploy_settings
 from src.deploy import champion, release
 from src.deploy import ecr as ecr_ops
 from src.deploy.errors import EXIT_FAILED, EXIT_MISSING, DeployError
+from src.modeling.registry import champion_version
 
 log = logging.getLogger("src.deploy")
 
@@ -65,10 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("--http-timeout", type=float, help="seconds per smoke request (deploy.http_timeout)")
     sub.add_parser("status", parents=[common], help="current tag, last release and command, instances")
     sub.add_parser("config", parents=[common], help="effective deploy settings as key=value lines")
+    sub.add_parser("champion", parents=[common], help="print version=<the champion's version> (empty: none yet)")
     pro = sub.add_parser("promoted", parents=[common],
-                         help="print promoted=true|false (and the new champion) from the register stage's report")
-    pro.add_argument("--gate", type=Path, default=Path("metrics/gate.json"), help="report after dvc repro")
-    pro.add_argument("--before", type=Path, help="copy of the report saved before dvc repro")
+                         help="print promoted=true|false (and the new champion) by asking the registry")
+    pro.add_argument("--before", default="", help="the champion's version before dvc repro (empty: none)")
     return parser
 
 
@@ -108,10 +110,13 @@ def print_status(st: release.Status, cfg: DeploySettings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command == "promoted":
-        before = champion.read_report(args.before)
-        after = champion.read_report(args.gate)
-        for key, value in champion.outputs(after, before).items():
+    if args.command in ("champion", "promoted"):
+        settings = load_settings(args.params)
+        now = champion_version(settings)
+        if args.command == "champion":
+            _write(f"version={now or ''}")
+            return
+        for key, value in champion.outputs(settings.registered_model_name, now, args.before or None).items():
             _write(f"{key}={value}")
         return
     cfg = effective_settings(args)

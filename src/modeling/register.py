@@ -6,8 +6,16 @@ counts, and tags for the git commit, the dvc.lock hash and the profile. The
 model is registered as a new version with alias ``challenger``; when it passes
 the gate (floors on the test split, and no worse than the current ``champion``
 by more than ``gate.max_regression`` when both score the *same* test rows), the
-``champion`` alias moves to it. Either way ``metrics/gate.json`` and the version's
-tags record the decision and why.
+``champion`` alias moves to it. The version's tags (``gate.*``) and the log record
+the decision and why.
+
+``metrics/gate.json`` holds only what the stage's inputs determine: the model's
+fingerprint, its test metrics, the gate's settings and the verdict of the floors. The
+version number and the comparison with the champion depend on the registry's state,
+not on the inputs, so they live in MLflow: a fresh clone's ``dvc repro`` reproduces
+gate.json byte for byte, and ``dvc metrics diff`` compares it like any metric.
+``models/registration.json`` (a cached output, so a fresh clone, whose registry is
+empty, runs this stage) is the receipt: which model bytes are in the registry.
 """
 
 from __future__ import annotations
@@ -86,15 +94,36 @@ def file_sha256(path: Any) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-VOLATILE_META = ("trained_at", "train_seconds")
-
-
 def model_fingerprint(model_file: Any, meta: dict[str, Any]) -> str:
-    """What makes a model the same model: its bytes and its metadata, minus timestamps."""
-    stable = {k: v for k, v in meta.items() if k not in VOLATILE_META}
+    """What makes a model the same model: its bytes and its metadata."""
     digest = hashlib.sha256(model_file.read_bytes())
-    digest.update(json.dumps(stable, sort_keys=True).encode())
+    digest.update(json.dumps(meta, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def gate_report(name: str, model_sha: str, challenger: dict[str, float], test_rows: int,
+                gate: GateSettings) -> dict[str, Any]:
+    """metrics/gate.json: the floors' verdict on this model, from the stage's inputs alone."""
+    floors = gate_decision(challenger, None, gate)
+    return {
+        "registered_model": name,
+        "model_sha256": model_sha,
+        "floors": "passed" if floors.passed else "failed",
+        "reasons": [r for r in floors.reasons if not r.startswith("no champion")],
+        "challenger": {k: round(challenger[k], 6) for k in GATE_METRICS},
+        "test_rows": test_rows,
+        "gate": {"min_roc_auc": gate.min_roc_auc, "max_brier": gate.max_brier,
+                 "max_regression": gate.max_regression},
+    }
+
+
+def registration(client: Any, name: str, model_sha: str) -> dict[str, Any] | None:
+    """The registry's record of the version holding these model bytes: version, gate decision, champion compared."""
+    version = _find_version_by_hash(client, name, model_sha)
+    if version is None:
+        return None
+    report = json.loads((version.tags or {}).get("gate.report", "{}") or "{}")
+    return {"version": int(version.version), **report}
 
 
 def git_commit(root: Any) -> str:
@@ -149,20 +178,20 @@ def _run(settings: Settings) -> dict[str, Any]:
     model_sha = model_fingerprint(settings.model_file, meta)
     gate_file = settings.paths.metrics / "gate.json"
 
-    existing = _find_version_by_hash(client, name, model_sha)
-    if existing is not None:
-        log.info("this model (sha256 %s) is already %s v%s; nothing to register", model_sha[:12], name,
-                 existing.version)
-        report = json.loads(existing.tags.get("gate.report", "{}")) or {"version": int(existing.version)}
-        write_json(gate_file, {**report, "already_registered": True})
-        return report
-
     splits = {s: read_table(settings.split_table(s)) for s in ("train", "valid", "test")}
     test = splits["test"]
     pipeline = joblib.load(settings.model_file)
     features, target = meta["features"], profile.target_column
     challenger = score_metrics(test[target].to_numpy(), pipeline.predict_proba(test[features])[:, 1],
                                meta["threshold"])
+    write_json(gate_file, gate_report(name, model_sha, challenger, len(test), settings.gate))
+
+    existing = registration(client, name, model_sha)
+    if existing is not None:
+        log.info("this model (sha256 %s) is already %s v%s (gate: %s); nothing to register", model_sha[:12], name,
+                 existing["version"], existing.get("decision", "unknown"))
+        write_json(settings.registration_file, {"registered_model": name, "model_sha256": model_sha})
+        return {**existing, "already_registered": True}
 
     experiment_id = ensure_experiment(settings, store)
     commit = git_commit(root)
@@ -180,7 +209,7 @@ def _run(settings: Settings) -> dict[str, Any]:
         mlflow.log_metrics({f"valid.{k}": float(v) for k, v in meta["valid_metrics"].items()})
         mlflow.log_metrics({f"data.{k}": float(quality[k]) for k in ("rows_in", "accepted", "rejected",
                                                                      "reject_share")})
-        mlflow.log_metrics({"train.best_iteration": meta["best_iteration"], "train.seconds": meta["train_seconds"]})
+        mlflow.log_metric("train.best_iteration", meta["best_iteration"])
         for split, frame in splits.items():
             dataset = mlflow.data.from_pandas(frame, source=str(settings.split_table(split).relative_to(root)),
                                               name=f"{profile.name}-{split}", targets=target)
@@ -235,7 +264,8 @@ def _run(settings: Settings) -> dict[str, Any]:
     else:
         log.warning("v%s failed the quality gate; champion stays v%s: %s", version, champion_version,
                     "; ".join(decision.reasons))
-    write_json(gate_file, report)
+    log.info("gate: v%s %s: %s", version, report["decision"], "; ".join(decision.reasons))
+    write_json(settings.registration_file, {"registered_model": name, "model_sha256": model_sha})
     log.info("register stage took %.1f s (store: %s)", time.perf_counter() - started, store.tracking_uri)
     if not decision.passed and settings.gate.fail_pipeline:
         raise PipelineError(f"{name} v{version} failed the quality gate (gate.fail_pipeline is true): "

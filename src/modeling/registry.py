@@ -178,6 +178,20 @@ def describe_versions(client: Any, name: str) -> list[dict[str, Any]]:
     return rows
 
 
+def champion_version(settings: Settings) -> str | None:
+    """The registry's current champion version of this profile's model (None before the first one)."""
+    connect(settings)
+    try:
+        return alias_version(_client(), settings.registered_model_name, CHAMPION)
+    except PipelineError:  # nothing registered yet: the first pass registers the first champion
+        return None
+
+
+def champion_promoted(after: str | None, before: str | None) -> bool:
+    """A run promoted a new champion when the alias now points at a version it did not point at before."""
+    return after is not None and str(after) != str(before or "")
+
+
 def export(client: Any, name: str, alias: str, dest: Path) -> Path:
     """Download the model an alias points at into ``dest``: a self-contained pyfunc directory."""
     return _export_version(client, name, require_alias(client, name, alias), alias, dest)

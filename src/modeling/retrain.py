@@ -2,8 +2,8 @@
 
 ``make retrain`` and the weekly workflow call this. The pipeline itself decides
 whether the new model may replace the champion (the register stage's quality gate);
-this module only sequences the steps, reads the gate's verdict from
-``metrics/gate.json`` and, when the champion changed, tells the running service to
+this module only sequences the steps, asks the registry whether the champion
+changed (and for the gate's record of the model the repro registered), and if so tells the running service to
 load it (``POST /admin/reload`` with the ``ADMIN_TOKEN`` bearer token) and checks
 that ``/ready`` then reports the new version. Nothing is lost on failure: a failed
 step stops the loop with its exit code and names the step, and the previous
@@ -27,14 +27,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 
 from src.common import PipelineError, setup_logging
 from src.config import ConfigError, RetrainSettings, Settings, load_settings
-from src.deploy.champion import champion_promoted, read_report
-from src.modeling.registry import alias_version
+from src.modeling.register import registration
+from src.modeling.registry import champion_promoted, champion_version
 from src.modeling.tracking import connect
 
 log = logging.getLogger(__name__)
@@ -78,15 +79,6 @@ def service_url(settings: Settings, override: str | None = None) -> str:
     """Where the running service listens: --reload-url, retrain.reload_url, else http://<serve.bind>."""
     url = override or settings.retrain.reload_url or f"http://{settings.serve.bind}"
     return url.rstrip("/")
-
-
-def champion_version(settings: Settings) -> str | None:
-    """The registry's current champion version of this profile's model (None before the first one)."""
-    connect(settings)
-    try:
-        return alias_version(MlflowClient(), settings.registered_model_name, "champion")
-    except PipelineError:  # nothing registered yet: the first pass registers the first champion
-        return None
 
 
 def _http_json(url: str, *, method: str = "GET", token: str | None = None,
@@ -164,17 +156,15 @@ def retrain(settings: Settings, *, pull: bool, push: bool, reload_url: str | Non
             raise RetrainError(name, f"`{' '.join(argv[2:])}` exited with {code}", code=code)
 
     result.champion_before = champion_version(settings)
-    before = read_report(gate_file)
     if pull:
         # --allow-missing: a new remote (or one without some outputs yet) is not a failure;
         # whatever is missing is rebuilt by the repro below.
         step("pull", [*dvc, "pull", "--allow-missing", *remote])
         result.pulled = True
     step("repro", [*dvc, "repro"])
-    result.gate = read_report(gate_file)
+    result.gate = registered_report(settings, gate_file)
     result.champion_after = champion_version(settings)
-    result.promoted = (champion_promoted(result.gate, before)
-                       and result.champion_after not in (None, result.champion_before))
+    result.promoted = champion_promoted(result.champion_after, result.champion_before)
     if push:
         step("push", [*dvc, "push", *remote])
         result.pushed = True
@@ -188,6 +178,16 @@ def retrain(settings: Settings, *, pull: bool, push: bool, reload_url: str | Non
                                    result.champion_after, settings.retrain.reload_timeout)
     log.info("retrain: %s", result.reload)
     return result
+
+
+def registered_report(settings: Settings, gate_file: Path) -> dict[str, Any] | None:
+    """The registry's record (version, gate decision and reasons) of the model metrics/gate.json reports on."""
+    try:
+        report = json.loads(gate_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    connect(settings)
+    return registration(MlflowClient(), settings.registered_model_name, str(report.get("model_sha256", "")))
 
 
 def build_parser() -> argparse.ArgumentParser:

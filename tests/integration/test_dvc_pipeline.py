@@ -55,9 +55,14 @@ def test_switch_profile_and_compare_runs(repo: Path, dataset: str) -> None:
     ran = {line.split("'")[1] for line in rerun.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "register", "score"}, rerun.stdout
 
-    diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
+    metrics_diff = dvc(repo, "metrics", "diff", "--json")
+    diff = json.loads(metrics_diff.stdout)
     changed = diff["metrics/test.json"]
     assert changed["roc_auc"]["diff"] != 0, changed
+    # the gate's report is committed and input-determined: compared with HEAD's like any metric
+    assert diff["metrics/gate.json"]["challenger.roc_auc"]["diff"] == pytest.approx(changed["roc_auc"]["diff"],
+                                                                                    abs=2e-6)
+    assert "failed to load" not in metrics_diff.stderr.lower(), metrics_diff.stderr
     assert "metrics/data_quality.json" not in diff or not diff["metrics/data_quality.json"]
     plots = dvc(repo, "plots", "diff", "--json")
     assert "ROC curve (test)" in plots.stdout
@@ -77,6 +82,10 @@ def test_default_profile_full_data_repro_is_reproducible(repo: Path) -> None:
     noop = dvc(repo, "repro")
     assert "Running stage" not in noop.stdout
     assert dvc(repo, "status").stdout.strip().startswith("Data and pipelines are up to date")
+    # Byte for byte what was committed: dvc.lock (every output's md5), metrics, plots and the model card.
+    # The committed ones came from another clone's `dvc repro`, so two clones agree on every output.
+    changed = sh(repo, "git", "status", "--porcelain").stdout
+    assert changed == "", f"dvc repro changed tracked files:\n{changed}\n{sh(repo, 'git', 'diff').stdout[:4000]}"
 
 
 def test_missing_raw_file_fails_with_instructions(repo: Path) -> None:

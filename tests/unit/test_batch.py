@@ -131,6 +131,25 @@ def cli_params(tmp_path: Path) -> Path:
     return dest
 
 
+def test_reproducible_runs_write_identical_bytes(trained_project, raw_rows, tmp_path) -> None:
+    """--reproducible (the DVC stage `score`): no run facts in the files, so two runs give the same bytes."""
+    src = tmp_path / "batch.parquet"
+    typed_defects(raw_rows).drop(columns=["default"]).to_parquet(src)
+    params = cli_params(tmp_path)
+    runs = []
+    out = tmp_path / "out"
+    for _ in range(2):  # the same output paths, as the DVC stage reruns
+        batch_main([str(src), "--output", str(out / "s.parquet"), "--summary", str(out / "summary.json"),
+                    "--model-uri", str(trained_project.model_dir), "--params", str(params), "--reproducible"])
+        runs.append({f: (out / f).read_bytes() for f in ("s.parquet", "s.rejects.parquet", "summary.json")})
+    assert runs[0] == runs[1]
+    scored = read(out / "s.parquet")
+    assert {"scored_at", "model_version"}.isdisjoint(scored.columns) and "model_name" in scored.columns
+    summary = json.loads(runs[0]["summary.json"])
+    assert {"scored_at", "seconds", "rows_per_second"}.isdisjoint(summary) and "version" not in summary["model"]
+    assert summary["rows_in"] == summary["scored"] + summary["rejected"] == len(raw_rows)
+
+
 def test_rejects_are_the_validate_stage_rejects_with_reasons(trained_project, raw_rows, tmp_path) -> None:
     bad = typed_defects(raw_rows)
     src = tmp_path / "batch.parquet"

@@ -18,15 +18,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
+import yaml
 from botocore.exceptions import ClientError
+from mlflow import MlflowClient
 
 from flask_api.validation import applicant_json_schema, validate_applicants
 from src.config import ConfigError, DeploySettings, build_profile, deploy_settings
 from src.deploy import champion, cli, fleet
 from src.deploy.errors import DeployError
 from src.deploy.smoke import check_prediction, example_applicant
-from tests.conftest import ALL_DATASETS, load_params
+from src.modeling import registry
+from tests.conftest import ALL_DATASETS, TrainedProject, load_params
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/credit-default"
 
@@ -226,26 +230,44 @@ def test_cli_flags_override_params_before_or_after_the_command() -> None:
 
 
 @pytest.mark.parametrize(("after", "before", "promoted"), [
-    ({"version": 4, "decision": "passed", "registered_model": "m"}, {"version": 3, "decision": "passed"}, True),
-    ({"version": 1, "decision": "passed", "registered_model": "m"}, None, True),
-    ({"version": 4, "decision": "failed", "registered_model": "m"}, {"version": 3}, False),
-    ({"version": 3, "decision": "passed", "already_registered": True}, None, False),
-    ({"version": 3, "decision": "passed"}, {"version": 3, "decision": "passed"}, False),  # register did not run
-    (None, None, False),
+    ("4", "3", True),    # the gate promoted v4 over v3
+    ("1", None, True),   # the first champion
+    ("3", "3", False),   # a failed gate, or nothing registered: the alias did not move
+    (None, None, False),  # nothing registered at all
 ])
-def test_champion_promoted(after: Any, before: Any, promoted: bool) -> None:
-    assert champion.champion_promoted(after, before) is promoted
-    out = champion.outputs(after, before)
+def test_champion_promoted(after: str | None, before: str | None, promoted: bool) -> None:
+    out = champion.outputs("m", after, before)
     assert out["promoted"] == str(promoted).lower()
     if promoted:
-        assert out["model_uri"] == f"models:/m/{after['version']}"
+        assert out["model_uri"] == f"models:/m/{after}"
+    else:
+        assert set(out) == {"promoted"}
 
 
-def test_promoted_command_prints_github_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    gate = tmp_path / "gate.json"
-    gate.write_text('{"registered_model": "credit-default-taiwan_credit", "version": 7, "decision": "passed"}')
-    cli.main(["promoted", "--gate", str(gate), "--before", str(tmp_path / "absent.json")])
-    assert capsys.readouterr().out.splitlines() == [
-        "promoted=true", "model=credit-default-taiwan_credit", "version=7",
-        "model_uri=models:/credit-default-taiwan_credit/7"]
+def test_champion_and_promoted_commands_ask_the_registry(trained_project: TrainedProject, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A real SQLite registry: before the first model no champion; then v1 is one, and promoted since ''."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump(trained_project.settings.raw), encoding="utf-8")
+        cli.main(["champion", "--params", str(params)])
+        assert capsys.readouterr().out.splitlines() == ["version="]
+        client = MlflowClient(uri, uri)
+        name = trained_project.settings.registered_model_name
+        client.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
+        registry.import_exported(client, trained_project.model_dir, name, "champion", "first")
+        cli.main(["champion", "--params", str(params)])
+        assert capsys.readouterr().out.splitlines() == ["version=1"]
+        cli.main(["promoted", "--params", str(params), "--before", ""])
+        assert capsys.readouterr().out.splitlines() == [
+            "promoted=true", f"model={name}", "version=1", f"model_uri=models:/{name}/1"]
+        cli.main(["promoted", "--params", str(params), "--before", "1"])
+        assert capsys.readouterr().out.splitlines() == ["promoted=false"]
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
 

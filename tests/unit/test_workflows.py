@@ -80,6 +80,9 @@ def test_retrain_is_scheduled_and_deploys_only_a_new_champion() -> None:
     commands = " ".join(s.get("run", "") for s in steps(doc))
     for needed in ("dvc pull", "dvc repro", "dvc push", "python -m src.deploy promoted"):
         assert needed in commands
+    # the champion is read from the registry before the repro, and compared after it
+    assert commands.index("python -m src.deploy champion") < commands.index("dvc repro") < commands.index(
+        "python -m src.deploy promoted --before")
     deploy = doc["jobs"]["deploy"]
     assert deploy["uses"] == "./.github/workflows/deploy.yml"
     assert deploy["if"] == "needs.retrain.outputs.promoted == 'true'"
