@@ -30,7 +30,8 @@ ARG MODEL_URI=""
 ENV MLFLOW_DISABLE_TELEMETRY=true
 WORKDIR /app
 COPY params.yaml ./
-COPY src/__init__.py src/config.py src/common.py ./src/
+COPY src/__init__.py src/common.py ./src/
+COPY src/config/ ./src/config/
 COPY src/modeling/ ./src/modeling/
 RUN if [ -z "$MLFLOW_TRACKING_URI" ]; then \
       echo "error: build arg MLFLOW_TRACKING_URI is required: the MLflow registry to export the model from" >&2; \
@@ -58,7 +59,8 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=deps /opt/venv /opt/venv
 COPY params.yaml gunicorn.conf.py ./
-COPY src/__init__.py src/config.py src/common.py ./src/
+COPY src/__init__.py src/common.py ./src/
+COPY src/config/ ./src/config/
 COPY src/modeling/ ./src/modeling/
 COPY src/scoring/ ./src/scoring/
 COPY src/server/ ./src/server/

@@ -65,10 +65,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 if str(Path(__file__).resolve().parent) not in sys.path:  # `gunicorn -c /path/to/gunicorn.conf.py` from elsewhere
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+from src.config import env, load_settings
 from src.server import worker as server_worker
 
 PROM_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -77,40 +76,21 @@ PROM_OWNED_ENV = "GUNICORN_OWNS_PROMETHEUS_DIR"
 APP_LOGGERS = ("flask_api", "src")
 
 
-def _int_env(name: str, default: int) -> int:
-    return _number_env(name, int, default)
+def _int_env(name: str, default: int, minimum: int = 0) -> int:
+    return int(env.number(name, int, default, minimum=minimum))
 
 
 def _float_env(name: str, default: float) -> float:
-    return _number_env(name, float, default)
-
-
-def _number_env(name: str, kind: type, default: Any) -> Any:
-    """The variable's value as ``kind``, ``default`` when unset; a bad value stops start-up naming the variable."""
-    value = os.environ.get(name, "").strip()
-    try:
-        return kind(value) if value else default
-    except ValueError:
-        raise ValueError(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {value!r}") from None
-
-
-def _default_bind() -> str:
-    """params.yaml serve.bind, so `make serve` and the documented setting agree; 127.0.0.1:8000 without it."""
-    try:
-        params_file = Path(os.environ.get("PARAMS_FILE", "params.yaml"))
-        params = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
-        return str((params.get("serve") or {}).get("bind") or "127.0.0.1:8000")
-    except (OSError, AttributeError, ValueError, yaml.YAMLError):
-        return "127.0.0.1:8000"
+    return float(env.number(name, float, default))
 
 
 # --- process model -----------------------------------------------------------
-bind = [os.environ.get("SERVE_BIND") or _default_bind()]
-workers = _int_env("WEB_CONCURRENCY", 2)
+bind = [env.serve_bind(load_settings(env.params_file()))]  # $SERVE_BIND, else params.yaml serve.bind
+workers = _int_env("WEB_CONCURRENCY", 2, minimum=1)
 # GUNICORN_WORKER_CLASS: keepalive (default; stock gthread if this gunicorn's internals differ from the
 # verified ones) or gthread. See src/server/worker.py.
 worker_class = server_worker.worker_class()
-threads = _int_env("GUNICORN_THREADS", 2)
+threads = _int_env("GUNICORN_THREADS", 2, minimum=1)
 # Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005); set per worker.
 switch_interval = _float_env("GUNICORN_SWITCH_INTERVAL_MS", 0.5) / 1000
 if not switch_interval > 0:
@@ -119,7 +99,7 @@ if not switch_interval > 0:
 preload_app = False
 # A gthread worker's main loop checks in at least once a second whatever its threads do (and
 # post_worker_init does while waiting for the model), so this only fires for a wedged process.
-timeout = _int_env("GUNICORN_TIMEOUT", 60)
+timeout = _int_env("GUNICORN_TIMEOUT", 60, minimum=1)
 # On SIGHUP/SIGTERM a worker stops accepting and finishes in-flight requests within this.
 graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 30)
 # Seconds an idle kept-alive connection stays open. Safe across SIGHUP/SIGTERM restarts with
@@ -138,7 +118,7 @@ if not control_socket_disable:
     control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
 
 # --- logging -----------------------------------------------------------------
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = (env.text(env.LOG_LEVEL) or "info").lower()
 accesslog = "-"
 errorlog = "-"
 # gunicorn's logger, minus the ~60 per-header/per-environ atoms it builds for every access line

@@ -168,7 +168,7 @@ def evaluate_dataset(settings: Settings, data_dir: Path, with_references: bool =
         return scores
 
     # The same preprocessing as ours, fitted on train (fit_transform cross-fits the TargetEncoder).
-    pre = build_preprocessor(profile, settings.train.target_encoder, settings.train.seed)
+    pre = build_preprocessor(profile, settings.train.target_encoder.model_dump(), settings.train.seed)
     x_train = pre.fit_transform(train[features], train[target])
     x_valid, x_test = pre.transform(valid[features]), pre.transform(test[features])
     for name, factory in _reference_models(settings.train.seed).items():

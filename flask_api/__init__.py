@@ -8,7 +8,6 @@ PROMETHEUS_MULTIPROC_DIR.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
@@ -25,9 +24,9 @@ from flask_api.fastpath import FastPredict
 from flask_api.jsonio import OrjsonProvider
 from flask_api.metrics import Metrics
 from flask_api.service import Service, incident
-from src.config import Settings, load_settings
+from src.config import Settings, env, load_settings
 from src.scoring.model_store import ModelHolder
-from src.scoring.predlog import PredictionLog, database_url
+from src.scoring.predlog import PredictionLog
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +51,12 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     MODEL_LOADING: "background" (default: /ready is 503 until loaded), "sync" or "none".
     """
     overrides = dict(overrides or {})
-    settings: Settings = overrides.pop("SETTINGS", None) or load_settings(os.environ.get("PARAMS_FILE",
-                                                                                         "params.yaml"))
+    settings: Settings = overrides.pop("SETTINGS", None) or load_settings(env.params_file())
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.session_interface = CookieOnlySessionInterface()
     app.config.update(
-        SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_hex(32),
+        SECRET_KEY=env.text(env.SECRET_KEY) or secrets.token_hex(32),
         MAX_CONTENT_LENGTH=settings.serve.max_body_bytes,
         WTF_CSRF_TIME_LIMIT=None,
         MODEL_LOADING="background",
@@ -66,9 +64,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(overrides)
 
-    marker = os.environ.get("RELOAD_MARKER_FILE")
+    marker = env.text(env.RELOAD_MARKER_FILE)
     metrics = Metrics()
-    predlog = PredictionLog(database_url(settings), max_pending=settings.serve.log_max_pending,
+    predlog = PredictionLog(env.database_url(settings), max_pending=settings.serve.log_max_pending,
                             on_failure=metrics.log_failures.inc, linger=settings.serve.log_linger_seconds)
     svc = Service(settings=settings, models=ModelHolder(settings, app.config["MODEL_URI"]),
                   predlog=predlog, metrics=metrics, reload_marker=Path(marker) if marker else None)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import hmac
-import os
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from flask_api.service import service
+from src.config import env
 
 bp = Blueprint("ops", __name__)
 
-TOKEN_ENV = "ADMIN_TOKEN"
+TOKEN_ENV = env.ADMIN_TOKEN
 
 
 @bp.get("/health")
@@ -45,7 +45,7 @@ def reload_model() -> Any:
     This worker reloads now; the others see the shared reload marker on their next request and
     reload in the background, so every worker ends up on the new model without a restart.
     """
-    token = os.environ.get(TOKEN_ENV, "")
+    token = env.text(TOKEN_ENV, "")
     if not token:
         return jsonify({"error": f"reload over HTTP is disabled: set {TOKEN_ENV} to enable it"}), 404
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from src.config import ConfigError
+from src.config import ConfigError, env
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -33,7 +32,7 @@ class _MainModuleName(logging.Filter):
 
 def setup_logging() -> None:
     """Configure the root logger once, from the entry point (never at import time)."""
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    level = (env.text(env.LOG_LEVEL) or "INFO").upper()
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_MainModuleName())

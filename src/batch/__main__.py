@@ -23,7 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from src.batch.inputs import InputError
 from src.batch.run import load_job, score_batch, stable_summary
 from src.common import PipelineError, setup_logging, write_json
-from src.config import ConfigError, Settings, load_settings, read_params, settings_from_dict
+from src.config import ConfigError, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_for(params_file: str, profile: str | None) -> Settings:
-    """params.yaml's settings, for ``profile`` instead of its ``dataset`` when given."""
-    if profile is None:
-        return load_settings(params_file)
-    path = Path(params_file).resolve()
-    if not path.exists():
-        raise ConfigError(f"{path} not found: run from the project root, where params.yaml lives")
-    return settings_from_dict({**read_params(path), "dataset": profile}, path.parent)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    settings = settings_for(args.params, args.profile)
+    settings = load_settings(args.params, dataset=args.profile)
     batch = settings.batch
     engine = "dask" if args.scheduler else args.engine
     top = 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +77,7 @@ def effective_settings(args: argparse.Namespace) -> DeploySettings:
     """params.yaml's deploy section with the CLI's overrides, validated by the same rules."""
     base = load_settings(args.params).deploy
     overrides = {key: getattr(args, key) for key in OVERRIDES if getattr(args, key, None) is not None}
-    return deploy_settings({**asdict(base), **overrides}) if overrides else base
+    return deploy_settings({**base.model_dump(), **overrides}) if overrides else base
 
 
 def _write(line: str = "") -> None:

@@ -39,7 +39,7 @@ from typing import Any
 # tests/unit/test_image_requirements.py runs the real app with nothing else importable, down to module files.
 SERVE_PACKAGES = (
     "flask", "flask-wtf", "gunicorn", "joblib", "lightgbm", "lleaves", "llvmlite", "mlflow-skinny", "orjson", "pandas",
-    "prometheus-client", "psycopg", "psycopg-binary", "pyyaml", "scikit-learn", "sqlalchemy",
+    "prometheus-client", "psycopg", "psycopg-binary", "pydantic", "pyyaml", "scikit-learn", "sqlalchemy",
 )
 USAGE_ERROR = 2
 

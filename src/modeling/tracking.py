@@ -17,11 +17,11 @@ from pathlib import Path
 import mlflow
 
 from src.common import PipelineError
-from src.config import Settings
+from src.config import Settings, env
 
 log = logging.getLogger(__name__)
 
-ENV_URI = "MLFLOW_TRACKING_URI"
+ENV_URI = env.MLFLOW_TRACKING_URI
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Store:
 
 def resolve_store(settings: Settings) -> Store:
     """The tracking URI from the environment, else the project's own SQLite file."""
-    uri = os.environ.get(ENV_URI, "").strip()
+    uri = env.text(ENV_URI, "")
     if uri:
         return Store(tracking_uri=uri, embedded=False, artifact_location=None)
     root = settings.paths.root

@@ -42,7 +42,7 @@ def train_model(train: pd.DataFrame, valid: pd.DataFrame, settings: Settings) ->
     features, target = profile.feature_names, profile.target_column
     started = time.perf_counter()
 
-    preprocessor = build_preprocessor(profile, cfg.target_encoder, cfg.seed)
+    preprocessor = build_preprocessor(profile, cfg.target_encoder.model_dump(), cfg.seed)
     # fit_transform cross-fits the TargetEncoder; transform() alone would leak each row's label.
     x_train = preprocessor.fit_transform(train[features], train[target])
     x_valid = preprocessor.transform(valid[features])

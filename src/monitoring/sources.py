@@ -21,11 +21,10 @@ import sqlalchemy as sa
 from mlflow.exceptions import MlflowException
 
 from src.common import PipelineError
-from src.config import Profile, Settings
+from src.config import Profile, Settings, env
 from src.data.schemas import build_schema, normalise, schema_failures
 from src.scoring.model_store import load_model as load_served
 from src.scoring.model_store import resolve_model_uri
-from src.scoring.predlog import database_url as served_url
 from src.scoring.predlog import make_engine, predictions
 
 log = logging.getLogger(__name__)
@@ -229,4 +228,4 @@ def database_url(settings: Settings, override: str | None) -> str:
     """--database-url, else $DATABASE_URL / serve.database_url exactly as the service resolves it."""
     if override:
         return override
-    return served_url(settings)
+    return env.database_url(settings)

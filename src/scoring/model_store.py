@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from src.config import Settings, build_profile
+from src.config import Settings, env
 from src.modeling.model_uri import is_models_uri, parse_model_uri
 from src.modeling.tracking import connect
 from src.scoring.compiled import CompiledTrees, CompileError, compile_trees
@@ -53,8 +52,7 @@ class LoadedModel:
 
 def resolve_model_uri(settings: Settings) -> str:
     """$MODEL_URI, else serve.model_uri, else the current profile's champion."""
-    return (os.environ.get("MODEL_URI") or settings.serve.model_uri
-            or f"models:/{settings.registered_model_name}@champion")
+    return env.model_uri(settings)
 
 
 def resolve_version(uri: str) -> tuple[str, str, str]:
@@ -84,8 +82,7 @@ def load_model(uri: str, settings: Settings, compile_trees: bool = True) -> Load
     model = pyfunc.unwrap_python_model()
     meta = model.meta
     dataset = meta["dataset"]
-    profile = settings.profile if dataset == settings.dataset else build_profile(
-        dataset, settings.raw["profiles"][dataset])
+    profile = settings.profile_named(dataset)
     scorer = Scorer(model.pipeline, meta, profile, top_reasons=settings.serve.top_reasons,
                     refer_margin=settings.serve.refer_margin, num_threads=settings.serve.num_threads,
                     compiled=compiled_trees(model.pipeline, meta, settings, f"{name} v{version}")

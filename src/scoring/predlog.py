@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import queue
 import threading
 import time
@@ -37,18 +36,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from src.config import Settings
-
 log = logging.getLogger(__name__)
 
-
-def database_url(settings: Settings) -> str:
-    """$DATABASE_URL, else serve.database_url with a relative SQLite path anchored at the project root."""
-    url = os.environ.get("DATABASE_URL") or settings.serve.database_url
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
-        url = prefix + str((settings.paths.root / url.removeprefix(prefix)).resolve())
-    return url
 
 SQLITE_BUSY_MS = 30_000
 CREATE_ATTEMPTS = 10

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -83,7 +82,7 @@ def test_dask_engine_equals_pandas_engine(trained_project, job, batch_input, pan
                                           tmp_path) -> None:
     out = tmp_path / "scored.parquet"
     batch = trained_project.settings.batch
-    small_partitions = replace(batch, dask_partition_bytes=1)  # one partition per row group
+    small_partitions = batch.model_copy(update={"dask_partition_bytes": 1})  # one partition per row group
     summary = score_batch(str(batch_input), str(out), job, small_partitions, engine="dask",
                                   client=threads_client)
     parts = sorted(p.name for p in out.iterdir())
@@ -101,7 +100,7 @@ def test_dask_splits_a_small_file_for_reasons(trained_project, job, batch_input,
                                               tmp_path) -> None:
     """With reasons (slow TreeSHAP), one default-sized partition is split so both workers get work."""
     out = tmp_path / "scored.parquet"
-    batch = replace(trained_project.settings.batch, reasons_chunk_rows=1000)
+    batch = trained_project.settings.batch.model_copy(update={"reasons_chunk_rows": 1000})
     score_batch(str(batch_input), str(out), job, batch, engine="dask", client=threads_client)
     assert len(list(out.iterdir())) == ROWS // 1000
     same_rows(pd.read_parquet(out), pd.read_parquet(default_rejects(str(out))), pandas_result)

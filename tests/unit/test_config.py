@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from src.config import ConfigError, build_profile, load_settings, read_params, settings_from_dict
+from src.config import ConfigError, build_profile, env, load_settings, read_params, settings_from_dict
 from tests.conftest import ALL_DATASETS, ROOT, load_params, make_settings
 
 PARAMS = load_params()
@@ -311,3 +314,91 @@ def test_value_labels_are_for_numeric_features(tmp_path):
     params["profiles"]["taiwan_credit"]["features"]["sex"]["value_labels"] = {1: "one"}
     with pytest.raises(ConfigError, match="is for numeric features"):
         _build(params, tmp_path)
+
+
+# --- strictness: the mistakes a new user made, each one line naming key, value and what is allowed ---------
+
+
+@pytest.mark.parametrize(("section", "key", "value", "message"), [
+    ("gate", "fail_pipeline", "no", "params.yaml: 'gate.fail_pipeline' is 'no'; it must be true or false"),
+    ("serve", "compile_trees", "false", "params.yaml: 'serve.compile_trees' is 'false'; it must be true or false"),
+    ("serve", "max_batch", -3, "params.yaml: 'serve.max_batch' is -3; it must be a number at least 1"),
+    ("serve", "max_batch", "abc", "params.yaml: 'serve.max_batch' is 'abc'; it must be a whole number"),
+    ("batch", "chunk_rows", 2.9, "params.yaml: 'batch.chunk_rows' is 2.9; it must be a whole number"),
+    ("serve", "refer_margin", 0.7, "params.yaml: 'serve.refer_margin' is 0.7; it must be a number below 0.5"),
+    ("gate", "min_roc_auc", True, "params.yaml: 'gate.min_roc_auc' is True; it must be a number"),
+    ("batch", "compression", "zip", "params.yaml: 'batch.compression' is 'zip'; it must be one of snappy, zstd, "
+                                    "gzip, lz4, brotli or none"),
+])
+def test_a_wrong_value_is_one_line_naming_key_value_and_what_is_allowed(section, key, value, message, tmp_path):
+    params = _params_for("taiwan_credit")
+    params[section][key] = value
+    with pytest.raises(ConfigError) as err:
+        _build(params, tmp_path)
+    assert str(err.value) == message
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    (("serve", "max_bach"), "params.yaml: unknown key 'serve.max_bach' (did you mean 'serve.max_batch'?)"),
+    (("servee",), "params.yaml: unknown key 'servee' (did you mean 'serve'?)"),
+    (("profiles", "taiwan_credit", "features", "pay_0", "nulable"),
+     "params.yaml: unknown key 'profiles.taiwan_credit.features.pay_0.nulable' "
+     "(did you mean 'profiles.taiwan_credit.features.pay_0.nullable'?)"),
+    (("train", "target_encoder", "smoth"),
+     "params.yaml: unknown key 'train.target_encoder.smoth' (did you mean 'train.target_encoder.smooth'?)"),
+])
+def test_a_misspelt_key_is_an_error_naming_the_closest_valid_key(path, message, tmp_path):
+    params = _params_for("taiwan_credit")
+    node = params
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = 5
+    with pytest.raises(ConfigError) as err:
+        _build(params, tmp_path)
+    assert str(err.value) == message
+
+
+def test_every_default_is_written_once_in_the_models(tmp_path):
+    """Sections params.yaml may leave out load with the models' defaults (no second copy of them)."""
+    params = _params_for("taiwan_credit")
+    for section in ("deploy", "retrain", "monitoring", "batch"):
+        params.pop(section)
+    for key in ("log_max_pending", "log_linger_seconds", "num_threads", "compile_trees", "compiled_cache_dir"):
+        params["serve"].pop(key)
+    settings = _build(params, tmp_path)
+    assert settings.batch.chunk_rows == 100_000 and settings.deploy.region == "us-east-1"
+    assert settings.serve.log_max_pending == 10_000 and settings.serve.compile_trees is True
+
+
+def test_a_stage_exits_non_zero_with_the_one_line_error(tmp_path):
+    """The CLIs (what `dvc repro` runs) stop with exit code 1 and the line, never a traceback."""
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    (tmp_path / "params.yaml").write_text(text.replace("fail_pipeline: false", 'fail_pipeline: "no"'),
+                                          encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "src.data.split"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert "params.yaml: 'gate.fail_pipeline' is 'no'; it must be true or false" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("WEB_CONCURRENCY", "two", "WEB_CONCURRENCY must be a whole number, got 'two'"),
+    ("GUNICORN_THREADS", "0", "GUNICORN_THREADS must be at least 1, got '0'"),
+])
+def test_environment_numbers_are_checked_naming_the_variable(variable, value, message, monkeypatch):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        env.number(variable, int, 2, minimum=1)
+
+
+def test_environment_overrides_are_read_in_one_place(tmp_path, monkeypatch):
+    settings = make_settings("taiwan_credit", tmp_path)
+    monkeypatch.delenv("MODEL_URI", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert env.model_uri(settings) == "models:/credit-default-taiwan_credit@champion"
+    assert env.database_url(settings) == f"sqlite:///{(tmp_path / 'predictions.db').resolve()}"
+    monkeypatch.setenv("MODEL_URI", "models:/m/3")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/log")
+    assert (env.model_uri(settings), env.database_url(settings)) == ("models:/m/3", "postgresql://db/log")

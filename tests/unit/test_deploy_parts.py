@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import stat
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ def instance(tmp_path: Path) -> dict[str, Any]:
     bin_dir.mkdir()
     _executable(bin_dir / "docker", FAKE_DOCKER)
     _executable(bin_dir / "aws", FAKE_AWS)
-    cfg = replace(DeploySettings(), state_dir=str(tmp_path / "state dir"), env_file=str(tmp_path / "app.env"))
+    cfg = DeploySettings(state_dir=str(tmp_path / "state dir"), env_file=str(tmp_path / "app.env"))
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(tmp_path / "calls"), "FAKE": str(tmp_path)}
     return {"cfg": cfg, "env": env, "root": tmp_path}
 
@@ -117,7 +116,7 @@ def test_release_script_stops_before_touching_the_container_when_the_pull_fails(
 
 
 def test_release_script_quotes_what_it_is_given(instance: dict[str, Any]) -> None:
-    cfg = replace(instance["cfg"], container_name="name with 'quote'")
+    cfg = instance["cfg"].model_copy(update={"container_name": "name with 'quote'"})
     lines = fleet.release_script(f"{IMAGE}:v1", "v1; rm -rf /", cfg, "eu-west-1")
     proc = subprocess.run(["/bin/sh", "-c", "\n".join(lines)], env=instance["env"], capture_output=True, text=True,
                           timeout=30, check=False)
@@ -207,13 +206,13 @@ def test_check_prediction(status: int, body: Any, problem: str | None) -> None:
 def test_deploy_settings_defaults_overrides_and_errors() -> None:
     assert deploy_settings(None) == DeploySettings()
     assert deploy_settings(load_params()["deploy"]).parameter("current-tag") == "/credit-default/production/current-tag"
-    with pytest.raises(ConfigError, match=r"unknown key.*'deploy': regoin"):
+    with pytest.raises(ConfigError, match=re.escape("unknown key 'deploy.regoin' (did you mean 'deploy.region'?)")):
         deploy_settings({"regoin": "x"})
-    with pytest.raises(ConfigError, match=re.escape("'deploy.port' must be a TCP port")):
+    with pytest.raises(ConfigError, match=re.escape("'deploy.port' is 70000; it must be a TCP port")):
         deploy_settings({"port": 70000})
-    with pytest.raises(ConfigError, match=re.escape("'deploy.smoke_timeout' has an unusable value 'soon'")):
+    with pytest.raises(ConfigError, match=re.escape("'deploy.smoke_timeout' is 'soon'; it must be a number")):
         deploy_settings({"smoke_timeout": "soon"})
-    with pytest.raises(ConfigError, match=re.escape("parameter_prefix' must start with '/'")):
+    with pytest.raises(ConfigError, match=re.escape("'deploy.parameter_prefix' is 'credit'; it must start with '/'")):
         deploy_settings({"parameter_prefix": "credit"})
 
 

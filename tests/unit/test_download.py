@@ -157,15 +157,15 @@ def spec_for(url: str, sha: str | None, member: str | None = MEMBER) -> Download
     """The profile's own download spec, pointed at the local server."""
     dl = make_settings("taiwan_credit", Path("/unused")).profile.source.download
     assert dl is not None
-    return replace(dl, url=url, sha256=sha, member=member)
+    return dl.model_copy(update={"url": url, "sha256": sha, "member": member})
 
 
 def settings_with(tmp_path: Path, url: str, sha: str | None) -> Settings:
     settings = make_settings("taiwan_credit", tmp_path)
     src = settings.profile.source
     assert src.download is not None
-    source = replace(src, download=replace(src.download, url=url, sha256=sha))
-    return replace(settings, profile=replace(settings.profile, source=source))
+    source = src.model_copy(update={"download": src.download.model_copy(update={"url": url, "sha256": sha})})
+    return replace(settings, profile=settings.profile.model_copy(update={"source": source}))
 
 
 # --------------------------------------------------------------------------- download + ingest
@@ -258,7 +258,7 @@ def test_null_sha256_accepts_and_logs_the_digest(tmp_path, server, uci_zip, capl
 
 def test_download_without_member_saves_the_file_itself(tmp_path, server):
     server.files["/plain.csv"] = b"ID\n1\n"
-    spec = replace(spec_for(server.url("/plain.csv"), sha256(b"ID\n1\n"), member=None), file="plain.csv")
+    spec = spec_for(server.url("/plain.csv"), sha256(b"ID\n1\n"), member=None).model_copy(update={"file": "plain.csv"})
     assert ingest.download(spec, tmp_path, timeout=10).read_bytes() == b"ID\n1\n"
 
 

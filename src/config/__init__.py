@@ -1,0 +1,43 @@
+"""Typed settings built from ``params.yaml``, the project's single source of configuration.
+
+Every stage, CLI and the service read it through :func:`load_settings`: strict pydantic
+models (sections), the dataset profiles (profile), one-line errors (errors), YAML 1.2
+reading as DVC does (yaml12), and the environment's overrides in one place (env).
+"""
+
+from src.config.errors import ConfigError
+from src.config.profile import (
+    CleanRule,
+    DownloadSpec,
+    FeatureSpec,
+    FeatureType,
+    Profile,
+    SourceSpec,
+    TargetSpec,
+    build_profile,
+)
+from src.config.sections import (
+    BatchSettings,
+    DeploySettings,
+    EvaluateSettings,
+    GateSettings,
+    IngestSettings,
+    MlflowSettings,
+    MonitoringSettings,
+    RetrainSettings,
+    ServeSettings,
+    SplitSettings,
+    ThresholdSettings,
+    TrainSettings,
+    ValidateSettings,
+)
+from src.config.settings import PARAMS_FILE, Paths, Settings, deploy_settings, load_settings, settings_from_dict
+from src.config.yaml12 import read_params
+
+__all__ = [
+    "PARAMS_FILE", "BatchSettings", "CleanRule", "ConfigError", "DeploySettings", "DownloadSpec",
+    "EvaluateSettings", "FeatureSpec", "FeatureType", "GateSettings", "IngestSettings", "MlflowSettings",
+    "MonitoringSettings", "Paths", "Profile", "RetrainSettings", "ServeSettings", "Settings", "SourceSpec",
+    "SplitSettings", "TargetSpec", "ThresholdSettings", "TrainSettings", "ValidateSettings", "build_profile",
+    "deploy_settings", "load_settings", "read_params", "settings_from_dict",
+]

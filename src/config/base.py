@@ -1,0 +1,18 @@
+"""The strict base every settings model shares: unknown keys, wrong types and out-of-range values are errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Strict(BaseModel):
+    """Frozen, no unknown keys, no coercion: ``"no"`` is not a boolean, ``2.9`` not a whole number."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, protected_namespaces=())
+
+
+def as_tuple(value: Any) -> Any:
+    """YAML lists become tuples (settings are immutable); anything else is left for the type check."""
+    return tuple(value) if isinstance(value, list) else value

@@ -1,0 +1,71 @@
+"""The environment's overrides of params.yaml, read in one place.
+
+A deployment sets these instead of editing params.yaml (the container, CI, a second
+instance on the same machine). Each has one reader here; a malformed number stops
+start-up with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from src.config.errors import ConfigError
+
+if TYPE_CHECKING:
+    from src.config.settings import Settings
+
+PARAMS_FILE = "PARAMS_FILE"            # which params.yaml the service and gunicorn read
+MODEL_URI = "MODEL_URI"                # the model to serve / score (models:/..., or an exported folder)
+DATABASE_URL = "DATABASE_URL"          # the prediction log (SQLAlchemy URL)
+SECRET_KEY = "SECRET_KEY"              # signs the web form's CSRF tokens and sessions
+ADMIN_TOKEN = "ADMIN_TOKEN"            # bearer token for POST /admin/reload (unset: reload over HTTP disabled)
+SERVE_BIND = "SERVE_BIND"              # gunicorn's address (else serve.bind)
+RELOAD_MARKER_FILE = "RELOAD_MARKER_FILE"  # file every worker watches to follow a reload (set by gunicorn.conf.py)
+MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"  # an MLflow server instead of the embedded SQLite store
+LOG_LEVEL = "LOG_LEVEL"
+
+
+def text(name: str, default: str | None = None) -> str | None:
+    """The variable's value, stripped; ``default`` when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def number(name: str, kind: type[int] | type[float], default: float, *, minimum: float | None = None) -> float:
+    """The variable as a whole number (``int``) or a number; ``default`` when unset; else one line naming it."""
+    raw = text(name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be {'a whole number' if kind is int else 'a number'}, "
+                          f"got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
+def params_file() -> str:
+    return text(PARAMS_FILE, "params.yaml") or "params.yaml"
+
+
+def model_uri(settings: Settings) -> str:
+    """$MODEL_URI, else serve.model_uri, else the current profile's champion."""
+    return (text(MODEL_URI) or settings.serve.model_uri
+            or f"models:/{settings.registered_model_name}@champion")
+
+
+def database_url(settings: Settings) -> str:
+    """$DATABASE_URL, else serve.database_url with a relative SQLite path anchored at the project root."""
+    url = text(DATABASE_URL) or settings.serve.database_url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+        url = prefix + str((settings.paths.root / url.removeprefix(prefix)).resolve())
+    return url
+
+
+def serve_bind(settings: Settings) -> str:
+    """$SERVE_BIND, else serve.bind."""
+    return text(SERVE_BIND) or settings.serve.bind

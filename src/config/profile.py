@@ -1,0 +1,233 @@
+"""A dataset profile: where its raw file comes from, how its columns are named, typed and bounded.
+
+Everything the pipeline, the service and batch scoring know about a dataset's columns comes
+from here, so a row the model is trained on and a row it scores are described once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from src.config.base import Strict, as_tuple
+from src.config.errors import ConfigError, KeyProblem, config_error
+
+FeatureType = Literal["numeric", "categorical"]
+RawFormat = Literal["csv", "xls", "xlsx", "parquet"]
+
+
+class FeatureSpec(Strict):
+    """One model input column: its type and the values a valid row may hold."""
+
+    name: str
+    type: FeatureType
+    label: str = ""  # shown in forms and reasons; empty: the column's name
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+    # code -> human-readable label for categorical columns; None = open set
+    # (any non-empty string, e.g. 300 city names).
+    values: dict[int | str, str] | None = None
+    # Numeric columns only: values that are codes rather than amounts (Taiwan's repayment
+    # status: -1 = "paid in full", not "-1 months late"), shown as their label.
+    value_labels: dict[float, str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        ftype = raw.get("type")
+        if ftype not in ("numeric", "categorical"):
+            return raw  # the type's own error names the allowed ones
+        values = raw.get("values")
+        if values is not None:
+            if ftype == "numeric":
+                raise KeyProblem("values", "is for categorical features (numeric ones have min, max, value_labels)")
+            if not isinstance(values, dict) or not values:
+                raise KeyProblem("values", "must map each code to a label, e.g. {1: male, 2: female}")
+            for code, label in values.items():
+                if isinstance(label, bool) or not isinstance(label, str | int | float) or not str(label).strip():
+                    raise KeyProblem(f"values.{code}", f"is {label!r}; it must be a non-empty text label")
+            raw["values"] = {k: str(v) for k, v in values.items()}  # labels are display text
+        if ftype == "categorical" and ("min" in raw or "max" in raw):
+            raise KeyProblem("min" if "min" in raw else "max", "is for numeric features")
+        lo, hi = raw.get("min"), raw.get("max")
+        if isinstance(lo, int | float) and isinstance(hi, int | float) and lo > hi:
+            raise KeyProblem("", f"has min {lo} > max {hi}")
+        if raw.get("value_labels") is not None:
+            raw["value_labels"] = _value_labels(raw["value_labels"], ftype, lo, hi)
+        raw.setdefault("label", raw.get("name", ""))
+        return raw
+
+    def value_label(self, value: Any) -> str | None:
+        """The label of a numeric code, or None for an ordinary value."""
+        if not self.value_labels or isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return self.value_labels.get(float(value))
+
+    def value_labels_text(self) -> str:
+        """The codes in words, as the form's hint and the JSON Schema show them: "-1 = paid in full; ..."."""
+        return "; ".join(f"{code:g} = {label}" for code, label in (self.value_labels or {}).items())
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.type == "categorical"
+
+    @property
+    def value_kind(self) -> type:
+        """The Python type of the category codes (int codes stay ints, labels stay str)."""
+        if self.values and all(isinstance(k, int) and not isinstance(k, bool) for k in self.values):
+            return int
+        return str
+
+
+def _value_labels(raw: Any, ftype: Any, lo: Any, hi: Any) -> dict[float, str]:
+    """``value_labels:`` of a numeric feature: {number within min..max: non-empty label}."""
+    where = "value_labels"
+    if ftype != "numeric":
+        raise KeyProblem(where, "is for numeric features (categoricals have 'values')")
+    if not isinstance(raw, dict) or not raw:
+        raise KeyProblem(where, "must map numbers to labels, e.g. {-1: paid in full}")
+    labels: dict[float, str] = {}
+    for key, label in raw.items():
+        if isinstance(key, bool) or not isinstance(key, int | float):
+            raise KeyProblem(where, f"key {key!r} is not a number")
+        if (isinstance(lo, int | float) and key < lo) or (isinstance(hi, int | float) and key > hi):
+            raise KeyProblem(where, f"key {key} is outside the feature's range {lo}..{hi}")
+        if not isinstance(label, str) or not label.strip():
+            raise KeyProblem(f"{where}.{key}", "needs a non-empty text label")
+        labels[float(key)] = label.strip()
+    return labels
+
+
+class DownloadSpec(Strict):
+    """Where the original raw file can be fetched from, and how to trust it."""
+
+    url: str
+    file: str
+    sha256: str | None = None
+    member: str | None = None  # the file inside a zip download
+    format: RawFormat = "csv"
+    read_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SourceSpec(Strict):
+    file: str
+    format: RawFormat = "csv"
+    read_options: dict[str, Any] = Field(default_factory=dict)
+    sha256: str | None = None
+    homepage: str = ""
+    instructions: str = ""
+    download: DownloadSpec | None = None
+
+
+class CleanRule(Strict):
+    """A regex replacement applied to a string column before validation."""
+
+    pattern: str
+    replace: str = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise KeyProblem("", f"is not a regular expression: {exc}") from None
+        return pattern
+
+    def compiled(self) -> re.Pattern[str]:
+        return re.compile(self.pattern)
+
+
+class TargetSpec(Strict):
+    column: str
+    positive: int | str  # the target value that means "defaulted"
+
+
+class Profile(Strict):
+    """Everything the pipeline needs to know about one dataset."""
+
+    name: str
+    title: str = ""
+    source: SourceSpec
+    rename: dict[str, str]
+    id_column: str | None = None
+    target: TargetSpec
+    drop: tuple[str, ...] = ()
+    clean: dict[str, CleanRule] = Field(default_factory=dict)
+    target_encode: tuple[str, ...] = ()
+    features: dict[str, FeatureSpec]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names(cls, raw: Any) -> Any:
+        """Each feature learns its name from its key; lists become tuples; the title defaults to the name."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        if isinstance(raw.get("features"), dict):
+            raw["features"] = {k: {**v, "name": k} if isinstance(v, dict) else v for k, v in raw["features"].items()}
+        for key in ("drop", "target_encode"):
+            raw[key] = as_tuple(raw.get(key) or ())
+        raw["clean"] = raw.get("clean") or {}
+        if isinstance(raw.get("rename"), dict):
+            raw["rename"] = {str(k): v for k, v in raw["rename"].items()}
+        if not raw.get("title"):
+            raw["title"] = raw.get("name", "")
+        return raw
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        known = set(self.rename.values())
+        for col in [*self.features, self.target.column]:
+            if col not in known:
+                raise KeyProblem("", f"has column '{col}', which 'profiles.{self.name}.rename' does not produce")
+        for col in self.target_encode:
+            if col not in self.features or not self.features[col].is_categorical:
+                raise KeyProblem("target_encode", f"names '{col}', which is not a categorical feature")
+        for col, spec in self.features.items():
+            if spec.is_categorical and spec.values is None and col not in self.target_encode:
+                raise KeyProblem(f"features.{col}", "is an open category set; list its values or target-encode it")
+        return self
+
+    @property
+    def target_column(self) -> str:
+        return self.target.column
+
+    @property
+    def positive(self) -> int | str:
+        return self.target.positive
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.features)
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [n for n, f in self.features.items() if not f.is_categorical]
+
+    @property
+    def ordinal_features(self) -> list[str]:
+        """Categorical columns not target-encoded: encoded by position in their value set."""
+        return [n for n, f in self.features.items() if f.is_categorical and n not in self.target_encode]
+
+    @property
+    def expected_columns(self) -> list[str]:
+        """The snake_case columns a raw file must provide, in first-seen order."""
+        return list(dict.fromkeys(self.rename.values()))
+
+
+def build_profile(name: str, raw: Any) -> Profile:
+    """Check one profile (``profiles.<name>`` of params.yaml) and return it typed; errors name the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params.yaml: 'profiles.{name}' must be a mapping")
+    try:
+        return Profile.model_validate({**raw, "name": name})
+    except ValidationError as exc:
+        raise config_error(exc, ("profiles", name), Profile) from None

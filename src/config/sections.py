@@ -1,0 +1,221 @@
+"""The sections of params.yaml besides the profiles, each a strict model with its defaults and bounds.
+
+A default is written once, here; params.yaml holds the project's chosen values. Cross-key
+rules (split sizes, PSI bands, ports) are model validators that name the keys involved.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from src.config.base import Strict
+from src.config.errors import KeyProblem
+
+Seconds = float
+
+
+class PathsSection(Strict):
+    external: str   # raw public files: <external>/<dataset>/<file>
+    raw: str
+    interim: str
+    processed: str
+    models: str
+    metrics: str
+    plots: str
+    reports: str
+
+
+class IngestSettings(Strict):
+    sample_rows: int | None = Field(None, ge=0)  # null or 0: every row
+    sample_seed: int = 0
+    download_timeout: Seconds = Field(60.0, gt=0)
+
+    @field_validator("sample_rows")
+    @classmethod
+    def _all_rows(cls, value: int | None) -> int | None:
+        return value or None
+
+
+class ValidateSettings(Strict):
+    max_reject_share: float = Field(ge=0, le=1)
+    log_examples: int = Field(3, ge=0)
+
+
+class SplitSettings(Strict):
+    valid_size: float
+    test_size: float
+    seed: int
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SplitSettings:
+        v, t = self.valid_size, self.test_size
+        if not (0 < v < 1 and 0 < t < 1 and v + t < 1):
+            raise KeyProblem("", f"valid_size {v} and test_size {t}: 'split.valid_size' and 'split.test_size' "
+                                 "must each be in (0, 1) and sum below 1")
+        return self
+
+
+class TargetEncoderSettings(Strict):
+    """sklearn's TargetEncoder: folds of the cross-fitting, and the smoothing ("auto" or a number)."""
+
+    cv: int = Field(5, ge=2)
+    smooth: Literal["auto"] | float = "auto"
+
+    @field_validator("smooth")
+    @classmethod
+    def _smooth(cls, value: Any) -> Any:
+        if isinstance(value, float) and value < 0:
+            raise KeyProblem("", f"is {value}; it must be auto or a number at least 0")
+        return value
+
+
+class TrainSettings(Strict):
+    seed: int
+    target_encoder: TargetEncoderSettings
+    early_stopping_rounds: int = Field(ge=1)
+    log_every: int = Field(100, ge=0)  # 0: no per-iteration log lines
+    lgbm: dict[str, Any]  # LightGBM's own parameters, passed to LGBMClassifier as they are
+
+
+class ThresholdSettings(Strict):
+    cost_false_negative: float = Field(gt=0)
+    cost_false_positive: float = Field(gt=0)
+
+
+class EvaluateSettings(Strict):
+    calibration_bins: int = Field(ge=2)
+    top_features: int = Field(ge=1)
+
+
+class MlflowSettings(Strict):
+    database: str
+    artifact_root: str
+    experiment: str
+    model_name_prefix: str
+    connect_timeout: Seconds = Field(5.0, gt=0)
+
+
+class GateSettings(Strict):
+    min_roc_auc: float = Field(ge=0, le=1)
+    max_brier: float | None = Field(None, ge=0, le=1)
+    max_regression: float = Field(ge=0, le=1)
+    fail_pipeline: bool = False
+
+
+class ServeSettings(Strict):
+    model_uri: str | None = None  # null: the profile's champion
+    max_batch: int = Field(ge=1)
+    max_body_bytes: int = Field(ge=1)
+    top_reasons: int = Field(ge=0)
+    refer_margin: float = Field(ge=0, lt=0.5)
+    database_url: str = Field(min_length=1)
+    bind: str = "127.0.0.1:8000"
+    log_max_pending: int = Field(10_000, ge=1)
+    log_linger_seconds: Seconds = Field(0.1, ge=0, le=10)
+    num_threads: int = Field(1, ge=1)
+    compile_trees: bool = True
+    compiled_cache_dir: str | None = None
+
+    @field_validator("model_uri", "compiled_cache_dir")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class DeploySettings(Strict):
+    """Where and how ``python -m src.deploy`` ships the service to AWS (ECR image, EC2 instances via SSM).
+
+    Only the deploy CLI reads these, and every one of them can be overridden by a CLI flag.
+    """
+
+    region: str = Field("us-east-1", min_length=1)
+    env: str = Field("production", min_length=1)  # instances tagged Env=<env>; SSM parameters under <prefix>/<env>/
+    app: str = Field("credit-default", min_length=1)  # instances tagged App=<app>
+    repository: str = Field("credit-default", min_length=1)  # ECR repository name
+    container_name: str = Field("credit-default", min_length=1)
+    port: int = 8000  # host port the container is published on (and smoke-tested)
+    container_port: int = 8000  # port gunicorn listens on inside the image
+    parameter_prefix: str = "/credit-default"
+    env_file: str = "/etc/credit-default/env"  # on the instance: passed to `docker run --env-file` when present
+    state_dir: str = "/var/lib/credit-default"  # on the instance: current-tag / previous-tag files
+    command_timeout: Seconds = Field(600.0, gt=0)  # seconds for the SSM command on every instance
+    poll_interval: Seconds = Field(3.0, gt=0)  # seconds between SSM status polls
+    smoke_url: str | None = None  # None: http://<instance public or private IP>:<port>
+    smoke_timeout: Seconds = Field(180.0, gt=0)  # seconds to wait for /ready after a restart (model load)
+    http_timeout: Seconds = Field(10.0, gt=0)  # seconds per smoke-test HTTP request
+    smoke_applicant: dict[str, Any] | None = None  # None: built from the service's /api/v1/schema
+
+    @field_validator("port", "container_port")
+    @classmethod
+    def _tcp_port(cls, value: int) -> int:
+        if not 0 < value < 65536:
+            raise KeyProblem("", f"is {value}; it must be a TCP port (1-65535)")
+        return value
+
+    @field_validator("parameter_prefix")
+    @classmethod
+    def _ssm_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise KeyProblem("", f"is {value!r}; it must start with '/' (an SSM parameter path)")
+        return value
+
+    def parameter(self, name: str) -> str:
+        """SSM parameter path, e.g. /credit-default/production/current-tag."""
+        return f"{self.parameter_prefix.rstrip('/')}/{self.env}/{name}"
+
+
+class RetrainSettings(Strict):
+    """The retraining loop (``make retrain``, ``python -m src.modeling.retrain``)."""
+
+    pull: bool = True  # `dvc pull --allow-missing` before the repro
+    push: bool = True  # `dvc push` after it
+    remote: str | None = None  # DVC remote for pull/push (None: the default one in .dvc/config)
+    reload_url: str | None = None  # running service to reload (None: http://<serve.bind>)
+    reload_timeout: Seconds = Field(60.0, gt=0)  # seconds for the reload and for /ready to report the new version
+
+
+class MonitoringSettings(Strict):
+    """Drift and performance monitoring (``python -m src.monitoring``)."""
+
+    psi_bins: int = Field(10, ge=2)  # quantile bins of the reference for numeric features and the score
+    psi_epsilon: float = Field(0.0001, gt=0, lt=0.01)  # a bin's share is floored at this, so PSI stays finite
+    psi_moderate: float = Field(0.1, gt=0)  # PSI bands: below -> none; up to psi_significant -> moderate
+    psi_significant: float = 0.25  # at or above -> significant
+    drift_flag_band: Literal["moderate", "significant"] = "moderate"  # at or above this band counts as drifted
+    drift_min_rows: int = Field(100, ge=1)  # fewer batch rows: PSI is mostly noise; logged as a warning
+    report_sample_rows: int = Field(5000, ge=2)  # rows of reference and of batch in the HTML report
+    sample_seed: int = 42
+    calibration_bins: int = Field(10, ge=2)  # performance: quantile bins of the predicted probability
+    max_auc_drop: float = Field(0.05, ge=0, lt=1)  # decay: ROC-AUC below the model's test ROC-AUC minus this
+    performance_min_rows: int = Field(100, ge=1)  # fewer labelled rows (overall or in a period): decay not judged
+    exporter_bind: str = "127.0.0.1:9108"  # `python -m src.monitoring exporter` listens here
+
+    @model_validator(mode="after")
+    def _bands_and_bind(self) -> MonitoringSettings:
+        if not self.psi_moderate < self.psi_significant:
+            raise KeyProblem("", f"psi_moderate {self.psi_moderate} and psi_significant {self.psi_significant}: "
+                                 "'monitoring.psi_moderate' must be below 'monitoring.psi_significant'")
+        host, _, port = self.exporter_bind.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise KeyProblem("exporter_bind", f"is {self.exporter_bind!r}; it must be host:port")
+        return self
+
+
+class BatchSettings(Strict):
+    """Batch scoring (``python -m src.batch``)."""
+
+    chunk_rows: int = Field(100_000, ge=1)  # rows read, validated and scored at a time: bounds memory
+    csv_block_bytes: int = Field(8_388_608, ge=1)  # CSV read block; a block never holds more than chunk_rows rows
+    log_every_rows: int = Field(1_000_000, ge=1)  # a progress line (rows, rows/s) every this many input rows
+    reasons_chunk_rows: int = Field(10_000, ge=1)  # with --reasons: rows per chunk / Dask partition (TreeSHAP)
+    num_threads: int = Field(0, ge=0)  # pandas engine: chunks scored at once, 1 LightGBM thread each (0 = cores)
+    compression: Literal["snappy", "zstd", "gzip", "lz4", "brotli", "none"] = "snappy"  # Parquet codec
+    dask_workers: int = Field(2, ge=1)  # --engine dask without --scheduler: LocalCluster worker processes
+    dask_threads_per_worker: int = Field(1, ge=1)  # ...threads each (and LightGBM threads per partition)
+    dask_partition_bytes: int = Field(8_388_608, ge=1)  # input bytes per Dask partition
+    example_input: str = "data/processed/test.parquet"  # the DVC stage `score`: the held-out test split...
+    example_output: str = "data/scored/test_scored.parquet"  # ...scored as a "new batch" into this file
+    example_rejects: str = "data/scored/test_scored.rejects.parquet"  # ...its rejected rows here
+    example_summary: str = "metrics/score_summary.json"  # ...and its counts here
