@@ -11,7 +11,7 @@
 #                        current profile's champion
 # Run time: MODEL_URI=/app/model (the baked export) by default; `-e MODEL_URI=models:/... -e
 # MLFLOW_TRACKING_URI=...` serves from a registry instead. DATABASE_URL, SECRET_KEY, ADMIN_TOKEN,
-# WEB_CONCURRENCY... as in the README's scoring-service section.
+# WEB_CONCURRENCY... as in docs/serving.md.
 
 # --- deps: the serving packages' dependency closure, hash-pinned from Pipfile.lock, into /opt/venv ---------
 FROM python:3.11-slim AS deps

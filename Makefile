@@ -16,7 +16,12 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 PIPENV := $(PYTHON) -m pipenv
 
-.PHONY: run test pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check retrain image score
+.DEFAULT_GOAL := help
+.PHONY: help run test docs pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check retrain image score
+
+help:  ## list the targets (this)
+	@echo "make run   and   make test   are all a new user needs; the others:"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z_-]+):.*## (.*)/  \1\t\2/' | expand -t 16
 
 run: install data repro metrics serve  ## install, link data, run the pipeline, print the metrics, serve the model
 
@@ -26,15 +31,15 @@ test: install-dev data checkov  ## install dev dependencies (and checkov, in its
 pipenv:
 	@$(PYTHON) -m pipenv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "pipenv==$(PIPENV_VERSION)"
 
-install: pipenv
+install: pipenv  ## install the locked runtime packages (pipenv sync)
 	$(PIPENV) sync
 
-install-dev: pipenv
+install-dev: pipenv  ## install runtime and dev packages
 	$(PIPENV) sync --dev
 
 # Link the public datasets from ../shared/data when that folder exists; otherwise
-# see README "Data" for where to download each file into data/external/<dataset>/.
-data:
+# see docs/datasets.md for where to download each file into data/external/<dataset>/.
+data:  ## link ../shared/data into data/external/
 	@for ds in $(DATASETS); do \
 	  mkdir -p data/external/$$ds; \
 	  if [ -d "$(SHARED_DATA)/$$ds" ]; then \
@@ -48,30 +53,30 @@ data:
 data-download: install  ## fetch the original UCI file by URL (sha256-checked)
 	$(PIPENV) run python -m src.data.ingest --download
 
-repro:
+repro:  ## dvc repro: run what changed
 	$(PIPENV) run dvc repro
 
-metrics:
+metrics:  ## print a summary of the last run
 	@$(PIPENV) run python -m src.report
 
 # The scoring service (web form + JSON API) under gunicorn, serving the champion.
 SERVE_BIND ?= 127.0.0.1:8000
-serve: install
+serve: install  ## serve the champion under gunicorn (SERVE_BIND, default 127.0.0.1:8000)
 	@echo "Serving the champion at http://$(SERVE_BIND)/  (API: /api/v1/predict, docs: /api/v1/openapi.json; Ctrl-C stops)"
 	SERVE_BIND=$(SERVE_BIND) $(PIPENV) run gunicorn -c gunicorn.conf.py "flask_api:create_app()"
 
 # The MLflow UI and REST server on the embedded store (sqlite + local artifacts).
 MLFLOW_PORT ?= 5000
-mlflow-ui: install
+mlflow-ui: install  ## the MLflow UI on the embedded store (MLFLOW_PORT, default 5000)
 	$(PIPENV) run mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
-# The retraining loop (README "Retraining runbook"): dvc pull -> dvc repro (gate, promote) ->
+# The retraining loop (docs/retraining.md): dvc pull -> dvc repro (gate, promote) ->
 # dvc push -> reload the service at retrain.reload_url (ADMIN_TOKEN) onto the new champion.
 retrain: install data  ## pull, rerun the pipeline through the quality gate, push, reload the running service
 	$(PIPENV) run python -m src.modeling.retrain $(RETRAIN_ARGS)
 
-# Batch scoring example (README "Batch scoring"): the DVC stage `score` scores the test split with the
+# Batch scoring example (docs/batch.md): the DVC stage `score` scores the test split with the
 # champion into data/scored/ and metrics/score_summary.json (after the stages it depends on).
 score: install data  ## dvc repro score: the held-out test split scored as a "new batch"
 	$(PIPENV) run dvc repro score
@@ -79,7 +84,10 @@ score: install data  ## dvc repro score: the held-out test split scored as a "ne
 registry: install  ## versions, aliases and gate decisions of the current profile's model
 	@$(PIPENV) run python -m src.modeling.registry list
 
-lint: install-dev
+docs: install-dev  ## build the manual (docs/) into site/ with mkdocs --strict
+	NO_MKDOCS_2_WARNING=1 $(PIPENV) run mkdocs build --strict
+
+lint: install-dev  ## ruff check
 	$(PIPENV) run ruff check .
 
 # checkov (security scan of infra/terraform) pins dependencies that conflict with
@@ -118,9 +126,9 @@ image:  ## build the service image as $(IMAGE); needs MLFLOW_TRACKING_URI=http:/
 	  $(CONTAINER_SANDBOX) build . "$(IMAGE)" -- $(IMAGE_BUILD_ARGS); \
 	fi
 
-bench: install-dev data
+bench: install-dev data  ## pipeline and model-quality benchmarks (figures: docs/performance.md)
 	$(PIPENV) run python bench/pipeline.py
 	$(PIPENV) run python bench/model_quality.py
 
-clean:
+clean:  ## remove the pipeline's data and model outputs
 	rm -rf data/raw data/interim data/processed models

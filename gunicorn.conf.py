@@ -9,7 +9,7 @@ one-time work lives in ``on_starting``. The choices, and why:
   request (a 1000-row batch, a /metrics scrape) from stalling the worker's single-row
   predictions; several processes side-step the GIL. Two threads, not more: on 2 cores
   every extra runnable thread only queues for the GIL and the CPU, which lengthened
-  the c=8 tail in the benchmark (bench/README.md).
+  the c=8 tail in the benchmark (docs/performance.md).
   The class is ``src.server.worker.KeepAliveThreadWorker``: gthread plus two
   keep-alive fixes (a restart never closes a connection it promised to keep; a
   connection is recycled after GUNICORN_KEEPALIVE_REQUESTS requests so clients
@@ -17,15 +17,14 @@ one-time work lives in ``on_starting``. The choices, and why:
 * ``sys.setswitchinterval(0.5 ms)`` in each worker (GUNICORN_SWITCH_INTERVAL_MS): a
   thread that wants the GIL waits up to the interval (5 ms by default) for one that
   holds it, so a request could stall behind the prediction-log writer or another
-  request's Python for a whole interval. At 0.5 ms the c=8 p99 fell in three paired
-  benchmark runs from 8.4-8.8 to 7.1-7.6 ms (no reasons) and from 11.5-14.0 to
-  9.3-12.0 ms (with reasons), at no measurable cost in CPU per request.
+  request's Python for a whole interval. A shorter interval shortened the c=8 tail at
+  no measurable CPU cost (figures: docs/performance.md).
 * HTTP keep-alive on (5 s): no TCP handshake and per-connection set-up per request,
   about a third of the server CPU of a single-row prediction.
 * ``gc.freeze()`` once the model is loaded: the ~250,000 objects the imports
   (Flask, MLflow, pandas, scikit-learn) leave behind are never scanned again. Left
   in the collector, every full collection walked them all and stalled the worker's
-  requests for 140-180 ms, a few times a minute under load.
+  requests, a few times a minute under load.
 * ``preload_app = False``: each worker imports the app and loads its own model
   after the fork, so SIGHUP (new workers) re-reads the current champion behind
   MODEL_URI, and nothing model-related is shared by fork between processes.

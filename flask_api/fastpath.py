@@ -1,11 +1,10 @@
-"""POST /api/v1/predict without Flask's per-request machinery: the same answers for ~40 % less CPU.
+"""POST /api/v1/predict without Flask's per-request machinery: the same answers for much less CPU.
 
-A single-row prediction is cheap (validation, encoding and the compiled trees take
-~0.1 ms), so what it costs is mostly framework: Flask builds a request context, a
-URL adapter (twice), a session, a ``Response`` and about twenty ``LocalProxy``
-look-ups per request, ~0.17 ms of the ~0.38 ms a request spent in the app. On two
+A single-row prediction is cheap (validation, encoding and the trees), so what it
+costs is mostly framework: Flask builds a request context, a URL adapter (twice), a
+session, a ``Response`` and about twenty ``LocalProxy`` look-ups per request. On two
 cores shared by every worker that overhead is what sets the tail latency under
-concurrent load (bench/serve.py).
+concurrent load (docs/performance.md).
 
 :class:`FastPredict` is WSGI middleware in front of the Flask app. It takes only
 requests whose *transport* is plain: ``POST /api/v1/predict``, a JSON content

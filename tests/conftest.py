@@ -50,7 +50,7 @@ def real_file(dataset: str) -> Path:
     if dataset == "risk_flag":
         path = shared_data_dir() / "risk_flag" / "test_unlabeled.csv"
     if not path.exists():
-        pytest.skip(f"public data file {path} not present (see README, Data)")
+        pytest.skip(f"public data file {path} not present (see docs/datasets.md)")
     return path
 
 

@@ -202,7 +202,7 @@ def run(settings: Settings) -> pd.DataFrame:
     if expected and path.name == settings.profile.source.file:
         got = sha256_of(path)
         if got != expected:
-            log.warning("%s has sha256 %s, not the reference copy's %s: figures may differ from the README",
+            log.warning("%s has sha256 %s, not the reference copy's %s: figures may differ from the docs",
                         path.name, got, expected)
     table = ingest(raw, settings.profile, settings.ingest.sample_rows, settings.ingest.sample_seed,
                    source=str(path.relative_to(settings.paths.root)))

@@ -1,4 +1,4 @@
-"""``python -m src.monitoring drift | performance | exporter`` (see README "Monitoring").
+"""``python -m src.monitoring drift | performance | exporter`` (docs/monitoring.md).
 
 Exit codes: 0 fine; 1 drift flagged with --fail-on-drift, or decay with --fail-on-decay;
 2 the input cannot be used (missing file or columns, empty window, bad labels...).

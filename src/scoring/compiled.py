@@ -1,9 +1,8 @@
 """The booster's trees compiled to native code (lleaves + LLVM) for scoring on the request path.
 
-LightGBM's ``Booster.predict`` walks its trees in a generic interpreter: ~45 us for
-one row and ~13 ms for 1000 rows on one thread with this project's ~350 trees.
-lleaves compiles the same model text into a native function, ~4x faster on one row
-and on a batch. The probabilities are LightGBM's own up to float rounding
+LightGBM's ``Booster.predict`` walks its trees in a generic interpreter; lleaves
+compiles the same model text into a native function, several times faster on one row
+and on a batch (docs/performance.md). The probabilities are LightGBM's own up to float rounding
 (1e-15 here): every compiled model is checked against the booster on probe rows
 spread over each feature's range (plus missing values) before it is used, and any
 problem (lleaves not installed, a compile error, a mismatch) leaves the booster in

@@ -13,8 +13,7 @@ request thread back from LightGBM or a socket waits for the GIL while the
 writer holds it), so the writer does as little Python as it can: few
 transactions, and rows bound as tuples through one INSERT compiled for the
 engine's dialect with the columns' own bind processors (the same conversions
-SQLAlchemy applies, once per request for the per-request columns). That cuts
-the writer's CPU per 1000-row request from ~16 ms to a few ms.
+SQLAlchemy applies, once per request for the per-request columns).
 Nothing is lost on a clean stop: :meth:`close` (gunicorn's ``worker_exit``, and
 ``atexit`` as a backstop) drains the queue first. A failing write never fails
 the prediction: it is retried, then counted through ``on_failure`` and logged.

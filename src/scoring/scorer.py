@@ -1,7 +1,7 @@
 """Fast scoring and reasons for served decisions.
 
-``Pipeline.predict_proba`` on a one-row DataFrame costs ~7 ms, almost all of it
-pandas and ColumnTransformer overhead. :class:`Scorer` reads the *fitted*
+``Pipeline.predict_proba`` on a one-row DataFrame is almost all pandas and
+ColumnTransformer overhead. :class:`Scorer` reads the *fitted*
 encoders out of the Pipeline once (TargetEncoder's learned encodings,
 OrdinalEncoder's categories, the numeric passthrough order) and encodes plain
 rows straight into a NumPy matrix for the LightGBM booster. Tests check it

@@ -75,7 +75,7 @@ def test_default_profile_full_data_repro_is_reproducible(repo: Path) -> None:
     dvc(repo, "repro")
     test = read_json(repo / "metrics" / "test.json")
     assert test["rows"] > 4000
-    assert test["roc_auc"] >= 0.78, test  # quality floor on the real data (README table: ~0.79)
+    assert test["roc_auc"] >= 0.78, test  # quality floor on the real data (docs/model-quality.md: ~0.79)
     if committed.get("dataset") == "taiwan_credit" and committed.get("rows") == test["rows"]:
         # Deterministic LightGBM + seeded split: a clone reproduces the committed figures.
         assert test["roc_auc"] == pytest.approx(committed["roc_auc"], abs=1e-9)
