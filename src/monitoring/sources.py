@@ -25,7 +25,7 @@ from src.config import Profile, Settings, env
 from src.data.schemas import build_schema, normalise, schema_failures
 from src.scoring.model_store import load_model as load_served
 from src.scoring.model_store import resolve_model_uri
-from src.scoring.predlog import make_engine, predictions
+from src.scoring.predlog import make_engine, predictions, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +115,16 @@ def read_log(url: str, since: datetime | None, until: datetime | None) -> pd.Dat
     try:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table(predictions.name):
-                raise InputError(f"prediction log {_safe_url(url)} has no '{predictions.name}' table "
+                raise InputError(f"prediction log {safe_url(url)} has no '{predictions.name}' table "
                                  "(has the service scored anything yet?)")
             rows = conn.execute(query).mappings().all()
     except sa.exc.SQLAlchemyError as exc:
-        raise InputError(f"prediction log {_safe_url(url)} cannot be read: {str(exc).splitlines()[0]}") from exc
+        raise InputError(f"prediction log {safe_url(url)} cannot be read: {str(exc).splitlines()[0]}") from exc
     finally:
         engine.dispose()
     window = f"[{since.isoformat() if since else 'start'}, {until.isoformat() if until else 'now'})"
     if not rows:
-        raise InputError(f"prediction log {_safe_url(url)} holds no rows in the window {window}")
+        raise InputError(f"prediction log {safe_url(url)} holds no rows in the window {window}")
     features = pd.DataFrame.from_records([dict(r["features"]) for r in rows])
     meta = pd.DataFrame({
         "id": [f"{r['request_id']}{LOG_ID_SEPARATOR}{r['row_index']}" for r in rows],
@@ -134,13 +134,8 @@ def read_log(url: str, since: datetime | None, until: datetime | None) -> pd.Dat
         SCORE_COLUMN: [float(r["probability"]) for r in rows],
         "decision": [r["decision"] for r in rows],
     })
-    log.info("read %d prediction(s) from the log %s in %s", len(meta), _safe_url(url), window)
+    log.info("read %d prediction(s) from the log %s in %s", len(meta), safe_url(url), window)
     return pd.concat([meta, features.drop(columns=[c for c in meta.columns if c in features.columns])], axis=1)
-
-
-def _safe_url(url: str) -> str:
-    """The URL without a password, for messages."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 # -- rows the model can read -------------------------------------------------------

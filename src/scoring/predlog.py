@@ -129,6 +129,26 @@ class FastInsert:
         return len(parameters)
 
 
+def transient(exc: BaseException) -> bool:
+    """A failure that may pass on a retry: the connection or the I/O, not the rows themselves."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError | OSError)
+
+
+def safe_url(url: str) -> str:
+    """The URL as SQLAlchemy renders it with the password masked (for logs and messages)."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return "<unparsable database URL>"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, json_serializer=_json,
@@ -225,20 +245,40 @@ class PredictionLog:
                     self._queue.task_done()
 
     def _write_batch(self, batch: list[Entry]) -> None:
+        """One transaction for the batch; transient errors are retried, a permanent one costs only its request.
+
+        A lost connection or a locked database (transient) is retried WRITE_ATTEMPTS times. A
+        permanent error (a row the database refuses, a value that cannot be bound) would fail
+        every retry and take the whole batch with it, so the batch's requests are then written
+        one by one: only the request that cannot be written is lost, and counted.
+        """
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 self._insert(batch)
                 return
-            except Exception:
-                if attempt == WRITE_ATTEMPTS:
-                    rows = sum(len(entry[5]) for entry in batch)
-                    log.exception("prediction log: %d row(s) of %d request(s) could not be written",
-                                  rows, len(batch))
-                    if self.on_failure is not None:
-                        self.on_failure(rows)
+            except Exception as exc:
+                if not transient(exc):
+                    if len(batch) > 1:
+                        log.warning("prediction log: %s; writing the batch's %d requests one by one",
+                                    _first_line(exc), len(batch))
+                        for entry in batch:
+                            self._write_batch([entry])
+                    else:
+                        self._lost(batch, exc)
                     return
-                log.warning("prediction log write failed (attempt %d of %d); retrying", attempt, WRITE_ATTEMPTS)
+                if attempt == WRITE_ATTEMPTS:
+                    self._lost(batch, exc)
+                    return
+                log.warning("prediction log write failed (attempt %d of %d): %s; retrying", attempt,
+                            WRITE_ATTEMPTS, _first_line(exc))
                 time.sleep(0.2 * attempt)
+
+    def _lost(self, batch: Sequence[Entry], exc: BaseException) -> None:
+        rows = sum(len(entry[5]) for entry in batch)
+        log.error("prediction log %s: %d row(s) of request(s) %s could not be written: %s", safe_url(self.url),
+                  rows, ", ".join(str(entry[0]) for entry in batch), _first_line(exc))
+        if self.on_failure is not None:
+            self.on_failure(rows)
 
     def _insert(self, batch: Sequence[Entry]) -> None:
         with self.engine.begin() as conn:

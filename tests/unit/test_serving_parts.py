@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql
 from flask_api.metrics import PROBABILITY_BUCKETS, observe_many
 from flask_api.validation import FieldError, check_value, validate_applicants
 from src.config import Profile, build_profile
-from src.scoring.predlog import COLUMNS, FastInsert, PredictionLog, make_engine, predictions
+from src.scoring.predlog import COLUMNS, FastInsert, PredictionLog, make_engine, predictions, safe_url, transient
 from src.server import worker as gunicorn_worker
 from src.server.access_log import BASIC_ENVIRON, LeanAccessLogger, needs_every_atom
 from tests.conftest import ROOT, load_params
@@ -215,6 +215,39 @@ def test_observe_many_equals_observe_one_by_one(values: list[float], multiproces
 
 
 # --- the prediction log's pre-bound INSERT -------------------------------------------------------------------
+
+
+def test_a_permanent_error_costs_only_its_own_request(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A row the database cannot take fails at once (no retries) and takes no other request with it."""
+    failures: list[int] = []
+    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", on_failure=failures.append, linger=0.5)
+    rows, results = scored(2)
+    unbindable = [{**rows[0], "limit_bal": object()}, rows[1]]  # JSON cannot hold it: a permanent error
+    with caplog.at_level("WARNING", logger="src.scoring.predlog"):
+        log.submit("good-1", "api", "m", "1", rows, results)
+        log.submit("bad", "api", "m", "1", unbindable, results)
+        log.submit("good-2", "api", "m", "1", rows, results)
+        assert log.flush(10)
+    assert failures == [2] and log.count() == 4
+    assert "retrying" not in caplog.text  # not retried: it would fail the same way every time
+    assert "request(s) bad could not be written" in caplog.text
+    log.close()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://scorer:s3cr%40t@db.internal:5432/log", "postgresql://scorer:***@db.internal:5432/log"),
+    ("postgresql+psycopg://u:p@h/db", "postgresql+psycopg://u:***@h/db"),
+    ("sqlite:////var/app/predictions.db", "sqlite:////var/app/predictions.db"),
+])
+def test_database_urls_are_shown_with_the_password_masked(url: str, shown: str) -> None:
+    assert safe_url(url) == shown
+
+
+def test_transient_and_permanent_database_errors() -> None:
+    assert transient(OSError("database is locked"))
+    assert transient(sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection")))
+    assert not transient(sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not transient(TypeError("Type is not JSON serializable: object"))
 
 
 def test_logged_rows_read_back_as_sqlalchemy_wrote_them(tmp_path: Path) -> None:
