@@ -185,8 +185,6 @@ class MonitoringSettings(Strict):
     psi_significant: float = 0.25  # at or above -> significant
     drift_flag_band: Literal["moderate", "significant"] = "moderate"  # at or above this band counts as drifted
     drift_min_rows: int = Field(100, ge=1)  # fewer batch rows: PSI is mostly noise; logged as a warning
-    report_sample_rows: int = Field(5000, ge=2)  # rows of reference and of batch in the HTML report
-    sample_seed: int = 42
     calibration_bins: int = Field(10, ge=2)  # performance: quantile bins of the predicted probability
     max_auc_drop: float = Field(0.05, ge=0, lt=1)  # decay: ROC-AUC below the model's test ROC-AUC minus this
     performance_min_rows: int = Field(100, ge=1)  # fewer labelled rows (overall or in a period): decay not judged

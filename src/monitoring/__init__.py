@@ -1,3 +1,3 @@
-"""Monitoring of the served model: population drift (PSI + Evidently), outcome-based performance
+"""Monitoring of the served model: population drift (PSI, with an HTML report), outcome-based performance
 and a Prometheus exporter for both. CLI: ``python -m src.monitoring drift | performance | exporter``.
 """

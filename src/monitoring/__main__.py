@@ -49,12 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    drift = sub.add_parser("drift", help="PSI of a batch vs the training reference, Evidently HTML report")
+    drift = sub.add_parser("drift", help="PSI of a batch vs the training reference, with an HTML report")
     _add_batch_source(drift, "applicants (raw, or scored with --include-features)")
     drift.add_argument("--model-uri", help="model to score with and take the reference scores from "
                        "(default: like the service, $MODEL_URI / serve.model_uri / the profile's champion)")
-    drift.add_argument("--html", type=Path, help="Evidently report path (default <reports>/drift_report.html)")
-    drift.add_argument("--no-html", action="store_true", help="skip the Evidently report")
+    drift.add_argument("--html", type=Path, help="HTML report path (default <reports>/drift_report.html)")
+    drift.add_argument("--no-html", action="store_true", help="skip the HTML report")
     drift.add_argument("--fail-on-drift", action="store_true", help="exit 1 when drift is flagged")
 
     perf = sub.add_parser("performance", help="ROC-AUC, KS, calibration, band rates once outcomes are known")

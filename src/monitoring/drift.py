@@ -4,8 +4,8 @@ The reference is the current profile's train split and the model's scores on it;
 the batch is a file/folder (scored by the batch scorer, or raw applicants we score
 here) or a time window of the serving prediction log. Per feature and for the
 score: PSI on the reference's bins and its band; the run is flagged when any of
-them reaches ``monitoring.drift_flag_band``. Writes ``metrics/drift.json`` and an
-Evidently data-drift HTML report.
+them reaches ``monitoring.drift_flag_band``. Writes ``metrics/drift.json`` and an HTML
+report drawn from the same numbers (drift_html), so the two always agree.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pandas.core.dtypes.common as dtypes_common
 
 from src.common import read_table, write_json
 from src.config import MonitoringSettings, Profile, Settings
+from src.monitoring import drift_html
 from src.monitoring import psi as psi_math
 from src.monitoring.sources import SCORE_COLUMN, Batch, InputError, Model, check_scores
 
@@ -96,34 +96,6 @@ def reference_frame(settings: Settings, model: Model) -> tuple[pd.DataFrame, pd.
     return reference, model.predict(reference)
 
 
-def evidently_report(reference: pd.DataFrame, batch: pd.DataFrame, profile: Profile, path: Path,
-                     sample_rows: int, seed: int) -> Path:
-    """Evidently's data-drift preset as HTML, on a seeded sample of each side (keeps it fast)."""
-    # Evidently 0.7 calls a helper pandas 3 removed: restore it first, then import evidently (so only here).
-    dtypes_common.infer_dtype_from_object = lambda dtype: pd.api.types.pandas_dtype(dtype).type
-    from evidently import DataDefinition, Dataset, Report  # noqa: PLC0415
-    from evidently.presets import DataDriftPreset  # noqa: PLC0415
-
-    numeric = [*profile.numeric_features, SCORE_COLUMN]
-    categorical = [n for n, s in profile.features.items() if s.is_categorical]
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-
-    def prepared(frame: pd.DataFrame) -> pd.DataFrame:
-        sample = frame.sample(n=sample_rows, random_state=seed) if len(frame) > sample_rows else frame
-        out = pd.DataFrame({c: pd.to_numeric(sample[c], errors="coerce").astype("float64") for c in numeric})
-        for name in categorical:
-            labels = profile.features[name].values or {}
-            out[name] = [None if pd.isna(v) else labels.get(v, str(v)) for v in sample[name]]
-        return out.reset_index(drop=True)
-
-    report = Report([DataDriftPreset()])
-    snapshot = report.run(Dataset.from_pandas(prepared(batch), data_definition=definition),
-                          Dataset.from_pandas(prepared(reference), data_definition=definition))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(path))
-    return path
-
-
 def run_drift(settings: Settings, batch: Batch, model: Model, output: Path, html: Path | None) -> DriftResult:
     """Compare ``batch`` with the model's training reference; write drift.json (and the HTML report)."""
     cfg = settings.monitoring
@@ -147,10 +119,8 @@ def run_drift(settings: Settings, batch: Batch, model: Model, output: Path, html
     }
     summary = {**header, **summary}
     if html is not None:
-        frame = batch.frame.assign(**{SCORE_COLUMN: scores.to_numpy()})
-        ref = reference.assign(**{SCORE_COLUMN: ref_scores.to_numpy()})
-        summary["report"] = str(evidently_report(ref, frame, settings.profile, html, cfg.report_sample_rows,
-                                                 cfg.sample_seed))
+        summary["report"] = str(html)
+        drift_html.write(summary, html)
     write_json(output, summary)
     return DriftResult(summary)
 

@@ -26,7 +26,7 @@ from tests.conftest import ROOT, TrainedProject, default_applicant
 
 LOCK = ROOT / "Pipfile.lock"
 # Pipeline-only packages the image should not carry (dozens of MB each with their dependencies).
-PIPELINE_ONLY = {"dvc", "dvc-s3", "dask", "distributed", "evidently", "pandera", "boto3", "botocore", "python-calamine"}
+PIPELINE_ONLY = {"dvc", "dvc-s3", "dask", "distributed", "pandera", "boto3", "botocore", "python-calamine"}
 # The MLflow tracking server's stack: the service is a client (mlflow-skinny).
 SERVER_ONLY = {"mlflow", "matplotlib", "alembic", "graphene", "docker", "aiohttp", "huey"}
 
