@@ -188,10 +188,14 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
     m = len(good)
     if m:
         matrix = _encode(scorer, good)
-        proba = scorer.probabilities(matrix)
+        if job.top_reasons:
+            proba, contrib = scorer.probabilities_and_contributions(matrix)
+        else:
+            proba = scorer.probabilities(matrix)
         decisions = scorer.decisions(proba)
     else:
         matrix, proba, decisions = np.empty((0, len(scorer.columns))), np.empty(0), np.empty(0, dtype=object)
+        contrib = np.empty((0, len(scorer.columns) + 1))
     counts.decisions.update(pd.Series(decisions, dtype=object).value_counts().to_dict())
     schema = job.output_schema()
     arrays: dict[str, pa.Array] = {
@@ -205,7 +209,6 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
         arrays["model_version"] = pa.repeat(pa.scalar(job.model_version), m)
         arrays["scored_at"] = pa.repeat(pa.scalar(job.scored_at.to_pydatetime(), pa.timestamp("us", tz="UTC")), m)
     if job.top_reasons:
-        contrib = scorer.contributions(matrix) if m else np.empty((0, len(scorer.columns) + 1))
         order = top_contributions(contrib, len(scorer.columns), job.top_reasons)
         names = np.asarray(scorer.columns, dtype=object)
         for i in range(job.top_reasons):

@@ -96,6 +96,11 @@ class Scorer:
         self.booster = model.booster_
         self.num_iteration = int(meta.get("best_iteration") or model.best_iteration_ or -1)
         self.columns: list[str] = list(meta["model_columns"])
+        # Binary log-loss: the probability is the sigmoid of the raw score, and the raw score is the
+        # sum of the TreeSHAP contributions (bias included). With reasons, that saves a second pass
+        # over the trees. Any other objective: None, and probabilities come from predict.
+        params = self.booster.params or {}
+        self._sigmoid = float(params.get("sigmoid", 1.0)) if params.get("objective", "binary") == "binary" else None
         encode = pipeline.named_steps["preprocess"].named_steps["encode"]
         self._encoders: dict[str, tuple[str, Any]] = {}
         for kind, transformer, cols in encode.transformers_:
@@ -148,6 +153,13 @@ class Scorer:
         return np.asarray(self.booster.predict(matrix, num_iteration=self.num_iteration, pred_contrib=True,
                                                **self.predict_options))
 
+    def probabilities_and_contributions(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both from one TreeSHAP pass: the probability is the sigmoid of the contributions' sum."""
+        contrib = self.contributions(matrix)
+        if self._sigmoid is None:
+            return self.probabilities(matrix), contrib
+        return 1.0 / (1.0 + np.exp(-self._sigmoid * contrib.sum(axis=1))), contrib
+
     def decision(self, probability: float) -> str:
         if probability >= self.threshold:
             return DECLINE
@@ -177,8 +189,10 @@ class Scorer:
     def score(self, rows: Sequence[Mapping[str, Any]], with_reasons: bool = True) -> list[dict[str, Any]]:
         """Probability, decision and (optionally) reasons for each validated row."""
         matrix = self.encode(rows)
-        proba = self.probabilities(matrix)
-        contrib = self.contributions(matrix) if with_reasons else None
+        if with_reasons:
+            proba, contrib = self.probabilities_and_contributions(matrix)
+        else:
+            proba, contrib = self.probabilities(matrix), None
         results = []
         for i, p in enumerate(proba.tolist()):
             item: dict[str, Any] = {"probability_of_default": p, "decision": self.decision(p)}

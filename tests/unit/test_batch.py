@@ -105,6 +105,30 @@ def test_scores_decisions_reasons_match_the_pipeline_and_scorer(trained_project,
     pd.testing.assert_frame_equal(out[features].astype("float64"), test[features].astype("float64"))
 
 
+def test_with_reasons_the_probability_comes_from_the_same_treeshap_pass(trained_project, job, monkeypatch) -> None:
+    """One pass over the trees: the sigmoid of the contributions' sum is the booster's probability."""
+    scorer: Scorer = job.scorer
+    test = pd.read_parquet(trained_project.settings.split_table("test")).head(300)
+    rows = test[scorer.profile.feature_names].to_dict("records")
+    matrix = scorer.encode(rows)
+    plain = scorer.probabilities(matrix)
+    calls: list[bool] = []
+    real_predict = scorer.booster.predict
+
+    def counted(data, *args, **kwargs):  # the real booster, counted
+        calls.append(bool(kwargs.get("pred_contrib")))
+        return real_predict(data, *args, **kwargs)
+
+    monkeypatch.setattr(scorer.booster, "predict", counted)
+    proba, contrib = scorer.probabilities_and_contributions(matrix)
+    assert calls == [True]
+    np.testing.assert_allclose(proba, plain, rtol=0, atol=1e-12)
+    assert contrib.shape == (len(rows), len(scorer.columns) + 1)
+    served = scorer.score(rows[:5], with_reasons=True)
+    assert calls == [True, True]
+    assert [r["decision"] for r in served] == [scorer.decision(p) for p in plain[:5]]
+
+
 def test_decisions_vectorised_equal_the_service_rule(job) -> None:
     scorer = job.scorer
     t, m = scorer.threshold, scorer.refer_margin
