@@ -19,6 +19,7 @@ timings are real; its model quality means nothing.
 
     python bench/pipeline.py                                  # all four profiles, once
     python bench/pipeline.py --datasets taiwan_credit --repeat 3
+    python bench/pipeline.py --datasets taiwan_credit --busy 1   # a shared machine: one CPU-bound neighbour
 
 Progress goes to stderr (logging); the Markdown table goes to stdout.
 """
@@ -26,6 +27,7 @@ Progress goes to stderr (logging); the Markdown table goes to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,8 +230,20 @@ class Measurement:
     noop_reran: list[str]
 
 
-def measure_once(dataset: str, data_dir: Path, keep: bool, idle_s: float) -> Measurement:
-    """One fresh copy: cold dvc repro, then the no-op one."""
+@contextlib.contextmanager
+def competing(n: int) -> Iterator[None]:
+    """``n`` CPU-bound processes (a busy loop each) for the duration: a risk team's shared server."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def measure_once(dataset: str, data_dir: Path, keep: bool, idle_s: float, busy: int = 0) -> Measurement:
+    """One fresh copy: cold dvc repro, then the no-op one (with ``busy`` competing processes)."""
     dvc = str(venv_bin() / "dvc")
     env = bench_env()
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{dataset}-"))
@@ -237,9 +252,10 @@ def measure_once(dataset: str, data_dir: Path, keep: bool, idle_s: float) -> Mea
         if idle_s > 0:
             wait_idle(idle_s)
         log.info("%s: dvc repro (cold) in %s", dataset, workdir)
-        before = cpu_counters()
-        full = run_timed([dvc, "repro"], workdir, env)
-        other = other_cpu_seconds(before, cpu_counters())
+        with competing(busy):
+            before = cpu_counters()
+            full = run_timed([dvc, "repro"], workdir, env)
+            other = other_cpu_seconds(before, cpu_counters())
         if full.returncode != 0:
             raise RunFailed(f"dvc repro exited {full.returncode}:\n{full.tail()}")
         noop = run_timed([dvc, "repro"], workdir, env)
@@ -260,13 +276,13 @@ def measure_once(dataset: str, data_dir: Path, keep: bool, idle_s: float) -> Mea
 
 
 def bench_profile(dataset: str, repeat: int, data_dir: Path, keep: bool = False, idle_s: float = 0.0,
-                  retry_busy: int = 0) -> Result:
+                  retry_busy: int = 0, busy: int = 0) -> Result:
     """``repeat`` measurements; with ``retry_busy``, a run contended by other processes is redone."""
     result = Result(profile=dataset, rows=None)
     for i in range(1, repeat + 1):
         for attempt in range(retry_busy + 1):
             try:
-                m = measure_once(dataset, data_dir, keep, idle_s)
+                m = measure_once(dataset, data_dir, keep, idle_s, busy)
             except RunFailed as exc:
                 result.error = str(exc).splitlines()[0]
                 log.error("%s: %s", dataset, exc)
@@ -275,7 +291,7 @@ def bench_profile(dataset: str, repeat: int, data_dir: Path, keep: bool = False,
             log.info("%s run %d/%d: full %.1f s, no-op %.2f s (%s); other processes used %.1f CPU s (%.1f cores)",
                      dataset, i, repeat, m.full, m.noop, ", ".join(f"{k} {v:.1f} s" for k, v in m.stages.items()),
                      m.other_cpu, share)
-            if share <= BUSY_CORES or attempt == retry_busy:
+            if busy or share <= BUSY_CORES or attempt == retry_busy:
                 break
             result.discarded += 1
             log.warning("%s run %d/%d: contended (%.1f cores used by others); measuring again", dataset, i,
@@ -338,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-busy", type=int, default=0, metavar="K",
                         help=f"measure a cold run again (up to K times) when other processes used more than"
                              f" {BUSY_CORES} cores on average during it")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="run N competing CPU-bound processes during each cold run (a shared machine)")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -347,13 +365,14 @@ def main(argv: list[str] | None = None) -> None:
 
     load_before = os.getloadavg()
     started = time.perf_counter()
-    results = [bench_profile(ds, args.repeat, data_dir, args.keep, args.wait_idle, args.retry_busy)
+    results = [bench_profile(ds, args.repeat, data_dir, args.keep, args.wait_idle, args.retry_busy, args.busy)
                for ds in args.datasets]
     load_after = os.getloadavg()
 
     dvc_version = subprocess.run([str(venv_bin() / "dvc"), "--version"], capture_output=True, text=True,
                                  check=False).stdout.strip()
-    print(f"## dvc repro wall time ({os.cpu_count()} cores, dvc {dvc_version})\n")
+    neighbours = f", {args.busy} competing busy process(es)" if args.busy else ""
+    print(f"## dvc repro wall time ({os.cpu_count()} cores, dvc {dvc_version}{neighbours})\n")
     print(table(results, args.repeat))
     discarded = sum(r.discarded for r in results)
     print("\nfull = cold `dvc repro` in a fresh copy (no outputs, no DVC cache); no-op = `dvc repro` again"

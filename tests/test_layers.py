@@ -7,6 +7,8 @@ also catches a web framework pulled in through a third-party package.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,3 +56,19 @@ def test_jobs_import_no_web_framework(entry_point: str) -> None:
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "none", f"{entry_point} imports {proc.stdout.strip()}"
+
+
+def test_openmp_threads_sleep_instead_of_spinning_once_the_project_is_imported() -> None:
+    """libgomp reads its wait policy when LightGBM loads: importing any entry point first makes it passive.
+
+    GOMP_SPINCOUNT 0 is what a passive policy means to libgomp (its default spins 300,000 times at each
+    barrier, which is what makes a 2-thread fit crawl when another process holds a core).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    shown = {}
+    for code in ("import lightgbm", "import src.modeling.train"):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False,
+                              timeout=300, env={**env, "OMP_DISPLAY_ENV": "verbose"})
+        assert proc.returncode == 0, proc.stderr
+        shown[code] = re.search(r"GOMP_SPINCOUNT = '(\d+)'", proc.stderr).group(1)
+    assert shown == {"import lightgbm": "300000", "import src.modeling.train": "0"}
