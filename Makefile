@@ -127,6 +127,7 @@ image:  ## build the service image as $(IMAGE); needs MLFLOW_TRACKING_URI=http:/
 	fi
 
 bench: install-dev data  ## pipeline and model-quality benchmarks (figures: docs/performance.md)
+	$(PIPENV) sync --categories="packages dev-packages bench"
 	$(PIPENV) run python bench/pipeline.py
 	$(PIPENV) run python bench/model_quality.py
 
