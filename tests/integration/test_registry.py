@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from src.modeling.register import registration
 from tests.integration.conftest import dvc, free_port, link_data, read_json, sh
 
 pytestmark = pytest.mark.integration
@@ -50,6 +51,18 @@ def uri_for(repo: Path, store: str, server_uri: str | None) -> str:
     return server_uri if store == "server" else f"sqlite:///{repo / 'mlflow.db'}"
 
 
+def registered(repo: Path, client: MlflowClient) -> dict:
+    """The registry's gate record of the model metrics/gate.json reports on (its version, decision, reasons).
+
+    gate.json holds only what the stage's inputs determine (no version numbers): the registry holds the rest.
+    """
+    gate = read_json(repo / "metrics" / "gate.json")
+    assert "version" not in gate and gate["registered_model"] == MODEL, gate
+    record = registration(client, MODEL, gate["model_sha256"])
+    assert record is not None, gate
+    return {**record, "floors": gate["floors"]}
+
+
 @pytest.fixture(params=["embedded", "server"])
 def store(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -62,11 +75,14 @@ def test_champion_challenger_gate_rollback_export(repo: Path, store: str, reques
     if server_uri:
         env["MLFLOW_TRACKING_URI"] = server_uri
     link_data(repo, "taiwan_credit")
+    mlflow.set_tracking_uri(uri_for(repo, store, server_uri))
+    mlflow.set_registry_uri(uri_for(repo, store, server_uri))
+    client = MlflowClient()
 
     # 1. First run: version 1 becomes champion (no champion to beat; floors met).
     dvc(repo, "exp", "run", *BASELINE, env=env)
-    gate1 = read_json(repo / "metrics" / "gate.json")
-    assert gate1["version"] == 1 and gate1["decision"] == "passed", gate1
+    gate1 = registered(repo, client)
+    assert gate1["version"] == 1 and gate1["decision"] == "passed" and gate1["floors"] == "passed", gate1
     if store == "embedded":
         assert (repo / "mlflow.db").exists() and (repo / "mlartifacts").is_dir()
     else:
@@ -79,21 +95,20 @@ def test_champion_challenger_gate_rollback_export(repo: Path, store: str, reques
     if fail:
         assert proc.returncode != 0 and "failed the quality gate" in proc.stderr
         assert "Traceback" not in proc.stderr
-    gate2 = read_json(repo / "metrics" / "gate.json")
+    gate2 = registered(repo, client)
     assert gate2["version"] == 2 and gate2["decision"] == "failed", gate2
+    # gate.json's floors verdict (what the inputs decide) agrees with the registry's reasons
+    assert (gate2["floors"] == "failed") == any("floor" in r or "ceiling" in r for r in gate2["reasons"]), gate2
     assert gate2["champion_version"] == 1 and gate2["test_rows"] == gate1["test_rows"]
     assert any("trails the champion" in r for r in gate2["reasons"]), gate2
 
-    mlflow.set_tracking_uri(uri_for(repo, store, server_uri))
-    mlflow.set_registry_uri(uri_for(repo, store, server_uri))
-    client = MlflowClient()
     assert aliases(client) == {"champion": "1", "challenger": "2"}
     v2 = client.get_model_version(MODEL, "2")
     assert v2.tags["gate.decision"] == "failed" and "trails the champion" in v2.tags["gate.reasons"]
 
     # 3. A better model passes and takes the champion alias.
     dvc(repo, "exp", "run", *BETTER, "-S", "gate.fail_pipeline=false", env=env)
-    gate3 = read_json(repo / "metrics" / "gate.json")
+    gate3 = registered(repo, client)
     assert gate3["version"] == 3 and gate3["decision"] == "passed", gate3
     assert gate3["challenger"]["roc_auc"] > gate3["champion"]["roc_auc"]
     assert aliases(client)["champion"] == "3"
