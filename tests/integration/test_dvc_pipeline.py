@@ -85,7 +85,8 @@ def test_default_profile_full_data_repro_is_reproducible(repo: Path) -> None:
     # Byte for byte what was committed: dvc.lock (every output's md5), metrics, plots and the model card.
     # The committed ones came from another clone's `dvc repro`, so two clones agree on every output.
     changed = sh(repo, "git", "status", "--porcelain").stdout
-    assert changed == "", f"dvc repro changed tracked files:\n{changed}\n{sh(repo, 'git', 'diff').stdout[:4000]}"
+    diff = sh(repo, 'git', 'diff', 'HEAD').stdout[:4000]
+    assert changed == "", f"dvc repro changed tracked files:\n{changed}\n{diff}"
 
 
 def test_missing_raw_file_fails_with_instructions(repo: Path) -> None:
