@@ -77,7 +77,7 @@ def load_job(settings: Settings, model_uri: str | None, *, top_reasons: int = 0,
     """The model the service would serve (or ``model_uri``) as a batch job; ``scored_at`` is now."""
     uri = model_uri or resolve_model_uri(settings)
     try:
-        loaded = load_model(uri, settings, compile_trees=False)  # its own LightGBM scorer below
+        loaded = load_model(uri, settings)
     except (MlflowException, OSError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"cannot load model {uri}: {first} (register one with `dvc repro`, "

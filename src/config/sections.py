@@ -115,10 +115,8 @@ class ServeSettings(Strict):
     log_max_pending: int = Field(10_000, ge=1)
     log_linger_seconds: Seconds = Field(0.1, ge=0, le=10)
     num_threads: int = Field(1, ge=1)
-    compile_trees: bool = True
-    compiled_cache_dir: str | None = None
 
-    @field_validator("model_uri", "compiled_cache_dir")
+    @field_validator("model_uri")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None

@@ -38,7 +38,7 @@ from typing import Any
 # server's dependencies (matplotlib, graphene, alembic, docker, aiohttp...); the service only talks to a server.
 # tests/unit/test_image_requirements.py runs the real app with nothing else importable, down to module files.
 SERVE_PACKAGES = (
-    "flask", "flask-wtf", "gunicorn", "joblib", "lightgbm", "lleaves", "llvmlite", "mlflow-skinny", "orjson", "pandas",
+    "flask", "flask-wtf", "gunicorn", "joblib", "lightgbm", "mlflow-skinny", "orjson", "pandas",
     "prometheus-client", "psycopg", "psycopg-binary", "pydantic", "pyyaml", "scikit-learn", "sqlalchemy",
 )
 USAGE_ERROR = 2

@@ -26,7 +26,6 @@ from mlflow import MlflowClient
 from src.config import Settings, env
 from src.modeling.model_uri import is_models_uri, parse_model_uri
 from src.modeling.tracking import connect
-from src.scoring.compiled import CompiledTrees, CompileError, compile_trees
 from src.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -62,12 +61,8 @@ def resolve_version(uri: str) -> tuple[str, str, str]:
     return ref.name, version, ref.by_version(version)
 
 
-def load_model(uri: str, settings: Settings, compile_trees: bool = True) -> LoadedModel:
-    """Load a pyfunc model (registry URI or local directory) and build its fast scorer.
-
-    ``compile_trees=False`` skips lleaves whatever serve.compile_trees says (batch scoring
-    builds its own LightGBM scorer and would throw the compiled trees away).
-    """
+def load_model(uri: str, settings: Settings) -> LoadedModel:
+    """Load a pyfunc model (registry URI or local directory) and build its fast scorer."""
     started = time.perf_counter()
     local = Path(uri)
     if local.is_dir():
@@ -84,32 +79,12 @@ def load_model(uri: str, settings: Settings, compile_trees: bool = True) -> Load
     dataset = meta["dataset"]
     profile = settings.profile_named(dataset)
     scorer = Scorer(model.pipeline, meta, profile, top_reasons=settings.serve.top_reasons,
-                    refer_margin=settings.serve.refer_margin, num_threads=settings.serve.num_threads,
-                    compiled=compiled_trees(model.pipeline, meta, settings, f"{name} v{version}")
-                    if compile_trees else None)
+                    refer_margin=settings.serve.refer_margin, num_threads=settings.serve.num_threads)
     loaded = LoadedModel(scorer=scorer, name=name, version=version, uri=uri,
                          loaded_at=datetime.now(UTC).isoformat(timespec="seconds"))
     log.info("loaded %s v%s from %s in %.1f s (probabilities by %s)", name, version, uri,
              time.perf_counter() - started, scorer.engine)
     return loaded
-
-
-def compiled_trees(pipeline: Any, meta: dict[str, Any], settings: Settings, label: str) -> CompiledTrees | None:
-    """The model's trees compiled by lleaves when serve.compile_trees is on; None (LightGBM) if off or failing."""
-    if not settings.serve.compile_trees:
-        return None
-    model = pipeline.named_steps["model"]
-    num_iteration = int(meta.get("best_iteration") or model.best_iteration_ or -1)
-    cache_dir = Path(settings.serve.compiled_cache_dir) if settings.serve.compiled_cache_dir else None
-    try:
-        compiled = compile_trees(model.booster_, num_iteration, cache_dir)
-    except CompileError as exc:
-        log.warning("%s: serving with LightGBM's own predict, the trees could not be compiled: %s", label, exc)
-        return None
-    log.info("%s: trees compiled by lleaves (%s in %.1f s; max |difference| from LightGBM %.1e on probe rows)",
-             label, "loaded from cache" if compiled.from_cache else "compiled", compiled.seconds,
-             compiled.max_difference)
-    return compiled
 
 
 class ModelHolder:

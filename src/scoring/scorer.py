@@ -23,7 +23,6 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from src.config import FeatureSpec, Profile
-from src.scoring.compiled import CompiledTrees
 
 APPROVE, REFER, DECLINE = "approve", "refer", "decline"
 
@@ -78,12 +77,8 @@ class Scorer:
     """Encode plain applicant rows, score them with the booster, explain and decide."""
 
     def __init__(self, pipeline: Pipeline, meta: Mapping[str, Any], profile: Profile,
-                 top_reasons: int = 4, refer_margin: float = 0.05, num_threads: int = 0,
-                 compiled: CompiledTrees | None = None) -> None:
+                 top_reasons: int = 4, refer_margin: float = 0.05, num_threads: int = 0) -> None:
         self.pipeline = pipeline
-        # The booster's trees compiled to native code (src/scoring/compiled.py), checked against
-        # LightGBM; None = LightGBM predicts. Reasons always come from LightGBM's pred_contrib.
-        self.compiled = compiled
         self.meta = dict(meta)
         self.profile = profile
         self.threshold = float(meta["threshold"])
@@ -139,12 +134,10 @@ class Scorer:
     # -- scoring ------------------------------------------------------------------
     @property
     def engine(self) -> str:
-        """What computes the probabilities: "lleaves" (compiled trees) or "lightgbm"."""
-        return "lleaves" if self.compiled is not None else "lightgbm"
+        """What computes the probabilities (reported by /ready): LightGBM's booster."""
+        return "lightgbm"
 
     def probabilities(self, matrix: np.ndarray) -> np.ndarray:
-        if self.compiled is not None:
-            return self.compiled.predict(matrix)
         return np.asarray(self.booster.predict(matrix, num_iteration=self.num_iteration, **self.predict_options),
                           dtype=np.float64)
 

@@ -181,8 +181,7 @@ def check_scoring(container: Container, project: TrainedProject, applicant: dict
     base_url = container.url
     assert ready["model"]["uri"] == "/app/model", ready
     assert ready["model"]["name"] == project.model_name and ready["model"]["version"] == "1", ready
-    # The image carries lleaves + LLVM and the compiled trees pass their check against LightGBM.
-    assert ready["model"]["probabilities_by"] == "lleaves", ready
+    assert ready["model"]["probabilities_by"] == "lightgbm", ready
 
     api = score_through_api(base_url, applicant)
     row = api["results"][0]

@@ -321,7 +321,7 @@ def test_value_labels_are_for_numeric_features(tmp_path):
 
 @pytest.mark.parametrize(("section", "key", "value", "message"), [
     ("gate", "fail_pipeline", "no", "params.yaml: 'gate.fail_pipeline' is 'no'; it must be true or false"),
-    ("serve", "compile_trees", "false", "params.yaml: 'serve.compile_trees' is 'false'; it must be true or false"),
+    ("ingest", "sample_rows", "1000", "params.yaml: 'ingest.sample_rows' is '1000'; it must be a whole number"),
     ("serve", "max_batch", -3, "params.yaml: 'serve.max_batch' is -3; it must be a number at least 1"),
     ("serve", "max_batch", "abc", "params.yaml: 'serve.max_batch' is 'abc'; it must be a whole number"),
     ("batch", "chunk_rows", 2.9, "params.yaml: 'batch.chunk_rows' is 2.9; it must be a whole number"),
@@ -364,11 +364,11 @@ def test_every_default_is_written_once_in_the_models(tmp_path):
     params = _params_for("taiwan_credit")
     for section in ("deploy", "retrain", "monitoring", "batch"):
         params.pop(section)
-    for key in ("log_max_pending", "log_linger_seconds", "num_threads", "compile_trees", "compiled_cache_dir"):
+    for key in ("log_max_pending", "log_linger_seconds", "num_threads"):
         params["serve"].pop(key)
     settings = _build(params, tmp_path)
     assert settings.batch.chunk_rows == 100_000 and settings.deploy.region == "us-east-1"
-    assert settings.serve.log_max_pending == 10_000 and settings.serve.compile_trees is True
+    assert settings.serve.log_max_pending == 10_000 and settings.serve.num_threads == 1
 
 
 def test_a_stage_exits_non_zero_with_the_one_line_error(tmp_path):

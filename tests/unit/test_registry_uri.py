@@ -96,7 +96,7 @@ def test_an_alias_is_resolved_once_and_that_version_is_loaded(trained_project: T
         return real_load(uri, *args, **kwargs)
 
     monkeypatch.setattr(mlflow.pyfunc, "load_model", load_while_the_champion_moves)
-    loaded = model_store.load_model(f"models:/{name}@champion", trained_project.settings, compile_trees=False)
+    loaded = model_store.load_model(f"models:/{name}@champion", trained_project.settings)
     assert loaded_uris == [f"models:/{name}/1"]
     assert (loaded.name, loaded.version, loaded.uri) == (name, "1", f"models:/{name}@champion")
     assert str(store.get_model_version_by_alias(name, "champion").version) == "2"
