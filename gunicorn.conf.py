@@ -69,7 +69,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # `gunicorn -c /path/t
 from src.config import env, load_settings
 from src.server import worker as server_worker
 
-PROM_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PROM_ENV = env.PROMETHEUS_MULTIPROC_DIR
 # Set when this config created the multiprocess directory itself, so on_exit may delete it.
 PROM_OWNED_ENV = "GUNICORN_OWNS_PROMETHEUS_DIR"
 APP_LOGGERS = ("flask_api", "src")
@@ -107,14 +107,14 @@ graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _int_env("GUNICORN_KEEPALIVE", 5)
 model_wait = _int_env("GUNICORN_MODEL_WAIT", 120)
 # Where `kill -HUP $(cat <pidfile>)` finds the master (restarts every worker: each loads the champion).
-pidfile = os.environ.get("GUNICORN_PIDFILE") or None
+pidfile = env.text(env.GUNICORN_PIDFILE)
 if Path("/dev/shm").is_dir():  # heartbeat files on tmpfs: no disk I/O stalls blocking workers
     worker_tmp_dir = "/dev/shm"
 # gunicorn >= 25 opens a control socket at one fixed per-user path, so a second server on the
 # same machine (tests, a dev instance) would unlink and take over the first one's. Opt-in only.
-control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
+control_socket_disable = not env.text(env.GUNICORN_CONTROL_SOCKET)
 if not control_socket_disable:
-    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+    control_socket = env.text(env.GUNICORN_CONTROL_SOCKET)
 
 # --- logging -----------------------------------------------------------------
 loglevel = (env.text(env.LOG_LEVEL) or "info").lower()

@@ -9,7 +9,6 @@ app gets its own registry, so building several apps in one process is fine.
 from __future__ import annotations
 
 import bisect
-import os
 from collections import Counter as Tally
 from collections.abc import Iterable
 
@@ -22,6 +21,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from src.config import env
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PROBABILITY_BUCKETS = tuple(round(x / 20, 2) for x in range(1, 21))
@@ -48,7 +49,7 @@ def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
 
 
 def multiprocess_mode() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    return bool(env.text(env.PROMETHEUS_MULTIPROC_DIR))
 
 
 class Metrics:

@@ -24,6 +24,12 @@ SERVE_BIND = "SERVE_BIND"              # gunicorn's address (else serve.bind)
 RELOAD_MARKER_FILE = "RELOAD_MARKER_FILE"  # file every worker watches to follow a reload (set by gunicorn.conf.py)
 MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"  # an MLflow server instead of the embedded SQLite store
 LOG_LEVEL = "LOG_LEVEL"
+MLOPS_ACTOR = "MLOPS_ACTOR"            # who changes the registry (audit tags); else the OS user
+PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # metrics shared by gunicorn's workers (gunicorn.conf.py sets it)
+GUNICORN_WORKER_CLASS = "GUNICORN_WORKER_CLASS"  # keepalive (default) or gthread
+GUNICORN_KEEPALIVE_REQUESTS = "GUNICORN_KEEPALIVE_REQUESTS"  # requests per kept-alive connection (0: no limit)
+GUNICORN_PIDFILE = "GUNICORN_PIDFILE"
+GUNICORN_CONTROL_SOCKET = "GUNICORN_CONTROL_SOCKET"
 
 
 def text(name: str, default: str | None = None) -> str | None:

@@ -17,7 +17,6 @@ import argparse
 import getpass
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from src.common import PipelineError, run_main, write_json
-from src.config import Settings, load_settings
+from src.config import Settings, env, load_settings
 from src.modeling.model_uri import is_models_uri, parse_model_uri
 from src.modeling.tracking import connect
 
@@ -38,7 +37,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 AUDIT_PREFIX = "audit."
-ACTOR_ENV = "MLOPS_ACTOR"
+ACTOR_ENV = env.MLOPS_ACTOR
 ROLLED_BACK_TAG = "rolled_back"
 
 
@@ -49,7 +48,7 @@ def _client() -> Any:
 def actor() -> str:
     """Who is changing the registry: $MLOPS_ACTOR (e.g. the CI job), else the OS user."""
     try:
-        return os.environ.get(ACTOR_ENV) or getpass.getuser()
+        return env.text(ACTOR_ENV) or getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -33,14 +32,14 @@ from typing import Any
 from mlflow import MlflowClient
 
 from src.common import PipelineError, setup_logging
-from src.config import ConfigError, RetrainSettings, Settings, load_settings
+from src.config import ConfigError, RetrainSettings, Settings, env, load_settings
 from src.modeling.register import registration
 from src.modeling.registry import champion_promoted, champion_version
 from src.modeling.tracking import connect
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "ADMIN_TOKEN"  # the service's bearer token for POST /admin/reload (flask_api/ops.py)
+TOKEN_ENV = env.ADMIN_TOKEN  # the service's bearer token for POST /admin/reload (flask_api/ops.py)
 
 Runner = Callable[[Sequence[str]], int]
 CONFIRMATIONS = 8  # /ready answers in a row that must report the new champion after a reload
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg: RetrainSettings = settings.retrain
         result = retrain(settings, pull=cfg.pull if args.pull is None else args.pull,
                          push=cfg.push if args.push is None else args.push,
-                         reload_url=args.reload_url, token=os.environ.get(TOKEN_ENV) or None)
+                         reload_url=args.reload_url, token=env.text(TOKEN_ENV))
     except (ConfigError, PipelineError) as exc:
         log.error("%s", exc)
         return 2

@@ -47,7 +47,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import os
 import select
 import selectors
 import threading
@@ -59,9 +58,11 @@ from typing import Any
 import gunicorn
 from gunicorn.workers.gthread import ThreadWorker
 
+from src.config import env
+
 log = logging.getLogger(__name__)
 
-WORKER_CLASS_ENV = "GUNICORN_WORKER_CLASS"
+WORKER_CLASS_ENV = env.GUNICORN_WORKER_CLASS
 KEEPALIVE_WORKER = "src.server.worker.KeepAliveThreadWorker"
 STOCK_WORKER = "gthread"
 # ThreadWorker methods this subclass overrides, calls or whose loop it depends on, with the sha256
@@ -102,7 +103,7 @@ def worker_class() -> str:
     whose relied-on internals changed, stock gthread serves (correct, less even under load)
     and a warning says why.
     """
-    wanted = os.environ.get(WORKER_CLASS_ENV, "").strip().lower() or "keepalive"
+    wanted = (env.text(WORKER_CLASS_ENV) or "keepalive").lower()
     if wanted == STOCK_WORKER:
         return STOCK_WORKER
     if wanted != "keepalive":
@@ -116,7 +117,7 @@ def worker_class() -> str:
     return KEEPALIVE_WORKER
 
 
-REQUESTS_ENV = "GUNICORN_KEEPALIVE_REQUESTS"
+REQUESTS_ENV = env.GUNICORN_KEEPALIVE_REQUESTS
 DEFAULT_REQUESTS_PER_CONNECTION = 100
 ACCEPT_DELAY = 0.001  # seconds a busy worker leaves a new connection to an idle one
 
@@ -127,7 +128,7 @@ def _nothing() -> None:
 
 def requests_per_connection() -> int:
     """$GUNICORN_KEEPALIVE_REQUESTS (0 = unlimited), else 100; a bad value is a start-up error naming it."""
-    raw = os.environ.get(REQUESTS_ENV, "").strip()
+    raw = env.text(REQUESTS_ENV, "") or ""
     if not raw:
         return DEFAULT_REQUESTS_PER_CONNECTION
     try:
