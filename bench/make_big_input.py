@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from src.common import setup_logging  # noqa: E402
-from src.config import Settings, load_settings, read_params, settings_from_dict  # noqa: E402
+from src.config import Settings, load_settings  # noqa: E402
 from src.data.ingest import ingest, locate_raw_file, read_raw  # noqa: E402
 
 log = logging.getLogger("bench.make_big_input")
@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--row-group-rows", type=int, default=ROW_GROUP_ROWS)
     args = parser.parse_args(argv)
-    settings = load_settings(ROOT / "params.yaml")
-    if args.dataset:
-        settings = settings_from_dict({**read_params(ROOT / "params.yaml"), "dataset": args.dataset}, ROOT)
+    settings = load_settings(ROOT / "params.yaml", dataset=args.dataset or None)
     make_big_input(base_rows(settings), args.rows, args.out, settings.profile.id_column, args.seed,
                    args.row_group_rows)
 

@@ -18,9 +18,8 @@ from src.batch.chunk import BatchJob
 from src.batch.engine_pandas import default_rejects, run_pandas
 from src.batch.inputs import InputError, plan_inputs
 from src.common import PipelineError
-from src.config import BatchSettings, Settings
-from src.scoring.model_store import load_model, resolve_model_uri
-from src.scoring.scorer import Scorer
+from src.config import BatchSettings, Settings, env
+from src.scoring.model_store import load_model
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -75,9 +74,9 @@ def stable_summary(summary: dict[str, Any]) -> dict[str, Any]:
 def load_job(settings: Settings, model_uri: str | None, *, top_reasons: int = 0, include_features: bool = False,
              num_threads: int = 1, reproducible: bool = False) -> BatchJob:
     """The model the service would serve (or ``model_uri``) as a batch job; ``scored_at`` is now."""
-    uri = model_uri or resolve_model_uri(settings)
+    uri = model_uri or env.model_uri(settings)
     try:
-        loaded = load_model(uri, settings)
+        loaded = load_model(uri, settings, top_reasons=max(top_reasons, 1), num_threads=num_threads)
     except (MlflowException, OSError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"cannot load model {uri}: {first} (register one with `dvc repro`, "
@@ -86,8 +85,7 @@ def load_job(settings: Settings, model_uri: str | None, *, top_reasons: int = 0,
     if dataset != settings.dataset:
         raise InputError(f"model {uri} was trained for profile '{dataset}', not '{settings.dataset}' "
                          f"(use --profile {dataset})")
-    scorer = Scorer(loaded.scorer.pipeline, loaded.meta, settings.profile, top_reasons=max(top_reasons, 1),
-                    refer_margin=settings.serve.refer_margin, num_threads=num_threads)
+    scorer = loaded.scorer
     return BatchJob(scorer=scorer, model_name=loaded.name, model_version=loaded.version, model_uri=uri,
                     scored_at=pd.Timestamp.now(tz="UTC").floor("us"), id_kind=None,
                     top_reasons=min(top_reasons, len(scorer.columns)), include_features=include_features,

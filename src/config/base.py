@@ -13,6 +13,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, protected_namespaces=())
 
 
+def empty_as_none(value: Any) -> Any:
+    """``0``, ``""`` and null all mean "not set" (e.g. ingest.sample_rows: 0 = every row)."""
+    return value or None
+
+
 def as_tuple(value: Any) -> Any:
     """YAML lists become tuples (settings are immutable); anything else is left for the type check."""
     return tuple(value) if isinstance(value, list) else value

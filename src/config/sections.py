@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from src.config.base import Strict
+from src.config.base import Strict, empty_as_none
 from src.config.errors import KeyProblem
 
 Seconds = float
@@ -32,10 +32,7 @@ class IngestSettings(Strict):
     sample_seed: int = 0
     download_timeout: Seconds = Field(60.0, gt=0)
 
-    @field_validator("sample_rows")
-    @classmethod
-    def _all_rows(cls, value: int | None) -> int | None:
-        return value or None
+    _all_rows = field_validator("sample_rows")(empty_as_none)
 
 
 class ValidateSettings(Strict):
@@ -116,10 +113,7 @@ class ServeSettings(Strict):
     log_linger_seconds: Seconds = Field(0.1, ge=0, le=10)
     num_threads: int = Field(1, ge=1)
 
-    @field_validator("model_uri")
-    @classmethod
-    def _empty_is_none(cls, value: str | None) -> str | None:
-        return value or None
+    _no_uri = field_validator("model_uri")(empty_as_none)
 
 
 class DeploySettings(Strict):

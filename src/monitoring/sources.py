@@ -24,7 +24,6 @@ from src.common import PipelineError
 from src.config import Profile, Settings, env
 from src.data.schemas import build_schema, normalise, schema_failures
 from src.scoring.model_store import load_model as load_served
-from src.scoring.model_store import resolve_model_uri
 from src.scoring.predlog import make_engine, predictions, safe_url
 
 log = logging.getLogger(__name__)
@@ -207,7 +206,7 @@ class Model:
 
 def load_model(settings: Settings, uri: str | None) -> Model:
     """Resolve and load the model like the service does: ``uri`` or $MODEL_URI / serve.model_uri / champion."""
-    target = uri or resolve_model_uri(settings)
+    target = uri or env.model_uri(settings)
     try:
         loaded = load_served(target, settings)
     except (MlflowException, OSError) as exc:

@@ -49,11 +49,6 @@ class LoadedModel:
                 "probabilities_by": self.scorer.engine}
 
 
-def resolve_model_uri(settings: Settings) -> str:
-    """$MODEL_URI, else serve.model_uri, else the current profile's champion."""
-    return env.model_uri(settings)
-
-
 def resolve_version(uri: str) -> tuple[str, str, str]:
     """Name, version and the by-version URI behind a ``models:/`` URI (an alias is resolved once, here)."""
     ref = parse_model_uri(uri)
@@ -61,8 +56,13 @@ def resolve_version(uri: str) -> tuple[str, str, str]:
     return ref.name, version, ref.by_version(version)
 
 
-def load_model(uri: str, settings: Settings) -> LoadedModel:
-    """Load a pyfunc model (registry URI or local directory) and build its fast scorer."""
+def load_model(uri: str, settings: Settings, *, top_reasons: int | None = None,
+               num_threads: int | None = None) -> LoadedModel:
+    """Load a pyfunc model (registry URI or local directory) and build its fast scorer.
+
+    The scorer takes serve.top_reasons and serve.num_threads unless given (batch scoring
+    sets its own: one LightGBM thread per chunk, the reasons it was asked for).
+    """
     started = time.perf_counter()
     local = Path(uri)
     if local.is_dir():
@@ -78,8 +78,10 @@ def load_model(uri: str, settings: Settings) -> LoadedModel:
     meta = model.meta
     dataset = meta["dataset"]
     profile = settings.profile_named(dataset)
-    scorer = Scorer(model.pipeline, meta, profile, top_reasons=settings.serve.top_reasons,
-                    refer_margin=settings.serve.refer_margin, num_threads=settings.serve.num_threads)
+    scorer = Scorer(model.pipeline, meta, profile,
+                    top_reasons=settings.serve.top_reasons if top_reasons is None else top_reasons,
+                    refer_margin=settings.serve.refer_margin,
+                    num_threads=settings.serve.num_threads if num_threads is None else num_threads)
     loaded = LoadedModel(scorer=scorer, name=name, version=version, uri=uri,
                          loaded_at=datetime.now(UTC).isoformat(timespec="seconds"))
     log.info("loaded %s v%s from %s in %.1f s (probabilities by %s)", name, version, uri,
@@ -92,7 +94,7 @@ class ModelHolder:
 
     def __init__(self, settings: Settings, uri: str | None = None) -> None:
         self.settings = settings
-        self.uri = uri or resolve_model_uri(settings)
+        self.uri = uri or env.model_uri(settings)
         self.current: LoadedModel | None = None
         self.error: str | None = None
         self._lock = threading.Lock()
