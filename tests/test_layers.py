@@ -58,11 +58,11 @@ def test_jobs_import_no_web_framework(entry_point: str) -> None:
     assert proc.stdout.strip() == "none", f"{entry_point} imports {proc.stdout.strip()}"
 
 
-def test_openmp_threads_sleep_instead_of_spinning_once_the_project_is_imported() -> None:
-    """libgomp reads its wait policy when LightGBM loads: importing any entry point first makes it passive.
+def test_openmp_threads_spin_only_briefly_once_the_project_is_imported() -> None:
+    """libgomp reads its spin count when LightGBM loads: importing any entry point first bounds it.
 
-    GOMP_SPINCOUNT 0 is what a passive policy means to libgomp (its default spins 300,000 times at each
-    barrier, which is what makes a 2-thread fit crawl when another process holds a core).
+    Its default spins 300,000 times at each barrier, which makes a 2-thread fit fight a CPU-bound
+    neighbour for the cores; the project asks for 10,000 (fast when idle, yields under contention).
     """
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     shown = {}
@@ -71,4 +71,4 @@ def test_openmp_threads_sleep_instead_of_spinning_once_the_project_is_imported()
                               timeout=300, env={**env, "OMP_DISPLAY_ENV": "verbose"})
         assert proc.returncode == 0, proc.stderr
         shown[code] = re.search(r"GOMP_SPINCOUNT = '(\d+)'", proc.stderr).group(1)
-    assert shown == {"import lightgbm": "300000", "import src.modeling.train": "0"}
+    assert shown == {"import lightgbm": "300000", "import src.modeling.train": "10000"}
