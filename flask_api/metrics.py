@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter as Tally
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -71,6 +72,24 @@ class Metrics:
         self.model_info = Gauge("model_info", "Served model (1 = being served by this worker)",
                                 ["name", "version"], multiprocess_mode="liveall", registry=reg)
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str], Counter] = {}  # ("rows"|"decision", label) -> labelled child
+
+    def _child(self, metric: Counter, kind: str, label: str) -> Counter:
+        child = self._children.get((kind, label))
+        if child is None:
+            child = self._children[(kind, label)] = metric.labels(label)
+        return child
+
+    def count_scored(self, source: str, results: list[dict[str, Any]]) -> None:
+        """Rows scored by source, their probabilities and decisions (one sample per row)."""
+        self._child(self.rows_scored, "rows", source).inc(len(results))
+        if len(results) == 1:  # a served applicant: the common case, without the tallying
+            self.probability.observe(results[0]["probability_of_default"])
+            self._child(self.decisions, "decision", results[0]["decision"]).inc()
+            return
+        observe_many(self.probability, (r["probability_of_default"] for r in results))
+        for decision, count in Tally(r["decision"] for r in results).items():
+            self._child(self.decisions, "decision", decision).inc(count)
 
     def count_request(self, endpoint: str, method: str, status: int, seconds: float | None) -> None:
         """One served request: its count by endpoint/method/status and (if timed) its latency."""

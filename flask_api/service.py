@@ -7,18 +7,16 @@ import os
 import secrets
 import threading
 import time
-import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flask import current_app
 
-from flask_api.metrics import Metrics, observe_many
+from flask_api.metrics import Metrics
 from src.config import Settings
 from src.scoring.model_store import LoadedModel, ModelHolder
-from src.scoring.predlog import PredictionLog
+from src.scoring.predlog import PredictionLog, new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +89,14 @@ class Service:
               ) -> tuple[str, LoadedModel, list[dict[str, Any]]]:
         """Score validated rows with the current model; log every row; never fail on logging."""
         model = self.model()  # one reference for the whole request, even across a reload
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         results = model.scorer.score(rows, with_reasons=reasons)
         try:  # queued; the log's writer thread commits it (and counts its own failures)
             self.predlog.submit(request_id, source, model.name, model.version, rows, results)
         except Exception:  # the decision stands; the failure is counted and logged
             self.metrics.log_failures.inc(len(rows))
             log.exception("prediction log write failed for request %s (%d rows)", request_id, len(rows))
-        self.metrics.rows_scored.labels(source).inc(len(rows))
-        observe_many(self.metrics.probability, (r["probability_of_default"] for r in results))
-        for decision, count in Counter(r["decision"] for r in results).items():
-            self.metrics.decisions.labels(decision).inc(count)
+        self.metrics.count_scored(source, results)
         return request_id, model, results
 
     def reload(self) -> LoadedModel:

@@ -22,7 +22,9 @@ the prediction: it is retried, then counted through ``on_failure`` and logged.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
+import os
 import queue
 import threading
 import time
@@ -129,6 +131,27 @@ class FastInsert:
         return len(parameters)
 
 
+_RANDOM = threading.local()
+_ID_BYTES = 16 * 256
+_VARIANT = "89ab"
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` gives, for a fraction of its cost.
+
+    The randomness is the same (os.urandom), read 256 ids at a time per thread instead of one
+    system call and one UUID object per request. A forked child never reuses its parent's bytes.
+    """
+    state = _RANDOM.__dict__
+    buffer, at = state.get("buffer", b""), state.get("at", _ID_BYTES)
+    if at >= len(buffer) or state.get("pid") != os.getpid():
+        buffer, at = os.urandom(_ID_BYTES), 0
+        state["buffer"], state["pid"] = buffer, os.getpid()
+    state["at"] = at + 16
+    h = buffer[at:at + 16].hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
 def transient(exc: BaseException) -> bool:
     """A failure that may pass on a retry: the connection or the I/O, not the rows themselves."""
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
@@ -169,8 +192,16 @@ class PredictionLog:
         self.on_failure = on_failure
         self.linger = max(0.0, float(linger))
         self._insert_rows = FastInsert(self.engine.dialect)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self.max_pending = max(1, int(max_pending))
+        # Requests append to a deque (atomic, no lock: a request thread never waits for the writer);
+        # the writer wakes on `_wake` only when it found nothing to do and said so in `_idle`.
+        self._pending: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
+        self._idle = False
+        self._busy = False  # the writer holds entries it took from the deque and has not yet written
         self._writer: threading.Thread | None = None
+        self._writer_pid = 0  # the process it runs in (a fork's child has no writer thread)
+        self._writer_done = False
         self._start_lock = threading.Lock()
         self._closed = False
         self._create_table()
@@ -205,33 +236,67 @@ class PredictionLog:
         if self._closed:
             raise RuntimeError("the prediction log is closed")
         self._ensure_writer()
-        self._queue.put((request_id, source, model_name, model_version, datetime.now(UTC), rows, results),
-                        timeout=timeout)
+        if len(self._pending) >= self.max_pending:
+            deadline = time.monotonic() + timeout
+            while len(self._pending) >= self.max_pending:
+                if time.monotonic() > deadline:
+                    raise queue.Full(f"{len(self._pending)} requests already wait for the prediction log")
+                time.sleep(0.005)
+        self._enqueue((request_id, source, model_name, model_version, datetime.now(UTC), rows, results))
+
+    def _enqueue(self, entry: Any) -> None:
+        self._pending.append(entry)
+        if self._idle:  # the writer is waiting (or about to): wake it
+            self._wake.set()
 
     def _ensure_writer(self) -> None:
-        if self._writer is not None and self._writer.is_alive():
+        if self._writer_pid == os.getpid() and self._writer is not None and not self._writer_done:
             return
         with self._start_lock:  # started lazily, in the process that writes (after any fork)
-            if self._writer is None or not self._writer.is_alive():
+            if self._writer is None or not self._writer.is_alive() or self._writer_pid != os.getpid():
                 self._writer = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
+                self._writer_done = False
                 self._writer.start()
+                self._writer_pid = os.getpid()
                 atexit.register(self.close)
 
+    def _next_entry(self) -> Any:
+        """The oldest queued entry, waiting for one if there is none."""
+        while True:
+            self._busy = True  # before taking: an entry is always in the deque or held by a busy writer
+            try:
+                return self._pending.popleft()
+            except IndexError:
+                self._busy = False
+            self._idle = True  # first say so, then look again: a submit in between sees it and wakes us
+            try:
+                if not self._pending:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+            finally:
+                self._idle = False
+
     def _run(self) -> None:
+        try:
+            self._write_until_stopped()
+        finally:
+            self._writer_done = True
+
+    def _write_until_stopped(self) -> None:
         stop = False
         while not stop:
-            entries = [self._queue.get()]
+            entries = [self._next_entry()]
             stop = entries[0] is _STOP
             rows = 0 if stop else len(entries[0][5])
             # Everything arriving within `linger` of the first entry goes into the same transaction.
-            # Sleeping through the linger (rather than waiting on the queue) means a request's put()
-            # wakes nobody: no thread switch and no GIL hand-over per request.
+            # Sleeping through the linger (rather than waiting for each entry) means a request's
+            # submit wakes nobody: no thread switch and no GIL hand-over per request.
             if not stop and self.linger:
                 time.sleep(self.linger)
             while not stop and rows < MAX_ROWS_PER_TRANSACTION:
                 try:
-                    entry = self._queue.get_nowait()
-                except queue.Empty:
+                    entry = self._pending.popleft()
+                except IndexError:
                     break
                 entries.append(entry)
                 stop = entry is _STOP
@@ -241,8 +306,7 @@ class PredictionLog:
                 if batch:
                     self._write_batch(batch)
             finally:
-                for _ in entries:
-                    self._queue.task_done()
+                self._busy = False
 
     def _write_batch(self, batch: list[Entry]) -> None:
         """One transaction for the batch; transient errors are retried, a permanent one costs only its request.
@@ -287,7 +351,7 @@ class PredictionLog:
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every queued row is written (or given up); False on timeout."""
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
+        while self._pending or self._busy:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
@@ -300,11 +364,11 @@ class PredictionLog:
         self._closed = True
         writer = self._writer
         if writer is not None and writer.is_alive():
-            self._queue.put(_STOP)
+            self._enqueue(_STOP)
             writer.join(timeout)
             if writer.is_alive():
                 log.error("prediction log: writer still busy after %.0f s; %d request(s) unwritten",
-                          timeout, self._queue.qsize())
+                          timeout, len(self._pending))
         self.engine.dispose()
 
     def count(self) -> int:

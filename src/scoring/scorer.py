@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from src.config import FeatureSpec, Profile
+from src.scoring.single_row import SingleRowPredictor
 
 APPROVE, REFER, DECLINE = "approve", "refer", "decline"
 
@@ -91,6 +92,8 @@ class Scorer:
         self.booster = model.booster_
         self.num_iteration = int(meta.get("best_iteration") or model.best_iteration_ or -1)
         self.columns: list[str] = list(meta["model_columns"])
+        # One row (a served applicant) goes through LightGBM's single-row C API (see that module).
+        self._one_row = SingleRowPredictor(self.booster, self.num_iteration, len(self.columns), int(num_threads))
         # Binary log-loss: the probability is the sigmoid of the raw score, and the raw score is the
         # sum of the TreeSHAP contributions (bias included). With reasons, that saves a second pass
         # over the trees. Any other objective: None, and probabilities come from predict.
@@ -138,11 +141,15 @@ class Scorer:
         return "lightgbm"
 
     def probabilities(self, matrix: np.ndarray) -> np.ndarray:
+        if matrix.shape[0] == 1:
+            return self._one_row.probability(matrix[0])
         return np.asarray(self.booster.predict(matrix, num_iteration=self.num_iteration, **self.predict_options),
                           dtype=np.float64)
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """TreeSHAP log-odds contributions: one column per model column, then the bias."""
+        if matrix.shape[0] == 1:
+            return self._one_row.contributions(matrix[0])
         return np.asarray(self.booster.predict(matrix, num_iteration=self.num_iteration, pred_contrib=True,
                                                **self.predict_options))
 

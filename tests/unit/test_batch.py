@@ -6,6 +6,7 @@ are planted into them (SYNTHETIC defects, named as such below).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 from dataclasses import replace
@@ -127,6 +128,42 @@ def test_with_reasons_the_probability_comes_from_the_same_treeshap_pass(trained_
     served = scorer.score(rows[:5], with_reasons=True)
     assert calls == [True, True]
     assert [r["decision"] for r in served] == [scorer.decision(p) for p in plain[:5]]
+
+
+def test_one_row_through_the_single_row_c_api_equals_booster_predict(trained_project, job) -> None:
+    """A served applicant goes through LightGBM's single-row API: bit for bit the booster's answer,
+    from several threads at once (each has its own prepared configuration)."""
+    scorer: Scorer = job.scorer
+    test = pd.read_parquet(trained_project.settings.split_table("test"))
+    rows = test[scorer.profile.feature_names].to_dict("records")
+    matrix = scorer.encode(rows)
+    k = scorer.num_iteration
+    expected = scorer.booster.predict(matrix, num_iteration=k)
+    expected_contrib = scorer.booster.predict(matrix, num_iteration=k, pred_contrib=True)
+    calls: list[int] = []
+    real_predict = scorer.booster.predict
+
+    def counted(data, *args, **kwargs):
+        calls.append(len(data))
+        return real_predict(data, *args, **kwargs)
+
+    def one_by_one(start: int) -> tuple[list[float], list[np.ndarray]]:
+        proba, contrib = [], []
+        for i in range(start, len(rows), 4):
+            proba.append(float(scorer.probabilities(matrix[i:i + 1])[0]))
+            contrib.append(scorer.contributions(matrix[i:i + 1])[0])
+        return proba, contrib
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scorer.booster, "predict", counted)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            parts = list(pool.map(one_by_one, range(4)))
+    assert calls == []  # not one row went through Booster.predict
+    for start, (proba, contrib) in enumerate(parts):
+        assert proba == expected[start::4].tolist()
+        np.testing.assert_array_equal(np.array(contrib), expected_contrib[start::4])
+    served = scorer.score(rows[:1], with_reasons=True)[0]
+    assert served["probability_of_default"] == pytest.approx(expected[0], abs=1e-12)
 
 
 def test_decisions_vectorised_equal_the_service_rule(job) -> None:

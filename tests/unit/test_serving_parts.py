@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import ast
 import math
+import os
+import queue
 import re
 import threading
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +31,16 @@ from sqlalchemy.dialects import postgresql
 from flask_api.metrics import PROBABILITY_BUCKETS, observe_many
 from flask_api.validation import FieldError, check_value, validate_applicants
 from src.config import Profile, build_profile
-from src.scoring.predlog import COLUMNS, FastInsert, PredictionLog, make_engine, predictions, safe_url, transient
+from src.scoring.predlog import (
+    COLUMNS,
+    FastInsert,
+    PredictionLog,
+    make_engine,
+    new_request_id,
+    predictions,
+    safe_url,
+    transient,
+)
 from src.server import worker as gunicorn_worker
 from src.server.access_log import BASIC_ENVIRON, LeanAccessLogger, needs_every_atom
 from tests.conftest import ROOT, load_params
@@ -139,6 +152,46 @@ def test_concurrent_submissions_are_all_written_by_close(tmp_path: Path) -> None
         assert again.count() == expected == 8 * sum(1 + i % 3 for i in range(60))
     finally:
         again.close()
+
+
+def test_a_full_log_queue_refuses_after_the_timeout_then_takes_rows_again(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", max_pending=3)
+    release = threading.Event()
+    real_insert = log._insert
+    monkeypatch.setattr(log, "_insert", lambda batch: (release.wait(30), real_insert(batch)))
+    rows, results = scored(1)
+    log.submit("first", "api", "m", "1", rows, results)  # the writer takes it and blocks
+    deadline = time.monotonic() + 10
+    while log._pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(3):
+        log.submit(f"queued-{i}", "api", "m", "1", rows, results)
+    with pytest.raises(queue.Full, match="3 requests already wait"):
+        log.submit("refused", "api", "m", "1", rows, results, timeout=0.1)
+    release.set()
+    log.submit("after", "api", "m", "1", rows, results)
+    assert log.count() == 5  # everything but the refused request
+    log.close()
+
+
+def test_request_ids_are_random_version_4_uuids_and_a_fork_never_repeats_them() -> None:
+    ids = [new_request_id() for _ in range(3000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids must not be the ones the parent's buffer holds next
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    parent_next = new_request_id()
+    assert uuid.UUID(child).version == 4 and child != parent_next and child not in ids
 
 
 def test_failed_writes_are_retried_then_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
