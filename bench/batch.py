@@ -43,7 +43,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.make_big_input import base_rows, make_big_input  # noqa: E402
-from src.batch.chunk import _encode  # noqa: E402
 from src.batch.engine_pandas import default_rejects  # noqa: E402
 from src.batch.run import load_job  # noqa: E402
 from src.common import setup_logging  # noqa: E402
@@ -120,7 +119,7 @@ def floor(settings, input_path: Path, rows: int, contrib_rows: int) -> dict[str,
     booster, it = job.scorer.booster, job.scorer.num_iteration
     frame = pq.ParquetFile(input_path).read().to_pandas().head(rows)
     typed, _ = normalise(frame, settings.profile, with_target=False)
-    matrix = _encode(job.scorer, typed)
+    matrix = job.scorer.encode_frame(typed)
     cores = os.cpu_count() or 1
     slices = np.array_split(matrix, cores)
     with ThreadPoolExecutor(cores) as pool:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa_schema
 import pyarrow as pa
 
 from src.batch.inputs import ID_STR
@@ -25,9 +27,9 @@ from src.data.schemas import (
     combine_failures,
     normalise,
     reason_texts,
-    schema_failures,
+    row_failures,
 )
-from src.scoring.scorer import Scorer, top_contributions
+from src.scoring.scorer import DECISIONS, Scorer, top_contributions
 
 COLUMNS_COLUMN = "reject_columns"
 
@@ -51,6 +53,11 @@ class BatchJob:
     @property
     def profile(self) -> Profile:
         return self.scorer.profile
+
+    @cached_property
+    def rules(self) -> pa_schema.DataFrameSchema:
+        """The validate stage's per-row rules (built once per job, not per chunk)."""
+        return build_schema(self.profile, with_target=False, unique_ids=False)
 
     def output_schema(self) -> pa.Schema:
         """The scored file's columns; fixed per run, so every chunk and part file agrees."""
@@ -134,16 +141,6 @@ def _typed_ids(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.DataFrame]:
     return ids, failures
 
 
-def _encode(scorer: Scorer, frame: pd.DataFrame) -> np.ndarray:
-    """The fitted preprocessing on the whole chunk at once, in the booster's column order.
-
-    Row-major (C order): LightGBM walks each row's values, and a column-major matrix (what
-    ``DataFrame.to_numpy`` gives) makes its threads fight over cache lines.
-    """
-    encoded = scorer.pipeline.named_steps["preprocess"].transform(frame[scorer.profile.feature_names])
-    return np.ascontiguousarray(encoded[scorer.columns].to_numpy(dtype=np.float64))
-
-
 def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult:
     """Validate, score and explain one chunk whose first row is input row ``first_row`` (0-based).
 
@@ -161,8 +158,7 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
         typed[id_col], id_failures = _typed_ids(raw[id_col], job.id_kind)
         type_failures = pd.concat([type_failures, id_failures], ignore_index=True) if len(id_failures) \
             else type_failures
-    rules = build_schema(profile, with_target=False, unique_ids=False)
-    failures = combine_failures(type_failures, schema_failures(typed, rules))
+    failures = combine_failures(type_failures, row_failures(typed, profile, job.rules))
 
     bad = np.sort(failures["index"].unique()).astype(np.int64)
     keep = np.ones(n, dtype=bool)
@@ -183,26 +179,28 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
         reject_data[name] = values.to_numpy(object, na_value=None)
     rejects = pa.Table.from_pydict(reject_data, schema=rejects_schema)
 
-    good = typed.loc[keep]
+    good = typed if not len(bad) else typed.loc[keep]
     scorer = job.scorer
     m = len(good)
     if m:
-        matrix = _encode(scorer, good)
+        matrix = scorer.encode_frame(good)
         if job.top_reasons:
             proba, contrib = scorer.probabilities_and_contributions(matrix)
         else:
             proba = scorer.probabilities(matrix)
-        decisions = scorer.decisions(proba)
     else:
-        matrix, proba, decisions = np.empty((0, len(scorer.columns))), np.empty(0), np.empty(0, dtype=object)
+        matrix, proba = np.empty((0, len(scorer.columns))), np.empty(0)
         contrib = np.empty((0, len(scorer.columns) + 1))
-    counts.decisions.update(pd.Series(decisions, dtype=object).value_counts().to_dict())
+    codes = scorer.decision_codes(proba)
+    counts.decisions.update({name: int(n) for name, n in zip(DECISIONS, np.bincount(codes, minlength=3), strict=True)
+                             if n})
+    decisions = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(DECISIONS)).cast(pa.string())
     schema = job.output_schema()
     arrays: dict[str, pa.Array] = {
         "id": pa.array(rows[keep] if not id_col else good[id_col].to_numpy(
             object if job.id_kind == ID_STR else np.int64), type=schema.field("id").type),
         "probability": pa.array(proba, pa.float64()),
-        "decision": pa.array(decisions, pa.string()),
+        "decision": decisions,
         "model_name": pa.repeat(pa.scalar(job.model_name), m),
     }
     if not job.reproducible:

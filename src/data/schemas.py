@@ -49,7 +49,7 @@ def normalise(df: pd.DataFrame, profile: Profile, with_target: bool = True) -> t
     Returns the typed frame (uncoercible cells set to missing) and one failure
     record per uncoercible cell, so the row can be quarantined with the exact value.
     """
-    out = df.copy()
+    out = df.copy(deep=False)  # every column that changes is replaced, never written in place
     failures: list[dict[str, object]] = []
     for col, rule in profile.clean.items():
         if col in out.columns:
@@ -178,7 +178,7 @@ _CHECK_WORDS = {
 def schema_failures(df: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
     """Run the schema lazily and return one record per failing cell (index, column, check, value)."""
     try:
-        schema.validate(df, lazy=True)
+        schema.validate(df, lazy=True, inplace=True)
     except pa.errors.SchemaErrors as exc:
         cases = exc.failure_cases
         rows = []
@@ -188,6 +188,53 @@ def schema_failures(df: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFram
             rows.append({"index": case.index, "column": case.column, "check": error, "value": case.failure_case})
         return pd.DataFrame(rows, columns=FAILURE_COLUMNS)
     return pd.DataFrame(columns=FAILURE_COLUMNS)
+
+
+def suspect_rows(df: pd.DataFrame, profile: Profile) -> np.ndarray | None:
+    """Rows that *might* break a per-row rule of :func:`build_schema`, by plain NumPy comparisons.
+
+    A superset by construction: any missing cell, any number outside its bounds, any code not
+    in its list, any empty text. None when a column does not have the dtype :func:`normalise`
+    gives (then only the schema itself can judge). Batch scoring runs the pandera schema on the
+    suspect rows alone: on clean data that is no rows, and the schema's words stay the only ones.
+    """
+    suspect = np.zeros(len(df), dtype=bool)
+    for name, spec in profile.features.items():
+        if name not in df.columns:
+            return None
+        series = df[name]
+        if spec.is_categorical:
+            if str(series.dtype) != ("Int64" if spec.value_kind is int else "string"):
+                return None
+            suspect |= series.isna().to_numpy(bool)
+            if spec.values is not None:
+                suspect |= ~series.isin(list(spec.values)).to_numpy(bool)
+            else:
+                suspect |= (series.str.len() < 1).fillna(True).to_numpy(bool)
+        else:
+            if series.dtype != np.float64:
+                return None
+            values = series.to_numpy()
+            with np.errstate(invalid="ignore"):
+                outside = np.isnan(values)
+                if spec.min is not None:
+                    outside |= values < spec.min
+                if spec.max is not None:
+                    outside |= values > spec.max
+            suspect |= outside
+    if profile.id_column and profile.id_column in df.columns:
+        suspect |= df[profile.id_column].isna().to_numpy(bool)
+    return suspect
+
+
+def row_failures(df: pd.DataFrame, profile: Profile, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """:func:`schema_failures` for a schema without whole-table rules, run on the suspect rows only."""
+    suspect = suspect_rows(df, profile)
+    if suspect is None:
+        return schema_failures(df, schema)
+    if not suspect.any():
+        return pd.DataFrame(columns=FAILURE_COLUMNS)
+    return schema_failures(df.loc[suspect], schema)
 
 
 def _check_message(schema: pa.DataFrameSchema, column: str, check: str) -> str:

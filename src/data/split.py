@@ -41,7 +41,8 @@ def split_frame(df: pd.DataFrame, feature_cols: list[str], target: str,
         valid_g, test_g = train_test_split(rest_g, test_size=settings.test_size / holdout,
                                            stratify=groups.loc[rest_g].to_numpy(), random_state=settings.seed)
     except ValueError as exc:  # too few rows of a class to stratify
-        raise PipelineError(f"cannot split {len(df)} rows ({groups.value_counts().to_dict()} groups per class): {exc}") from exc
+        raise PipelineError(f"cannot split {len(df)} rows ({groups.value_counts().to_dict()} groups per class): "
+                            f"{exc}") from exc
     out = {}
     for name, chosen in zip(SPLITS, (train_g, valid_g, test_g), strict=True):
         mask = np.isin(keys, chosen)

@@ -17,7 +17,15 @@ import pandas as pd
 
 from src.common import PipelineError, read_table, run_main, write_json, write_table
 from src.config import Profile, Settings, load_settings
-from src.data.schemas import REASON_COLUMN, ROW_COLUMN, build_schema, combine_failures, normalise, reason_texts, schema_failures
+from src.data.schemas import (
+    REASON_COLUMN,
+    ROW_COLUMN,
+    build_schema,
+    combine_failures,
+    normalise,
+    reason_texts,
+    schema_failures,
+)
 
 log = logging.getLogger(__name__)
 

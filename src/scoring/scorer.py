@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from src.config import FeatureSpec, Profile
 from src.scoring.single_row import SingleRowPredictor
 
 APPROVE, REFER, DECLINE = "approve", "refer", "decline"
+DECISIONS = (APPROVE, REFER, DECLINE)  # in order of risk
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,29 @@ class Scorer:
                  for col, kind, spec in plan] for row in rows]
         return np.array(data, dtype=np.float64).reshape(len(rows), len(plan))
 
+    def encode_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """A whole validated frame -> the booster's float matrix (row-major), as :meth:`encode` would give.
+
+        Batch scoring's path: each categorical column is factorised once and its few distinct
+        values are looked up in the same tables, so a 100,000-row chunk costs a few milliseconds
+        instead of the Pipeline's pandas round trips. Row-major because LightGBM walks a row's
+        values, and its threads fight over cache lines in a column-major matrix.
+        """
+        out = np.empty((len(self._plan), len(frame)), dtype=np.float64)  # filled column by column
+        for j, (col, kind, spec) in enumerate(self._plan):
+            series = frame[col]
+            if kind == "number":
+                if series.dtype != np.float64:
+                    series = pd.to_numeric(series, errors="coerce")
+                out[j] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+                continue
+            table, default = spec
+            codes, uniques = pd.factorize(series, use_na_sentinel=True)
+            lookup = np.array([table.get(_key(v), default) for v in uniques.tolist()] + [table.get(None, default)],
+                              dtype=np.float64)
+            out[j] = lookup[codes]  # code -1 (missing) takes the last entry
+        return np.ascontiguousarray(out.T)
+
     # -- scoring ------------------------------------------------------------------
     @property
     def engine(self) -> str:
@@ -167,11 +192,14 @@ class Scorer:
             return REFER
         return APPROVE
 
+    def decision_codes(self, probabilities: np.ndarray) -> np.ndarray:
+        """:meth:`decision` for a whole batch as indices into DECISIONS (0 approve, 1 refer, 2 decline)."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        return (p >= self.threshold - self.refer_margin).astype(np.int8) + (p >= self.threshold)
+
     def decisions(self, probabilities: np.ndarray) -> np.ndarray:
         """:meth:`decision` for a whole batch at once (batch scoring): the same bands, same comparisons."""
-        p = np.asarray(probabilities, dtype=np.float64)
-        return np.where(p >= self.threshold, DECLINE,
-                        np.where(p >= self.threshold - self.refer_margin, REFER, APPROVE)).astype(object)
+        return np.asarray(DECISIONS, dtype=object)[self.decision_codes(probabilities)]
 
     def reasons(self, row: Mapping[str, Any], contrib: np.ndarray, top: int | None = None) -> list[Reason]:
         """The fields that moved this applicant's risk most, largest effect first."""

@@ -130,6 +130,25 @@ def test_with_reasons_the_probability_comes_from_the_same_treeshap_pass(trained_
     assert [r["decision"] for r in served] == [scorer.decision(p) for p in plain[:5]]
 
 
+def test_encode_frame_equals_the_pipelines_preprocessing_and_the_row_encoder(trained_project, job) -> None:
+    """Batch scoring's vectorised encoder: exactly the fitted Pipeline's matrix, and the service's row by row,
+    with missing values and categories never seen in training planted (SYNTHETIC) into real rows."""
+    scorer: Scorer = job.scorer
+    test = pd.read_parquet(trained_project.settings.split_table("test"))
+    typed = test[scorer.profile.feature_names].astype(object).head(400).copy()
+    typed.loc[5, "education"] = None   # missing
+    typed.loc[6, "marriage"] = 77      # a code the encoders never saw
+    typed.loc[7, "pay_0"] = None
+    typed.loc[8, "limit_bal"] = None
+    typed = typed.astype({c: "float64" for c in typed.columns})
+    expected = scorer.pipeline.named_steps["preprocess"].transform(typed)[scorer.columns].to_numpy(np.float64)
+    matrix = scorer.encode_frame(typed)
+    assert matrix.flags.c_contiguous and matrix.shape == (len(typed), len(scorer.columns))
+    np.testing.assert_array_equal(matrix, expected)
+    rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in typed.to_dict("records")]
+    np.testing.assert_array_equal(matrix, scorer.encode(rows))
+
+
 def test_one_row_through_the_single_row_c_api_equals_booster_predict(trained_project, job) -> None:
     """A served applicant goes through LightGBM's single-row API: bit for bit the booster's answer,
     from several threads at once (each has its own prepared configuration)."""

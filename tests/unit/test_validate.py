@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from src.common import PipelineError, write_table
-from src.config import Profile
+from src.config import Profile, build_profile
 from src.data import validate as validate_mod
 from src.data.ingest import ingest, read_raw
-from src.data.schemas import REASON_COLUMN, ROW_COLUMN, build_schema, normalise, schema_failures
+from src.data.schemas import (
+    REASON_COLUMN,
+    ROW_COLUMN,
+    build_schema,
+    normalise,
+    row_failures,
+    schema_failures,
+    suspect_rows,
+)
 from src.data.validate import validate
-from tests.conftest import make_settings, real_file
+from tests.conftest import load_params, make_settings, real_file
 from tests.synthetic import synthetic_risk_flag
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -446,3 +457,71 @@ def test_run_without_raw_table(tmp_path):
     settings = make_settings("credit_risk", tmp_path)
     with pytest.raises(PipelineError, match=r"credit_risk\.parquet is missing"):
         validate_mod.run(settings)
+
+
+# --- the batch path's pre-screen: pandera on the suspect rows only equals pandera on every row ---------
+
+PROFILES = {name: build_profile(name, raw) for name, raw in load_params()["profiles"].items()}
+
+
+def _valid(spec) -> st.SearchStrategy[object]:
+    """SYNTHETIC valid values for one field, bounds included."""
+    if spec.is_categorical:
+        return st.sampled_from(list(spec.values)) if spec.values else st.text(min_size=1, max_size=4)
+    low, high = (spec.min if spec.min is not None else -1e6), (spec.max if spec.max is not None else 1e6)
+    bounds = [b for b in (spec.min, spec.max) if b is not None]
+    inside = st.floats(min_value=low, max_value=high, allow_nan=False)
+    return st.one_of(inside, st.sampled_from(bounds)) if bounds else inside
+
+
+def _invalid(spec) -> st.SearchStrategy[object]:
+    """SYNTHETIC near misses for one field: just outside a bound, missing, wrong kinds."""
+    near = [np.nextafter(spec.max, math.inf), spec.max + 1] if spec.max is not None else []
+    near += [np.nextafter(spec.min, -math.inf), spec.min - 1] if spec.min is not None else []
+    return st.sampled_from([*near, None, np.nan, "", " ", "abc", math.inf, -math.inf, -1, 10**9, 0.5])
+
+
+@st.composite
+def raw_frames(draw: st.DrawFn, profile: Profile) -> pd.DataFrame:
+    """Rows of valid values, most with one planted defect in a random field (so each defect is alone)."""
+    n = draw(st.integers(min_value=1, max_value=12))
+    names = list(profile.features)
+    records = []
+    for _ in range(n):
+        record = {name: draw(_valid(spec)) for name, spec in profile.features.items()}
+        broken = draw(st.one_of(st.none(), st.sampled_from(names)))
+        if broken is not None:
+            record[broken] = draw(_invalid(profile.features[broken]))
+        if profile.id_column:
+            record[profile.id_column] = draw(st.sampled_from([1, 2, None]))
+        records.append(record)
+    return pd.DataFrame(records, dtype=object)
+
+
+@pytest.mark.parametrize("dataset", sorted(PROFILES))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_pandera_on_the_suspect_rows_equals_pandera_on_every_row(dataset: str, data: st.DataObject) -> None:
+    profile = PROFILES[dataset]
+    typed, _ = normalise(data.draw(raw_frames(profile)), profile, with_target=False)
+    rules = build_schema(profile, with_target=False, unique_ids=False)
+    full = schema_failures(typed, rules)
+    suspect = suspect_rows(typed, profile)
+    assert suspect is not None  # normalise's dtypes: the pre-screen always applies
+    assert set(full["index"]) <= set(np.flatnonzero(suspect))
+    key = ["index", "column", "check"]
+    fast = row_failures(typed, profile, rules)
+    pd.testing.assert_frame_equal(fast.sort_values(key).reset_index(drop=True)[key],
+                                  full.sort_values(key).reset_index(drop=True)[key], check_dtype=False)
+
+
+def test_clean_rows_are_not_suspect_and_a_foreign_dtype_falls_back_to_pandera(tmp_path) -> None:
+    profile = profile_of("credit_risk", tmp_path)
+    typed, failures = normalise(messy_frame(planted=False), profile, with_target=False)
+    assert failures.empty and not suspect_rows(typed, profile).any()
+    assert suspect_rows(typed.astype({"person_age": object}), profile) is None
+    rules = build_schema(profile, with_target=False, unique_ids=False)
+    foreign = typed.astype({"person_age": object})
+    fallback = row_failures(foreign, profile, rules)  # the schema's own verdict: the column's dtype
+    assert fallback.to_dict("records") == schema_failures(foreign, rules).to_dict("records")
+    assert fallback["check"].str.contains("float64").any()
