@@ -60,12 +60,21 @@ class BatchJob:
         return build_schema(self.profile, with_target=False, unique_ids=False)
 
     def output_schema(self) -> pa.Schema:
-        """The scored file's columns; fixed per run, so every chunk and part file agrees."""
+        """The scored file's columns as readers see them; fixed per run, so every chunk and part file agrees."""
+        return pa.schema([pa.field(f.name, f.type.value_type, f.nullable) if pa.types.is_dictionary(f.type) else f
+                          for f in self.table_schema()])
+
+    def table_schema(self) -> pa.Schema:
+        """The scored chunks in memory: :meth:`output_schema` with its few-valued text columns (decision,
+        model name and version) dictionary-encoded. Parquet writes a dictionary column as it is instead
+        of hashing ten million equal strings, and the file reads back as text (writers store no Arrow
+        schema: see ``WRITE_OPTIONS``)."""
+        text = pa.dictionary(pa.int8(), pa.string())
         fields = [pa.field("id", pa.string() if self.id_kind == ID_STR else pa.int64(), nullable=False),
-                  pa.field("probability", pa.float64()), pa.field("decision", pa.string()),
-                  pa.field("model_name", pa.string())]
+                  pa.field("probability", pa.float64()), pa.field("decision", text),
+                  pa.field("model_name", text)]
         if not self.reproducible:
-            fields += [pa.field("model_version", pa.string()), pa.field("scored_at", pa.timestamp("us", tz="UTC"))]
+            fields += [pa.field("model_version", text), pa.field("scored_at", pa.timestamp("us", tz="UTC"))]
         for i in range(1, self.top_reasons + 1):
             fields += [pa.field(f"reason_{i}_feature", pa.string()), pa.field(f"reason_{i}_contribution",
                                                                              pa.float64())]
@@ -75,6 +84,13 @@ class BatchJob:
                     pa.int64() if spec.value_kind is int else pa.string())
                 fields.append(pa.field(name, kind))
         return pa.schema(fields)
+
+    def dictionary_columns(self) -> list[str]:
+        """Columns Parquet should dictionary-encode: the few-valued ones (text other than the id, and the
+        run's one timestamp). Ids, probabilities and contributions are nearly all distinct: trying a
+        dictionary on them first cost more than the rest of writing."""
+        return [f.name for f in self.table_schema() if f.name != "id" and (
+            pa.types.is_dictionary(f.type) or pa.types.is_string(f.type) or pa.types.is_timestamp(f.type))]
 
     def rejects_schema(self) -> pa.Schema:
         """Input row number, failing columns, reasons, then every input column's raw value as text."""
@@ -141,6 +157,11 @@ def _typed_ids(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.DataFrame]:
     return ids, failures
 
 
+def _repeated(text: str, rows: int) -> pa.DictionaryArray:
+    """One text value on every row, dictionary-encoded (one string, ``rows`` one-byte indices)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int8)), pa.array([text]))
+
+
 def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult:
     """Validate, score and explain one chunk whose first row is input row ``first_row`` (0-based).
 
@@ -175,8 +196,10 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
     else:
         reject_data[COLUMNS_COLUMN] = reject_data[REASON_COLUMN] = np.array([], dtype=object)
     for name in rejects_schema.names[3:]:
-        values = raw[name].iloc[bad].astype("string")
-        reject_data[name] = values.to_numpy(object, na_value=None)
+        if len(bad):
+            reject_data[name] = raw[name].iloc[bad].astype("string").to_numpy(object, na_value=None)
+        else:
+            reject_data[name] = np.array([], dtype=object)
     rejects = pa.Table.from_pydict(reject_data, schema=rejects_schema)
 
     good = typed if not len(bad) else typed.loc[keep]
@@ -194,17 +217,17 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
     codes = scorer.decision_codes(proba)
     counts.decisions.update({name: int(n) for name, n in zip(DECISIONS, np.bincount(codes, minlength=3), strict=True)
                              if n})
-    decisions = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(DECISIONS)).cast(pa.string())
-    schema = job.output_schema()
+    decisions = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(DECISIONS))
+    schema = job.table_schema()
     arrays: dict[str, pa.Array] = {
         "id": pa.array(rows[keep] if not id_col else good[id_col].to_numpy(
             object if job.id_kind == ID_STR else np.int64), type=schema.field("id").type),
         "probability": pa.array(proba, pa.float64()),
         "decision": decisions,
-        "model_name": pa.repeat(pa.scalar(job.model_name), m),
+        "model_name": _repeated(job.model_name, m),
     }
     if not job.reproducible:
-        arrays["model_version"] = pa.repeat(pa.scalar(job.model_version), m)
+        arrays["model_version"] = _repeated(job.model_version, m)
         arrays["scored_at"] = pa.repeat(pa.scalar(job.scored_at.to_pydatetime(), pa.timestamp("us", tz="UTC")), m)
     if job.top_reasons:
         order = top_contributions(contrib, len(scorer.columns), job.top_reasons)

@@ -29,9 +29,14 @@ def _codec(compression: str) -> str | None:
     return None if compression == "none" else compression
 
 
-def _write_table(table: pa.Table, url: str, compression: str) -> None:
+# No Arrow schema in the files: scored chunks carry dictionary-encoded text columns (BatchJob.table_schema),
+# and without a stored schema every reader sees those columns as plain text, as output_schema says.
+WRITE_OPTIONS = {"store_schema": False}
+
+
+def _write_table(table: pa.Table, url: str, compression: str, dictionary: list[str] | bool = True) -> None:
     with fsspec.open(url, "wb") as fh:
-        pq.write_table(table, fh, compression=_codec(compression))
+        pq.write_table(table, fh, compression=_codec(compression), use_dictionary=dictionary, **WRITE_OPTIONS)
 
 
 def _clear(url: str) -> None:
@@ -74,8 +79,10 @@ def run_pandas(files: list[InputFile], job: BatchJob, output: str, rejects: str,
     for url in (output, rejects):
         _clear(url)
     with fsspec.open(output, "wb") as out_fh, fsspec.open(rejects, "wb") as rej_fh, \
-            pq.ParquetWriter(out_fh, job.output_schema(), compression=_codec(batch.compression)) as out, \
-            pq.ParquetWriter(rej_fh, job.rejects_schema(), compression=_codec(batch.compression)) as rej, \
+            pq.ParquetWriter(out_fh, job.table_schema(), compression=_codec(batch.compression),
+                             use_dictionary=job.dictionary_columns(), **WRITE_OPTIONS) as out, \
+            pq.ParquetWriter(rej_fh, job.rejects_schema(), compression=_codec(batch.compression),
+                             **WRITE_OPTIONS) as rej, \
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score") as pool:
         pending: deque[Future[ChunkResult]] = deque()
 

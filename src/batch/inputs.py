@@ -132,18 +132,25 @@ def inspect_input(url: str, fmt: str, profile: Profile, block_bytes: int) -> tup
     return InputFile(url=url, format=fmt, columns=plan), id_kind
 
 
+def _frame(batch: pa.RecordBatch, names: dict[str, str]) -> pd.DataFrame:
+    """A batch as a DataFrame under the profile's names: renamed in Arrow (no data copied), one block per
+    column (no consolidation copy; each column is converted on its own afterwards anyway)."""
+    renamed = batch.rename_columns([names.get(c, c) for c in batch.schema.names])
+    return renamed.to_pandas(split_blocks=True)
+
+
 def read_chunks(file: InputFile, chunk_rows: int, block_bytes: int) -> Iterator[pd.DataFrame]:
     """Stream a file as DataFrames of at most ``chunk_rows`` rows, columns renamed to the profile's."""
     columns = list(file.columns)
     with _open(file.url) as handle:
         if file.format == "parquet":
             for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk_rows, columns=columns):
-                yield batch.to_pandas().rename(columns=file.columns)
+                yield _frame(batch, file.columns)
             return
         try:
             for batch in _csv_reader(handle, file.url, columns, block_bytes):
                 for start in range(0, batch.num_rows, chunk_rows):
-                    yield batch.slice(start, chunk_rows).to_pandas().rename(columns=file.columns)
+                    yield _frame(batch.slice(start, chunk_rows), file.columns)
         except pa.ArrowInvalid as exc:  # a ragged line, bad quoting...
             raise InputError(f"{file.url}: CSV parse error: {exc}") from exc
 

@@ -141,8 +141,9 @@ class Scorer:
 
         Batch scoring's path: each categorical column is factorised once and its few distinct
         values are looked up in the same tables, so a 100,000-row chunk costs a few milliseconds
-        instead of the Pipeline's pandas round trips. Row-major because LightGBM walks a row's
-        values, and its threads fight over cache lines in a column-major matrix.
+        instead of the Pipeline's pandas round trips. The matrix is built column by column; a
+        single-threaded booster reads it so as fast as row-major, bit for bit the same, while
+        several OpenMP threads fight over cache lines in it, so for them it is transposed.
         """
         out = np.empty((len(self._plan), len(frame)), dtype=np.float64)  # filled column by column
         for j, (col, kind, spec) in enumerate(self._plan):
@@ -157,7 +158,7 @@ class Scorer:
             lookup = np.array([table.get(_key(v), default) for v in uniques.tolist()] + [table.get(None, default)],
                               dtype=np.float64)
             out[j] = lookup[codes]  # code -1 (missing) takes the last entry
-        return np.ascontiguousarray(out.T)
+        return out.T if self.predict_options.get("num_threads") == 1 else np.ascontiguousarray(out.T)
 
     # -- scoring ------------------------------------------------------------------
     @property

@@ -84,6 +84,9 @@ def test_scores_decisions_reasons_match_the_pipeline_and_scorer(trained_project,
     out = read(tmp_path / "scored.parquet")
     scorer: Scorer = job.scorer
     features = scorer.profile.feature_names
+    # dictionary-encoded in memory and in the file, plain text to every reader
+    assert pq.read_schema(tmp_path / "scored.parquet") == job.output_schema()
+    assert out["decision"].dtype != "category" and out["model_name"].dtype != "category"
 
     assert summary["rows_in"] == len(test) == summary["scored"] + summary["rejected"] and summary["rejected"] == 0
     assert out["id"].tolist() == test["id"].tolist()  # the profile's id column, in input order
@@ -143,8 +146,12 @@ def test_encode_frame_equals_the_pipelines_preprocessing_and_the_row_encoder(tra
     typed = typed.astype({c: "float64" for c in typed.columns})
     expected = scorer.pipeline.named_steps["preprocess"].transform(typed)[scorer.columns].to_numpy(np.float64)
     matrix = scorer.encode_frame(typed)
-    assert matrix.flags.c_contiguous and matrix.shape == (len(typed), len(scorer.columns))
+    assert matrix.shape == (len(typed), len(scorer.columns))
+    assert matrix.flags.f_contiguous  # one LightGBM thread: column by column as built
     np.testing.assert_array_equal(matrix, expected)
+    threaded = Scorer(scorer.pipeline, scorer.meta, scorer.profile, num_threads=0)  # OpenMP: row-major
+    assert threaded.encode_frame(typed).flags.c_contiguous
+    np.testing.assert_array_equal(threaded.encode_frame(typed), expected)
     rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in typed.to_dict("records")]
     np.testing.assert_array_equal(matrix, scorer.encode(rows))
 
