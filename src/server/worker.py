@@ -35,7 +35,8 @@ source digests for the gunicorn release it was verified against are recorded bel
 :func:`worker_class` (what gunicorn.conf.py asks) falls back to stock gthread, with a
 warning, when the installed gunicorn's differ, and a unit test fails loudly then, so an
 upgrade is re-verified before it ships. ``GUNICORN_WORKER_CLASS=gthread`` picks stock
-gthread on purpose.
+gthread on purpose. gunicorn 27 fixes (1) itself, but MLflow requires gunicorn < 27
+(tests/unit/test_dependencies.py says when that changes).
 
 This module lives outside ``flask_api`` on purpose: gunicorn imports the worker class in
 the master, and importing the app package there would load Flask, MLflow and friends
