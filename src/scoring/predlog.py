@@ -132,24 +132,28 @@ class FastInsert:
 
 
 _RANDOM = threading.local()
-_ID_BYTES = 16 * 256
+_ID_BYTES = 10 * 256
 _VARIANT = "89ab"
 
 
 def new_request_id() -> str:
-    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` gives, for a fraction of its cost.
+    """A time-ordered random UUID (version 7, RFC 9562): milliseconds since 1970, then 74 random bits.
 
-    The randomness is the same (os.urandom), read 256 ids at a time per thread instead of one
-    system call and one UUID object per request. A forked child never reuses its parent's bytes.
+    The log's index on request_id then grows at its end like the one on created_at: a random
+    (version 4) id lands on a random page of an index that outgrows memory, and every insert
+    reads and rewrites one, which SQLite and PostgreSQL alike pay for at millions of rows. The
+    74 random bits (os.urandom, read 256 ids at a time per thread) keep ids unguessable. A
+    forked child never reuses its parent's bytes.
     """
     state = _RANDOM.__dict__
     buffer, at = state.get("buffer", b""), state.get("at", _ID_BYTES)
     if at >= len(buffer) or state.get("pid") != os.getpid():
         buffer, at = os.urandom(_ID_BYTES), 0
         state["buffer"], state["pid"] = buffer, os.getpid()
-    state["at"] = at + 16
-    h = buffer[at:at + 16].hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    state["at"] = at + 10
+    r = buffer[at:at + 10].hex()
+    t = f"{time.time_ns() // 1_000_000:012x}"
+    return f"{t[:8]}-{t[8:]}-7{r[:3]}-{_VARIANT[int(r[3], 16) & 3]}{r[4:7]}-{r[8:20]}"
 
 
 def transient(exc: BaseException) -> bool:

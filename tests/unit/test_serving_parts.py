@@ -175,12 +175,19 @@ def test_a_full_log_queue_refuses_after_the_timeout_then_takes_rows_again(tmp_pa
     log.close()
 
 
-def test_request_ids_are_random_version_4_uuids_and_a_fork_never_repeats_them() -> None:
+def test_request_ids_are_time_ordered_version_7_uuids_and_a_fork_never_repeats_them() -> None:
+    before = time.time_ns() // 1_000_000
     ids = [new_request_id() for _ in range(3000)]
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     for text in ids:
         parsed = uuid.UUID(text)
-        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before <= parsed.int >> 80 <= after  # the first 48 bits: milliseconds since 1970
+    time.sleep(0.002)
+    assert new_request_id() > max(ids)  # a later millisecond sorts after every earlier id
+    randomness = {uuid.UUID(i).int & ((1 << 62) - 1) for i in ids}
+    assert len(randomness) == len(ids)  # the random tail differs even within one millisecond
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its ids must not be the ones the parent's buffer holds next
@@ -191,7 +198,7 @@ def test_request_ids_are_random_version_4_uuids_and_a_fork_never_repeats_them() 
     os.close(read)
     os.close(write)
     parent_next = new_request_id()
-    assert uuid.UUID(child).version == 4 and child != parent_next and child not in ids
+    assert uuid.UUID(child).version == 7 and child[14:] != parent_next[14:] and child not in ids
 
 
 def test_failed_writes_are_retried_then_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
