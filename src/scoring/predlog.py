@@ -101,27 +101,30 @@ class FastInsert:
         self.processors: dict[str, Callable[[Any], Any] | None] = {
             name: predictions.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in COLUMNS}
 
-    def _bind(self, name: str, value: Any) -> Any:
-        processor = self.processors[name]
-        return value if processor is None else processor(value)
+        slot = self.order.index
+        # (position, processor) for the per-request values, in Entry order, and for the per-row ones
+        self._request_binds = [(slot(name), self.processors[name]) for name in PER_REQUEST]
+        self._row_binds = [(slot(name), self.processors[name])
+                           for name in ("row_index", "features", "probability", "decision")]
 
     def parameters(self, batch: Sequence[Entry]) -> list[Any]:
         """One parameter tuple (or dict) per scored row of every queued request."""
-        bind, slot = self._bind, self.order.index
-        row_index, features, probability, decision = (slot("row_index"), slot("features"), slot("probability"),
-                                                       slot("decision"))
+        (ri, bind_ri), (fe, bind_fe), (pr, bind_pr), (de, bind_de) = self._row_binds
+        request_binds, width, positional, order = self._request_binds, len(self.order), self.positional, self.order
         out: list[Any] = []
         for request_id, source, model_name, model_version, scored_at, rows, results in batch:
-            values: list[Any] = [None] * len(self.order)
-            for name, value in zip(PER_REQUEST, (request_id, scored_at, source, model_name, model_version),
-                                   strict=True):
-                values[slot(name)] = bind(name, value)
+            values: list[Any] = [None] * width
+            for (position, bind), value in zip(request_binds, (request_id, scored_at, source, model_name,
+                                                               model_version), strict=True):
+                values[position] = value if bind is None else bind(value)
             for i, (row, result) in enumerate(zip(rows, results, strict=True)):
-                values[row_index] = bind("row_index", i)
-                values[features] = bind("features", row)
-                values[probability] = bind("probability", result["probability_of_default"])
-                values[decision] = bind("decision", result["decision"])
-                out.append(tuple(values) if self.positional else dict(zip(self.order, values, strict=True)))
+                values[ri] = i if bind_ri is None else bind_ri(i)
+                values[fe] = row if bind_fe is None else bind_fe(row)
+                p = result["probability_of_default"]
+                values[pr] = p if bind_pr is None else bind_pr(p)
+                d = result["decision"]
+                values[de] = d if bind_de is None else bind_de(d)
+                out.append(tuple(values) if positional else dict(zip(order, values, strict=True)))
         return out
 
     def execute(self, conn: sa.Connection, batch: Sequence[Entry]) -> int:
