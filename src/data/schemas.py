@@ -104,6 +104,10 @@ def _to_codes(series: pd.Series, kind: type) -> tuple[pd.Series, np.ndarray]:
         else:
             text = series.map(lambda v: None if pd.isna(v) else str(v).strip()).astype("string")
         return text.mask(text == ""), np.zeros(len(series), dtype=bool)
+    if series.dtype == np.int64:  # plain integers (Parquet's usual codes): already exact, none missing
+        values = series.to_numpy()
+        return pd.Series(pd.arrays.IntegerArray(values, np.zeros(len(values), dtype=bool)), index=index), \
+            np.zeros(len(values), dtype=bool)
     if pd.api.types.is_numeric_dtype(series.dtype):
         number = series.to_numpy(dtype="float64", na_value=np.nan)
         missing = np.isnan(number)

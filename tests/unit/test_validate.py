@@ -525,3 +525,16 @@ def test_clean_rows_are_not_suspect_and_a_foreign_dtype_falls_back_to_pandera(tm
     fallback = row_failures(foreign, profile, rules)  # the schema's own verdict: the column's dtype
     assert fallback.to_dict("records") == schema_failures(foreign, rules).to_dict("records")
     assert fallback["check"].str.contains("float64").any()
+
+
+def test_int64_code_columns_normalise_like_the_same_values_as_objects(tmp_path) -> None:
+    """Parquet gives integer codes as int64: the fast path keeps them exact, as the per-value rule would."""
+    profile = profile_of("taiwan_credit", tmp_path)
+    codes = {"sex": [1, 2, 3], "education": [0, 4, 7], "marriage": [1, 3, 9]}
+    frame = pd.DataFrame({name: codes.get(name, [1.0, 2.0, 3.0]) for name in profile.features})
+    assert frame["sex"].dtype == np.int64
+    fast, fast_failures = normalise(frame, profile, with_target=False)
+    slow, slow_failures = normalise(frame.astype(object), profile, with_target=False)
+    pd.testing.assert_frame_equal(fast, slow)
+    assert fast_failures.empty and slow_failures.empty
+    assert str(fast["sex"].dtype) == "Int64"
