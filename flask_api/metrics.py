@@ -39,7 +39,9 @@ def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
     exposition.
     """
     values = list(values)
-    if not values:
+    if len(values) < 2:  # nothing to batch (a served applicant): the histogram's own observe
+        for value in values:
+            histogram.observe(value)
         return
     bounds = histogram._upper_bounds
     tally = Tally(bisect.bisect_left(bounds, v) for v in values)  # first bound >= v, as observe() picks
@@ -71,36 +73,28 @@ class Metrics:
         # Info metrics are not supported in multiprocess mode: a 0/1 gauge per (name, version) instead.
         self.model_info = Gauge("model_info", "Served model (1 = being served by this worker)",
                                 ["name", "version"], multiprocess_mode="liveall", registry=reg)
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self._children: dict[tuple[str, str], Counter] = {}  # ("rows"|"decision", label) -> labelled child
+        # labels() parses and looks up its arguments on every call: each labelled child is looked up once
+        self._children: dict[tuple[str, ...], Any] = {}
 
-    def _child(self, metric: Counter, kind: str, label: str) -> Counter:
-        child = self._children.get((kind, label))
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._children.get(key)
         if child is None:
-            child = self._children[(kind, label)] = metric.labels(label)
+            child = self._children[key] = metric.labels(*labels)
         return child
 
     def count_scored(self, source: str, results: list[dict[str, Any]]) -> None:
         """Rows scored by source, their probabilities and decisions (one sample per row)."""
-        self._child(self.rows_scored, "rows", source).inc(len(results))
-        if len(results) == 1:  # a served applicant: the common case, without the tallying
-            self.probability.observe(results[0]["probability_of_default"])
-            self._child(self.decisions, "decision", results[0]["decision"]).inc()
-            return
-        observe_many(self.probability, (r["probability_of_default"] for r in results))
+        self._child(self.rows_scored, source).inc(len(results))
+        observe_many(self.probability, [r["probability_of_default"] for r in results])
         for decision, count in Tally(r["decision"] for r in results).items():
-            self._child(self.decisions, "decision", decision).inc(count)
+            self._child(self.decisions, decision).inc(count)
 
     def count_request(self, endpoint: str, method: str, status: int, seconds: float | None) -> None:
         """One served request: its count by endpoint/method/status and (if timed) its latency."""
-        key = (endpoint, method, status)
-        children = self._request_children.get(key)
-        if children is None:  # labels() parses and looks up its arguments on every call: do it once per key
-            children = (self.requests.labels(endpoint, method, str(status)), self.latency.labels(endpoint))
-            self._request_children[key] = children
-        children[0].inc()
+        self._child(self.requests, endpoint, method, str(status)).inc()
         if seconds is not None:
-            children[1].observe(seconds)
+            self._child(self.latency, endpoint).observe(seconds)
 
     def set_model(self, name: str, version: str, previous: tuple[str, str] | None) -> None:
         if previous is not None and previous != (name, version):

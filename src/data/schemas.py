@@ -210,11 +210,10 @@ def suspect_rows(df: pd.DataFrame, profile: Profile) -> np.ndarray | None:
         if spec.is_categorical:
             if str(series.dtype) != ("Int64" if spec.value_kind is int else "string"):
                 return None
-            suspect |= series.isna().to_numpy(bool)
-            if spec.values is not None:
+            if spec.values is not None:  # a missing code is not in the list either
                 suspect |= ~series.isin(list(spec.values)).to_numpy(bool)
             else:
-                suspect |= (series.str.len() < 1).fillna(True).to_numpy(bool)
+                suspect |= (series.str.len() < 1).fillna(True).to_numpy(bool)  # empty or missing
         else:
             if series.dtype != np.float64:
                 return None

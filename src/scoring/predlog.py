@@ -257,10 +257,10 @@ class PredictionLog:
             self._wake.set()
 
     def _ensure_writer(self) -> None:
-        if self._writer_pid == os.getpid() and self._writer is not None and not self._writer_done:
+        if self._writer_pid == os.getpid() and not self._writer_done:
             return
         with self._start_lock:  # started lazily, in the process that writes (after any fork)
-            if self._writer is None or not self._writer.is_alive() or self._writer_pid != os.getpid():
+            if self._writer_pid != os.getpid() or self._writer_done:
                 self._writer = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
                 self._writer_done = False
                 self._writer.start()

@@ -137,12 +137,12 @@ class Scorer:
         return np.array(data, dtype=np.float64).reshape(len(rows), len(plan))
 
     def encode_frame(self, frame: pd.DataFrame) -> np.ndarray:
-        """A whole validated frame -> the booster's float matrix (row-major), as :meth:`encode` would give.
+        """A whole validated frame -> the booster's float matrix, as :meth:`encode` would give.
 
         Batch scoring's path: each categorical column is factorised once and its few distinct
         values are looked up in the same tables, so a 100,000-row chunk costs a few milliseconds
         instead of the Pipeline's pandas round trips. The matrix is built column by column; a
-        single-threaded booster reads it so as fast as row-major, bit for bit the same, while
+        single-threaded booster reads it as fast as row-major, bit for bit the same, while
         several OpenMP threads fight over cache lines in it, so for them it is transposed.
         """
         out = np.empty((len(self._plan), len(frame)), dtype=np.float64)  # filled column by column
