@@ -38,6 +38,12 @@ one-time work lives in ``on_starting``. The choices, and why:
   imports prometheus_client (it picks its value class at import time), so it is
   set here, in the master, before the first fork; dead workers' live gauges are
   dropped in ``child_exit`` so model_info only lists live workers.
+* The prediction log: workers append each answered decision to their own spool
+  file before answering (src/scoring/spool.py); one shipper process, started here
+  when the master is ready and restarted within a second if it dies, copies
+  the spool to DATABASE_URL (src/scoring/shipper.py). On stop it ships what the
+  workers left (for up to 30 s; the spool keeps the rest), then exits; it also
+  exits when the master is gone.
 * SECRET_KEY is generated once in the master when unset, so every worker (and
   every worker after a SIGHUP) signs CSRF tokens and sessions with the same key.
 
@@ -58,8 +64,11 @@ import logging
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -131,6 +140,9 @@ os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
 if not os.environ.get(PROM_ENV):
     os.environ[PROM_ENV] = tempfile.mkdtemp(prefix="credit-prometheus-")
     os.environ[PROM_OWNED_ENV] = os.environ[PROM_ENV]
+# Workers only append to the prediction log's spool; one shipper process beside them (started below) copies
+# it to the database, so no worker spends CPU or GIL time on database writes.
+os.environ[env.PREDLOG_SHIPPER] = "external"
 # POST /admin/reload on any worker bumps this file; every worker sees it and reloads (flask_api/service.py).
 os.environ.setdefault("RELOAD_MARKER_FILE", os.path.join(os.environ[PROM_ENV], "reload-generation"))
 
@@ -143,6 +155,39 @@ def on_starting(server: Any) -> None:
     for path in stale:
         path.unlink(missing_ok=True)
     server.log.info("prometheus multiprocess dir %s (%d stale files removed)", directory, len(stale))
+
+
+ROOT = Path(__file__).resolve().parent
+SHIPPER_CHECK_SECONDS = 1.0
+SHIPPER_DRAIN_SECONDS = 30.0  # src.scoring.shipper's default drain_seconds
+# Kept on the arbiter, not in module globals: SIGHUP re-reads this file into a fresh namespace.
+SHIPPER_ATTR, STOPPING_ATTR = "credit_log_shipper", "credit_log_shipper_stopping"
+
+
+def _start_shipper(server: Any) -> None:
+    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    shipper = subprocess.Popen([sys.executable, "-m", "src.scoring.shipper", "--parent", str(os.getpid())],
+                               env={**os.environ, "PYTHONPATH": python_path},
+                               start_new_session=True)  # signals to the group (Ctrl-C) are for the master
+    setattr(server, SHIPPER_ATTR, shipper)
+    server.log.info("prediction log shipper started (pid %s)", shipper.pid)
+
+
+def _watch_shipper(server: Any) -> None:
+    """Restart the shipper within a second if it dies (rows wait in the spool meanwhile, never lost)."""
+    while not getattr(server, STOPPING_ATTR, False):
+        time.sleep(SHIPPER_CHECK_SECONDS)
+        shipper = getattr(server, SHIPPER_ATTR)
+        if shipper.poll() is not None and not getattr(server, STOPPING_ATTR, False):
+            # (the arbiter may have reaped it first: then its exit status is unknown)
+            server.log.error("prediction log shipper (pid %s) exited; starting a new one", shipper.pid)
+            _start_shipper(server)
+
+
+def when_ready(server: Any) -> None:
+    """Once per master, before the first worker: the shipper process and the thread that keeps it running."""
+    _start_shipper(server)
+    threading.Thread(target=_watch_shipper, args=(server,), name="shipper-watch", daemon=True).start()
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -187,7 +232,7 @@ def post_worker_init(worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """In the worker as it stops (SIGHUP restart, SIGTERM, max requests): write its queued log rows first."""
+    """In the worker as it stops (SIGHUP restart, SIGTERM, max requests): sync and close its spool segment."""
     extensions = getattr(worker.wsgi, "extensions", None) or {}
     service = extensions.get("credit_service")
     if service is not None:
@@ -203,7 +248,16 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
-    """Delete the metrics directory if this config created it (a given directory is left alone)."""
+    """After the workers stopped: the shipper ships what they left and exits; then drop an owned metrics dir."""
+    setattr(server, STOPPING_ATTR, True)
+    shipper = getattr(server, SHIPPER_ATTR, None)
+    if shipper is not None and shipper.poll() is None:
+        shipper.send_signal(signal.SIGTERM)
+        try:
+            shipper.wait(SHIPPER_DRAIN_SECONDS + 5)
+        except subprocess.TimeoutExpired:
+            server.log.error("prediction log shipper still busy; the spool keeps the rest for the next start")
+            shipper.kill()
     owned = os.environ.get(PROM_OWNED_ENV)
     if owned and owned == os.environ.get(PROM_ENV):
         shutil.rmtree(owned, ignore_errors=True)

@@ -66,8 +66,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     marker = env.text(env.RELOAD_MARKER_FILE)
     metrics = Metrics()
-    predlog = PredictionLog(env.database_url(settings), max_pending=settings.serve.log_max_pending,
-                            on_failure=metrics.log_failures.inc, linger=settings.serve.log_linger_seconds)
+    # Under gunicorn the master's shipper process ships the spool (env PREDLOG_SHIPPER); else a thread here.
+    predlog = PredictionLog(env.database_url(settings), env.spool_dir(settings), ship=not env.ships_elsewhere(),
+                            fsync_seconds=settings.serve.log_fsync_seconds,
+                            ship_seconds=settings.serve.log_ship_seconds, registry=metrics.registry)
     svc = Service(settings=settings, models=ModelHolder(settings, app.config["MODEL_URI"]),
                   predlog=predlog, metrics=metrics, reload_marker=Path(marker) if marker else None)
     app.extensions["credit_service"] = svc

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import BadRequest
 
-from flask_api.service import ModelNotReady, Service, service
+from flask_api.service import ModelNotReady, NotRecorded, Service, service
 from flask_api.validation import applicant_json_schema, validate_applicants
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -67,7 +67,11 @@ def answer_predict(svc: Service, payload: Any) -> Answer:
     rows, problems = validate_applicants(applicants, model.scorer.profile)
     if problems:
         return error_body(422, f"{len(problems)} invalid field(s)", [p.as_dict() for p in problems])
-    request_id, used, results = svc.score(rows, source="api", reasons=reasons)
+    try:
+        request_id, used, results = svc.score(rows, source="api", reasons=reasons)
+    except NotRecorded:
+        return error_body(503, "the decision could not be recorded (prediction log unavailable), so none was "
+                               "made; try again later")
     return 200, {"request_id": request_id, "model": {"name": used.name, "version": used.version},
                  "threshold": used.scorer.threshold, "results": results}
 

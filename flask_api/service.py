@@ -28,6 +28,10 @@ class ModelNotReady(RuntimeError):
     """No model is loaded yet (or loading failed); the client should retry later."""
 
 
+class NotRecorded(RuntimeError):
+    """The decision could not be put on record (the spool cannot be written): it is not given."""
+
+
 @dataclass
 class Service:
     settings: Settings
@@ -87,15 +91,21 @@ class Service:
 
     def score(self, rows: list[dict[str, Any]], source: str, reasons: bool = True,
               ) -> tuple[str, LoadedModel, list[dict[str, Any]]]:
-        """Score validated rows with the current model; log every row; never fail on logging."""
+        """Score validated rows with the current model and put every row on record before answering.
+
+        Raises NotRecorded when the rows cannot be recorded (the spool's disk is full or
+        failing): a credit decision that is not on record is not given.
+        """
         model = self.model()  # one reference for the whole request, even across a reload
         request_id = new_request_id()
         results = model.scorer.score(rows, with_reasons=reasons)
-        try:  # queued; the log's writer thread commits it (and counts its own failures)
+        try:  # on local disk when this returns; the shipper copies it to the database
             self.predlog.submit(request_id, source, model.name, model.version, rows, results)
-        except Exception:  # the decision stands; the failure is counted and logged
+        except Exception as exc:
             self.metrics.log_failures.inc(len(rows))
-            log.exception("prediction log write failed for request %s (%d rows)", request_id, len(rows))
+            log.error("request %s (%d rows) could not be recorded, so it is not answered: %s", request_id,
+                      len(rows), exc)
+            raise NotRecorded(str(exc)) from exc
         self.metrics.count_scored(source, results)
         return request_id, model, results
 

@@ -15,7 +15,7 @@ from flask import Blueprint, render_template, request
 from flask_wtf.csrf import CSRFError
 
 from flask_api.forms import ApplicantForm, default_values, field_infos, form_class
-from flask_api.service import ModelNotReady, service
+from flask_api.service import ModelNotReady, NotRecorded, service
 from src.scoring.model_store import LoadedModel
 from src.scoring.scorer import APPROVE, DECLINE, REFER, display_value
 
@@ -40,9 +40,9 @@ class ReasonView:
     share: float  # |contribution| / largest |contribution| among the reasons shown, in percent
 
 
-def _unavailable() -> Page:
-    """Friendly 503 while no model is loaded: the officer should retry, not read a stack trace."""
-    return render_template("unavailable.html", model=None), 503, {"Retry-After": "30"}
+def _unavailable(reason: str | None = None) -> Page:
+    """Friendly 503 (no model loaded yet, or the decision could not be recorded): retry, no stack trace."""
+    return render_template("unavailable.html", model=None, reason=reason), 503, {"Retry-After": "30"}
 
 
 def _render_form(form: ApplicantForm, model: LoadedModel, status: int = 200) -> Page:
@@ -140,6 +140,9 @@ def submit() -> Page:
         request_id, used, results = svc.score([row], source="form", reasons=True)
     except ModelNotReady:
         return _unavailable()
+    except NotRecorded:
+        return _unavailable("The decision could not be put on record, so none was made. Nothing was saved; "
+                            "please try again in a minute.")
     return _result_page(form, row, request_id, used, results[0])
 
 

@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -33,9 +34,31 @@ def server_binaries() -> Path | None:
     return Path(found).parent if found and shutil.which("pg_ctl") else None
 
 
+@dataclass
+class Cluster:
+    """A running test cluster that a test may stop and start again (a database outage drill)."""
+
+    bindir: Path
+    data: Path
+    log: Path
+    options: str
+    as_user: list[str]
+    url: str
+
+    def pg_ctl(self, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.data), *args], check=True,
+                       capture_output=True, text=True, timeout=90)
+
+    def start(self) -> None:
+        self.pg_ctl("-l", str(self.log), "-w", "-t", "60", "-o", self.options, "start")
+
+    def stop(self) -> None:
+        self.pg_ctl("-m", "fast", "-w", "stop")
+
+
 @contextmanager
-def running_server(bindir: Path) -> Iterator[str]:
-    """Start a fresh cluster (trust auth, fsync off: a test server), yield its admin URL, stop and delete it."""
+def cluster(bindir: Path) -> Iterator[Cluster]:
+    """Start a fresh cluster (trust auth, fsync off: a test server); stop and delete it afterwards."""
     root = Path(tempfile.mkdtemp(prefix="credit-postgres-"))
     data, log = root / "data", root / "server.log"
     as_user: list[str] = []
@@ -45,14 +68,14 @@ def running_server(bindir: Path) -> Iterator[str]:
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
     options = f"-p {port} -k {root} -c listen_addresses={HOST} -c fsync=off -c max_connections=60"
+    server = Cluster(bindir, data, log, options, as_user, f"postgresql://{USER}@{HOST}:{port}/postgres")
     started = False
     try:
         subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", USER, "-A", "trust", "-E", "UTF8",
                         "--no-sync"], check=True, capture_output=True, text=True, timeout=120)
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                        "-o", options, "start"], check=True, capture_output=True, text=True, timeout=90)
+        server.start()
         started = True
-        yield f"postgresql://{USER}@{HOST}:{port}/postgres"
+        yield server
     except subprocess.CalledProcessError as exc:
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise RuntimeError(f"PostgreSQL test server failed: {exc.cmd[len(as_user)]}: {exc.stderr}\n{tail}") from exc
@@ -61,6 +84,13 @@ def running_server(bindir: Path) -> Iterator[str]:
             subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                            capture_output=True, timeout=60, check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def running_server(bindir: Path) -> Iterator[str]:
+    """A fresh cluster's admin URL, for as long as the block runs."""
+    with cluster(bindir) as server:
+        yield server.url
 
 
 @contextmanager

@@ -7,7 +7,9 @@ start-up with one line naming the variable.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from src.config.errors import ConfigError
@@ -28,6 +30,8 @@ MLOPS_ACTOR = "MLOPS_ACTOR"            # who changes the registry (audit tags); 
 PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # metrics shared by gunicorn's workers (gunicorn.conf.py sets it)
 GUNICORN_WORKER_CLASS = "GUNICORN_WORKER_CLASS"  # keepalive (default) or gthread
 GUNICORN_KEEPALIVE_REQUESTS = "GUNICORN_KEEPALIVE_REQUESTS"  # requests per kept-alive connection (0: no limit)
+PREDLOG_SPOOL_DIR = "PREDLOG_SPOOL_DIR"  # the prediction log's spool (else serve.log_spool_dir, else beside the log)
+PREDLOG_SHIPPER = "PREDLOG_SHIPPER"    # "external": another process ships the spool (gunicorn.conf.py sets it)
 GUNICORN_PIDFILE = "GUNICORN_PIDFILE"
 GUNICORN_CONTROL_SOCKET = "GUNICORN_CONTROL_SOCKET"
 
@@ -70,6 +74,33 @@ def database_url(settings: Settings) -> str:
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
         url = prefix + str((settings.paths.root / url.removeprefix(prefix)).resolve())
     return url
+
+
+def default_spool_dir(url: str, root: Path) -> Path:
+    """Where a database's spool lives by default: beside a SQLite file, else under ``<root>/spool/``.
+
+    One spool per database: a shipper copies everything in its spool into its own database.
+    """
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix(prefix).split("?", 1)[0])
+        return (path if path.is_absolute() else root / path).with_name(path.name + ".spool")
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return root / "spool" / digest
+
+
+def spool_dir(settings: Settings) -> Path:
+    """$PREDLOG_SPOOL_DIR, else serve.log_spool_dir (relative to the project root), else the database's default."""
+    chosen = text(PREDLOG_SPOOL_DIR) or settings.serve.log_spool_dir
+    if chosen:
+        path = Path(chosen)
+        return path if path.is_absolute() else (settings.paths.root / path).resolve()
+    return default_spool_dir(database_url(settings), settings.paths.root)
+
+
+def ships_elsewhere() -> bool:
+    """True when another process ships the spool (gunicorn's master starts one); else the app ships it itself."""
+    return text(PREDLOG_SHIPPER) == "external"
 
 
 def serve_bind(settings: Settings) -> str:

@@ -109,11 +109,12 @@ class ServeSettings(Strict):
     refer_margin: float = Field(ge=0, lt=0.5)
     database_url: str = Field(min_length=1)
     bind: str = "127.0.0.1:8000"
-    log_max_pending: int = Field(10_000, ge=1)
-    log_linger_seconds: Seconds = Field(0.1, ge=0, le=10)
+    log_spool_dir: str | None = None  # null: beside a SQLite log, else <root>/spool/<digest of the URL>
+    log_fsync_seconds: Seconds = Field(1.0, ge=0, le=60)
+    log_ship_seconds: Seconds = Field(0.1, gt=0, le=60)
     num_threads: int = Field(1, ge=1)
 
-    _no_uri = field_validator("model_uri")(empty_as_none)
+    _no_uri = field_validator("model_uri", "log_spool_dir")(empty_as_none)
 
 
 class DeploySettings(Strict):

@@ -86,8 +86,12 @@ class GunicornServer:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def worker_pids(self) -> set[int]:
-        """Live children of the master, read from /proc (no psutil needed)."""
-        return children_of(self.master_pid)
+        """Live workers: the master's children, read from /proc (no psutil needed), but its log shipper."""
+        return children_of(self.master_pid) - self.shipper_pids()
+
+    def shipper_pids(self) -> set[int]:
+        """The master's prediction-log shipper process (one, unless it is being replaced)."""
+        return {pid for pid in children_of(self.master_pid) if SHIPPER_MODULE in command_line(pid)}
 
     def access_pids(self, method: str, path: str) -> Counter[int]:
         """How many access-log lines for ``method path`` each worker pid wrote (who served what)."""
@@ -117,6 +121,16 @@ class GunicornServer:
     def sighup(self) -> None:
         """Ask the master for a graceful restart of every worker (config re-read, models re-loaded)."""
         os.kill(self.master_pid, signal.SIGHUP)
+
+
+SHIPPER_MODULE = "src.scoring.shipper"
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def children_of(pid: int) -> set[int]:
@@ -268,9 +282,9 @@ def logged_rows(db_path: Path, after_id: int = 0) -> list[tuple[int, str]]:
 def settled_rows(db_path: Path, after_id: int, expected: int, timeout: float = 60.0) -> list[tuple[int, str]]:
     """Rows logged after ``after_id``, re-read until there are ``expected`` or they stop changing for a while.
 
-    Each worker's writer thread commits its queued rows within milliseconds of the
-    response (and before the worker exits); the wait only absorbs that and a busy
-    disk, and a short count is still reported as such.
+    Each answered request is in a worker's spool before its response; the shipper
+    process copies it to the database within a fraction of a second. The wait only
+    absorbs that and a busy disk, and a short count is still reported as such.
     """
     deadline = time.monotonic() + timeout
     rows = logged_rows(db_path, after_id)

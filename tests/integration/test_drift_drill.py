@@ -156,7 +156,7 @@ def test_cli_drift_from_the_prediction_log(drill: Drill, scorer: Model | None, t
     proba = scorer.predict(test).tolist()
     results = [{"probability_of_default": p, "decision": "approve"} for p in proba]
     for start in range(0, len(rows), 1000):  # one logged request per 1,000 applicants, as the API caps batches
-        plog.write(f"req-{start}", "api", scorer.name, scorer.version, rows[start:start + 1000],
+        plog.submit(f"req-{start}", "api", scorer.name, scorer.version, rows[start:start + 1000],
                    results[start:start + 1000])
     plog.close()
     out = tmp_path / "drift.json"

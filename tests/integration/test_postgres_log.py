@@ -9,12 +9,14 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from flask_api import create_app
-from src.scoring.predlog import PredictionLog, predictions
+from src.scoring.logdb import predictions
+from src.scoring.predlog import PredictionLog
 from tests.conftest import TrainedProject, default_applicant
 
 WORKERS, THREADS, REQUESTS = 2, 4, 40  # two logs stand in for two gunicorn workers
@@ -28,9 +30,10 @@ def rows_of(n: int, seed: int) -> tuple[list[dict], list[dict]]:
     return rows, results
 
 
-def test_concurrent_workers_lose_no_rows(postgres_url: str) -> None:
-    """N scored rows -> N log rows with several writers, each request's rows together and in order."""
-    logs = [PredictionLog(postgres_url, linger=0.02) for _ in range(WORKERS)]
+def test_concurrent_workers_lose_no_rows(postgres_url: str, tmp_path: Path) -> None:
+    """N scored rows -> N log rows with several writers and two shippers (two hosts' spools) inserting at once,
+    each request's rows together and in order."""
+    logs = [PredictionLog(postgres_url, tmp_path / f"spool-{w}", ship_seconds=0.02) for w in range(WORKERS)]
     sent: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -48,7 +51,7 @@ def test_concurrent_workers_lose_no_rows(postgres_url: str) -> None:
     for t in threads:
         t.join()
     for log in logs:
-        log.close()  # drains each writer's queue first
+        log.close()  # its shipper ships everything spooled first
     engine = sa.create_engine(postgres_url)
     try:
         with engine.connect() as conn:
@@ -62,13 +65,14 @@ def test_concurrent_workers_lose_no_rows(postgres_url: str) -> None:
     assert {k: sorted(v) for k, v in by_request.items()} == {k: list(range(n)) for k, n in sent.items()}
 
 
-def test_rows_read_back_with_their_types(postgres_url: str) -> None:
+def test_rows_read_back_with_their_types(postgres_url: str, tmp_path: Path) -> None:
     """JSON features, a timezone-aware timestamp, floats and text, exactly as written."""
-    log = PredictionLog(postgres_url)
+    log = PredictionLog(postgres_url, tmp_path / "spool")
     rows, results = rows_of(2, 5)
     rows[1]["note"] = "é, \"quoted\""
     before = datetime.now(UTC)
-    log.write("req-pg", "form", "model-x", "3", rows, results)
+    log.submit("req-pg", "form", "model-x", "3", rows, results)
+    assert log.flush(30)
     with log.engine.connect() as conn:
         got = conn.execute(sa.select(predictions).order_by(predictions.c.row_index)).mappings().all()
     dialect = log.engine.dialect.name
@@ -84,9 +88,10 @@ def test_rows_read_back_with_their_types(postgres_url: str) -> None:
 
 
 def test_the_service_logs_predictions_to_postgres(trained_project: TrainedProject, postgres_url: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """DATABASE_URL=postgresql://... is all it takes: the API's rows land in PostgreSQL."""
     monkeypatch.setenv("DATABASE_URL", postgres_url)
+    monkeypatch.setenv("PREDLOG_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     app = create_app({"SETTINGS": trained_project.settings, "MODEL_URI": str(trained_project.model_dir),
                       "MODEL_LOADING": "sync", "TESTING": True})

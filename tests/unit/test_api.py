@@ -11,6 +11,7 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -165,25 +166,49 @@ def test_every_scored_row_is_logged_and_counted(client, app) -> None:
     assert 'model_info{name="credit-default-taiwan_credit",version="1"} 1.0' in metrics
 
 
-def test_a_failing_log_never_fails_the_prediction(client, app, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_database_outage_never_fails_the_prediction_and_loses_no_row(client, app,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows wait in the spool while the database refuses them, /metrics shows the backlog, then they arrive."""
     svc = app.extensions["credit_service"]
+    shipper = svc.predlog.shipper
+    real_insert = shipper._insert
 
-    def broken(*_args: Any, **_kwargs: Any) -> None:
-        raise OSError("disk full")
+    def down(*_args: Any, **_kwargs: Any) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("could not connect to server"))
 
-    monkeypatch.setattr(svc.predlog, "_insert", broken)  # every attempt of the writer thread fails
+    before = svc.predlog.count()
+    monkeypatch.setattr(shipper, "_insert", down)
     resp = client.post(PREDICT, json={"applicants": [applicant(app), applicant(app)]})
     assert resp.status_code == 200 and len(resp.json["results"]) == 2
-    assert svc.predlog.flush(timeout=10)
-    assert "prediction_log_failures_total 2.0" in client.get("/metrics").get_data(as_text=True)
+    assert not svc.predlog.flush(timeout=0.5)  # not in the database yet: the shipper keeps failing
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric_value(text, "prediction_log_backlog_bytes") > 0
+    assert metric_value(text, "prediction_log_ship_errors_total") >= 1
+    assert metric_value(text, "prediction_log_failures_total") == 0
+    monkeypatch.setattr(shipper, "_insert", real_insert)  # the database is back
+    assert svc.predlog.flush(timeout=20)
+    assert svc.predlog.count() == before + 2
+    assert metric_value(client.get("/metrics").get_data(as_text=True), "prediction_log_backlog_bytes") == 0
 
 
-def test_a_closed_log_is_counted_not_raised(client, app) -> None:
+def test_a_decision_that_cannot_be_recorded_is_not_given(client, app) -> None:
+    """The spool cannot be written (here: closed; in life a full disk): 503 naming why, counted, no decision."""
     svc = app.extensions["credit_service"]
     svc.predlog.close()
     resp = client.post(PREDICT, json={"applicants": [applicant(app)] * 3})
-    assert resp.status_code == 200 and len(resp.json["results"]) == 3
-    assert "prediction_log_failures_total 3.0" in client.get("/metrics").get_data(as_text=True)
+    assert resp.status_code == 503 and "could not be recorded" in resp.json["error"]
+    assert "results" not in resp.json and "request_id" not in resp.json
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric_value(text, "prediction_log_failures_total") == 3
+    assert 'rows_scored_total{source="api"}' not in text  # nothing counted as scored
+
+
+def metric_value(text: str, name: str) -> float:
+    """The value of an unlabelled sample in a Prometheus exposition."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the exposition")
 
 
 def test_not_ready_until_a_model_is_loaded(trained_project: TrainedProject, tmp_path, monkeypatch) -> None:

@@ -364,11 +364,12 @@ def test_every_default_is_written_once_in_the_models(tmp_path):
     params = _params_for("taiwan_credit")
     for section in ("deploy", "retrain", "monitoring", "batch"):
         params.pop(section)
-    for key in ("log_max_pending", "log_linger_seconds", "num_threads"):
+    for key in ("log_spool_dir", "log_fsync_seconds", "log_ship_seconds", "num_threads"):
         params["serve"].pop(key)
     settings = _build(params, tmp_path)
     assert settings.batch.chunk_rows == 100_000 and settings.deploy.region == "us-east-1"
-    assert settings.serve.log_max_pending == 10_000 and settings.serve.num_threads == 1
+    assert settings.serve.log_fsync_seconds == 1.0 and settings.serve.num_threads == 1
+    assert settings.serve.log_spool_dir is None and settings.serve.log_ship_seconds == 0.1
 
 
 def test_a_stage_exits_non_zero_with_the_one_line_error(tmp_path):

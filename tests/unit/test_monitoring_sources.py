@@ -75,7 +75,7 @@ def test_read_log_window(tmp_path: Path) -> None:
     rows = json.loads(synthetic_applicants(3).to_json(orient="records"))
     results = [{"probability_of_default": p, "decision": d} for p, d in ((0.1, "approve"), (0.2, "refer"),
                                                                           (0.6, "decline"))]
-    plog.write("req-1", "api", "credit-default-taiwan_credit", "4", rows, results)
+    plog.submit("req-1", "api", "credit-default-taiwan_credit", "4", rows, results)
     plog.close()
     now = datetime.now(UTC)
     frame = sources.read_log(url, now - timedelta(hours=1), None)

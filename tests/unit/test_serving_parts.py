@@ -1,24 +1,17 @@
-"""The serving hot path's parts on their own: the validation fast path, the queued prediction log and its
-pre-bound INSERT, batched histogram updates, the keep-alive worker's setting and the lean access log."""
+"""The serving hot path's parts on their own: the validation fast path, batched histogram updates, the
+keep-alive worker's setting and the lean access log (the prediction log: test_predlog.py)."""
 
 from __future__ import annotations
 
 import ast
 import math
-import os
-import queue
 import re
-import threading
-import time
-import uuid
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import gunicorn
 import pytest
-import sqlalchemy as sa
 from gunicorn.config import Config
 from gunicorn.glogging import Logger, SafeAtoms
 from hypothesis import example, given, settings
@@ -26,21 +19,10 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import multiprocess as mp
 from prometheus_client import values as prom_values
-from sqlalchemy.dialects import postgresql
 
 from flask_api.metrics import PROBABILITY_BUCKETS, observe_many
 from flask_api.validation import FieldError, check_value, validate_applicants
 from src.config import Profile, build_profile
-from src.scoring.predlog import (
-    COLUMNS,
-    FastInsert,
-    PredictionLog,
-    make_engine,
-    new_request_id,
-    predictions,
-    safe_url,
-    transient,
-)
 from src.server import worker as gunicorn_worker
 from src.server.access_log import BASIC_ENVIRON, LeanAccessLogger, needs_every_atom
 from tests.conftest import ROOT, load_params
@@ -119,113 +101,6 @@ def test_plain_valid_rows_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) ->
     assert [e.field for e in errors] == ["age"] and calls
 
 
-# --- the prediction log -------------------------------------------------------------------------------------------
-
-
-def scored(n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    rows = [{"x": i, "label": f"row {i}"} for i in range(n)]
-    return rows, [{"probability_of_default": i / 10, "decision": "approve"} for i in range(n)]
-
-
-def test_concurrent_submissions_are_all_written_by_close(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'log.db'}"
-    log = PredictionLog(url)
-    expected = 0
-    lock = threading.Lock()
-
-    def client(index: int) -> None:
-        nonlocal expected
-        for i in range(60):
-            n = 1 + (i + index) % 3
-            log.submit(f"{index}-{i}", "api", "model", "7", *scored(n))
-            with lock:
-                expected += n
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    log.close()  # returns only once everything queued is committed
-    again = PredictionLog(url)  # a fresh engine: the rows are in the file, not just in a cache
-    try:
-        assert again.count() == expected == 8 * sum(1 + i % 3 for i in range(60))
-    finally:
-        again.close()
-
-
-def test_a_full_log_queue_refuses_after_the_timeout_then_takes_rows_again(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", max_pending=3)
-    release = threading.Event()
-    real_insert = log._insert
-    monkeypatch.setattr(log, "_insert", lambda batch: (release.wait(30), real_insert(batch)))
-    rows, results = scored(1)
-    log.submit("first", "api", "m", "1", rows, results)  # the writer takes it and blocks
-    deadline = time.monotonic() + 10
-    while log._pending and time.monotonic() < deadline:
-        time.sleep(0.01)
-    for i in range(3):
-        log.submit(f"queued-{i}", "api", "m", "1", rows, results)
-    with pytest.raises(queue.Full, match="3 requests already wait"):
-        log.submit("refused", "api", "m", "1", rows, results, timeout=0.1)
-    release.set()
-    log.submit("after", "api", "m", "1", rows, results)
-    assert log.count() == 5  # everything but the refused request
-    log.close()
-
-
-def test_request_ids_are_time_ordered_version_7_uuids_and_a_fork_never_repeats_them() -> None:
-    before = time.time_ns() // 1_000_000
-    ids = [new_request_id() for _ in range(3000)]
-    after = time.time_ns() // 1_000_000
-    assert len(set(ids)) == len(ids)
-    for text in ids:
-        parsed = uuid.UUID(text)
-        assert str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
-        assert before <= parsed.int >> 80 <= after  # the first 48 bits: milliseconds since 1970
-    time.sleep(0.002)
-    assert new_request_id() > max(ids)  # a later millisecond sorts after every earlier id
-    randomness = {uuid.UUID(i).int & ((1 << 62) - 1) for i in ids}
-    assert len(randomness) == len(ids)  # the random tail differs even within one millisecond
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its ids must not be the ones the parent's buffer holds next
-        os.write(write, new_request_id().encode())
-        os._exit(0)
-    os.waitpid(pid, 0)
-    child = os.read(read, 64).decode()
-    os.close(read)
-    os.close(write)
-    parent_next = new_request_id()
-    assert uuid.UUID(child).version == 7 and child[14:] != parent_next[14:] and child not in ids
-
-
-def test_failed_writes_are_retried_then_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    failures: list[int] = []
-    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", on_failure=failures.append)
-    attempts = []
-    real_insert = log._insert
-
-    def flaky(batch: list[Any]) -> None:  # queued requests: (request_id, ..., rows, results)
-        attempts.append(sum(len(entry[5]) for entry in batch))
-        if len(attempts) == 1:
-            raise OSError("database is locked")
-        real_insert(batch)
-
-    monkeypatch.setattr(log, "_insert", flaky)
-    log.submit("r1", "api", "m", "1", *scored(4))
-    assert log.flush(10)
-    assert failures == [] and log.count() == 4 and attempts == [4, 4]  # retried once, then written
-
-    monkeypatch.setattr(log, "_insert", lambda records: (_ for _ in ()).throw(OSError("disk full")))
-    log.submit("r2", "api", "m", "1", *scored(3))
-    assert log.flush(10)
-    assert failures == [3] and log.count() == 4
-    log.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        log.submit("r3", "api", "m", "1", *scored(1))
-
 
 @pytest.mark.parametrize("multiprocess", [False, True])
 @given(values=st.lists(st.floats(min_value=0.0, max_value=1.0), max_size=60))
@@ -272,89 +147,6 @@ def test_observe_many_equals_observe_one_by_one(values: list[float], multiproces
     for key, value in one_by_one.items():
         assert batched[key] == pytest.approx(value, abs=1e-9), key
     assert one_by_one['p_count'] == len(values)
-
-
-# --- the prediction log's pre-bound INSERT -------------------------------------------------------------------
-
-
-def test_a_permanent_error_costs_only_its_own_request(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A row the database cannot take fails at once (no retries) and takes no other request with it."""
-    failures: list[int] = []
-    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", on_failure=failures.append, linger=0.5)
-    rows, results = scored(2)
-    unbindable = [{**rows[0], "limit_bal": object()}, rows[1]]  # JSON cannot hold it: a permanent error
-    with caplog.at_level("WARNING", logger="src.scoring.predlog"):
-        log.submit("good-1", "api", "m", "1", rows, results)
-        log.submit("bad", "api", "m", "1", unbindable, results)
-        log.submit("good-2", "api", "m", "1", rows, results)
-        assert log.flush(10)
-    assert failures == [2] and log.count() == 4
-    assert "retrying" not in caplog.text  # not retried: it would fail the same way every time
-    assert "request(s) bad could not be written" in caplog.text
-    log.close()
-
-
-@pytest.mark.parametrize(("url", "shown"), [
-    ("postgresql://scorer:s3cr%40t@db.internal:5432/log", "postgresql://scorer:***@db.internal:5432/log"),
-    ("postgresql+psycopg://u:p@h/db", "postgresql+psycopg://u:***@h/db"),
-    ("sqlite:////var/app/predictions.db", "sqlite:////var/app/predictions.db"),
-])
-def test_database_urls_are_shown_with_the_password_masked(url: str, shown: str) -> None:
-    assert safe_url(url) == shown
-
-
-def test_transient_and_permanent_database_errors() -> None:
-    assert transient(OSError("database is locked"))
-    assert transient(sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection")))
-    assert not transient(sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
-    assert not transient(TypeError("Type is not JSON serializable: object"))
-
-
-def test_logged_rows_read_back_as_sqlalchemy_wrote_them(tmp_path: Path) -> None:
-    """Rows bound by FastInsert read back through the Table's types: datetimes, JSON features, floats."""
-    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", linger=0.05)
-    rows = [{"age": 30, "education": 2, "limit_bal": 1000.5, "note": None}, {"age": 41, "education": 1,
-                                                                              "limit_bal": 2.0, "note": "é"}]
-    results = [{"probability_of_default": 0.125, "decision": "approve"},
-               {"probability_of_default": 0.75, "decision": "decline"}]
-    before = datetime.now(UTC)
-    log.submit("req-a", "api", "model-x", "3", rows, results)
-    log.submit("req-b", "form", "model-x", "3", rows[:1], results[:1])
-    assert log.flush(10)
-    with log.engine.connect() as conn:
-        got = conn.execute(sa.select(predictions).order_by(predictions.c.id)).mappings().all()
-    log.close()
-    assert [(r["request_id"], r["row_index"], r["source"]) for r in got] == [("req-a", 0, "api"), ("req-a", 1, "api"),
-                                                                            ("req-b", 0, "form")]
-    assert [r["features"] for r in got] == [rows[0], rows[1], rows[0]]
-    assert [(r["probability"], r["decision"]) for r in got] == [(0.125, "approve"), (0.75, "decline"),
-                                                                (0.125, "approve")]
-    assert all(r["model_name"] == "model-x" and r["model_version"] == "3" for r in got)
-    stamps = [r["created_at"].replace(tzinfo=UTC) for r in got]
-    assert all(before - timedelta(seconds=1) <= t <= datetime.now(UTC) for t in stamps)
-    assert stamps[0] == stamps[1]  # one timestamp per request
-
-
-def test_insert_for_a_named_paramstyle_dialect_binds_dicts() -> None:
-    """PostgreSQL (pyformat) gets %(name)s placeholders and one dict per row, JSON serialised by the dialect."""
-    dialect = postgresql.psycopg2.dialect()
-    insert = FastInsert(dialect)
-    assert "%(request_id)s" in insert.sql and not insert.positional
-    stamp = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
-    params = insert.parameters([("r", "api", "m", "1", stamp, [{"a": 1}, {"a": 2}],
-                                 [{"probability_of_default": 0.5, "decision": "refer"}] * 2)])
-    assert [p["row_index"] for p in params] == [0, 1]
-    assert all(set(p) == set(COLUMNS) and p["created_at"] == stamp and p["decision"] == "refer" for p in params)
-    assert [p["features"] for p in params] in ([{"a": 1}, {"a": 2}], ['{"a":1}', '{"a":2}'], ['{"a": 1}', '{"a": 2}'])
-
-
-def test_sqlite_insert_binds_positional_tuples_in_placeholder_order() -> None:
-    insert = FastInsert(make_engine("sqlite://").dialect)  # the engine's JSON serializer: orjson
-    assert insert.positional and insert.sql.count("?") == len(COLUMNS)
-    (row,) = insert.parameters([("r", "api", "m", "1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), [{"a": 1}],
-                                 [{"probability_of_default": 0.5, "decision": "refer"}])])
-    named = dict(zip(insert.order, row, strict=True))
-    assert named["created_at"].startswith("2026-01-02 03:04:05") and named["features"] == '{"a":1}'
 
 
 # --- the keep-alive worker's setting -------------------------------------------------------------------------

@@ -137,6 +137,17 @@ def test_valid_post_shows_result_and_logs_one_row(client, app) -> None:
     assert logged(app) == 1
 
 
+def test_a_decision_that_cannot_be_recorded_is_not_shown(client, app) -> None:
+    """The spool cannot be written (closed here; a full disk in life): a 503 page that says why, no decision."""
+    data = form_data(client, app)
+    app.extensions["credit_service"].predlog.close()
+    resp = client.post("/", data=data)
+    assert resp.status_code == 503 and resp.headers["Retry-After"]
+    html = resp.get_data(as_text=True)
+    assert "could not be put on record, so none was made" in html
+    assert 'id="decision"' not in html and "Traceback" not in html
+
+
 def test_change_the_answers_reopens_the_form_filled_in_without_scoring(client, app) -> None:
     result = client.post("/", data=form_data(client, app, age=41))
     html = result.get_data(as_text=True)
