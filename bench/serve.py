@@ -307,9 +307,6 @@ def gunicorn_server(project: Project, run_dir: Path, workers: int | None, thread
     prom = run_dir / "prometheus"
     prom.mkdir()
     database = f"sqlite:///{run_dir / 'predictions.db'}"
-    # Create the log (WAL mode + table) first: workers that create a fresh SQLite file at the same
-    # moment can fail to boot on "PRAGMA journal_mode=WAL: database is locked".
-    PredictionLog(database).dispose()
     env = {**os.environ, "MODEL_URI": str(project.model_dir), "DATABASE_URL": database,
            "SECRET_KEY": secrets.token_hex(32), "PARAMS_FILE": str(project.params_file),
            "PROMETHEUS_MULTIPROC_DIR": str(prom), "MLFLOW_TRACKING_URI": project.tracking_uri,

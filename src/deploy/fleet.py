@@ -25,6 +25,13 @@ DOCUMENT = "AWS-RunShellScript"
 RUNNING_STATES = ("Pending", "InProgress", "Delayed")
 # Output kept from a failed invocation in the error message: enough to see the failing command.
 OUTPUT_TAIL = 600
+# The prediction log's spool lives on the host (<state_dir>/spool), so decisions a replaced container
+# answered but had not shipped are shipped by the next one. Owned by the image's user (Dockerfile: USER).
+CONTAINER_UID = 10001
+SPOOL_IN_CONTAINER = "/app/var/spool"
+# `docker stop` waits this long before SIGKILL: gunicorn's graceful timeout (30 s), then the shipper's
+# drain of what the workers left (up to 30 s), plus a margin. (docker's default, 10 s, cut both short.)
+STOP_SECONDS = 75
 
 
 @dataclass(frozen=True)
@@ -82,22 +89,24 @@ def release_script(image: str, tag: str, cfg: DeploySettings, region: str) -> li
     the SSM parameter written by :mod:`src.deploy.release` is what rollback trusts.
     """
     q = shlex.quote
-    name, state = q(cfg.container_name), q(cfg.state_dir)
+    name, state, spool = q(cfg.container_name), q(cfg.state_dir), q(f"{cfg.state_dir.rstrip('/')}/spool")
     lines = [
         "set -eu",
         f"IMAGE={q(image)}",
-        f"mkdir -p {state}",
+        f"mkdir -p {state} {spool}",
+        f"chown {CONTAINER_UID}:{CONTAINER_UID} {spool}",
     ]
     if ".dkr.ecr." in image:  # the instance profile's ECR read access, exchanged for a docker login
         lines.append(f'aws ecr get-login-password --region {q(region)} '
                      f'| docker login --username AWS --password-stdin "${{IMAGE%%/*}}"')
     run = (f"docker run -d --name {name} --restart unless-stopped "
-           f"-p {cfg.port}:{cfg.container_port}")
+           f"-p {cfg.port}:{cfg.container_port} -v {spool}:{SPOOL_IN_CONTAINER} "
+           f"-e PREDLOG_SPOOL_DIR={SPOOL_IN_CONTAINER}")
     lines += [
         'docker pull "$IMAGE"',
         f"PREVIOUS=$(docker inspect --format '{{{{.Config.Image}}}}' {name} 2>/dev/null || true)",
         f'if [ -n "$PREVIOUS" ]; then echo "${{PREVIOUS##*:}}" > {state}/previous-tag; fi',
-        f"docker stop {name} >/dev/null 2>&1 || true",
+        f"docker stop -t {STOP_SECONDS} {name} >/dev/null 2>&1 || true",
         f"docker rm {name} >/dev/null 2>&1 || true",
         f"if [ -f {q(cfg.env_file)} ]; then {run} --env-file {q(cfg.env_file)} \"$IMAGE\"; "
         f'else {run} "$IMAGE"; fi',

@@ -64,8 +64,7 @@ class PredictionLog:
                  fsync_seconds: float = 1.0, ship_seconds: float = 0.1,
                  registry: CollectorRegistry | None = None) -> None:
         self.url = url
-        self.engine = make_engine(url)
-        create_tables(self.engine)
+        self.engine = make_engine(url)  # for flush() and count(); nothing here needs the database up
         self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool_dir(url, Path.cwd())
         self.spool = SpoolWriter(self.spool_dir, fsync_seconds)
         # ship=False: another process ships this spool (gunicorn.conf.py starts one beside the workers)
@@ -137,7 +136,9 @@ class PredictionLog:
 
     def count(self) -> int:
         """Rows in the database, once everything spooled so far is shipped."""
-        self.flush()
+        if not self.flush():
+            raise TimeoutError(f"the prediction log spool {self.spool_dir} is not yet shipped")
+        create_tables(self.engine)  # (an empty log: its shipper may not have made them yet)
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one())
 

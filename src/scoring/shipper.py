@@ -89,7 +89,6 @@ class Shipper:
         self.directory = Path(directory)
         self.interval = max(0.001, float(interval))
         self.engine = engine if engine is not None else make_engine(url)
-        create_tables(self.engine)
         self.insert = FastInsert(self.engine.dialect)
         self.metrics = ShipperMetrics(registry)
         self.wake = threading.Event()
@@ -124,6 +123,7 @@ class Shipper:
                 return 0
             try:
                 if self._stale:  # only this shipper moves the offsets: read them once, then after a failure
+                    create_tables(self.engine)  # here, not at start: a database that is down must not stop us
                     with self.engine.connect() as conn:
                         self._offsets = dict(conn.execute(sa.select(spool_offsets.c.segment,
                                                                     spool_offsets.c.shipped_bytes)).all())

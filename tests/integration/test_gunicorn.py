@@ -397,7 +397,8 @@ def test_unloadable_model_is_alive_but_not_ready_and_never_500(trained_project: 
 def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path) -> None:
     """Run gunicorn.conf.py as gunicorn does (master, then again on SIGHUP): values set once and kept."""
     keys = ("SECRET_KEY", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_OWNS_PROMETHEUS_DIR", "SERVE_BIND",
-            "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_CONTROL_SOCKET", "GUNICORN_SWITCH_INTERVAL_MS")
+            "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_CONTROL_SOCKET", "GUNICORN_SWITCH_INTERVAL_MS",
+            "PREDLOG_SHIPPER", "RELOAD_MARKER_FILE")  # all restored after: later tests build apps in this process
     saved = {k: os.environ.get(k) for k in keys}
     created = None
     try:
@@ -419,6 +420,7 @@ def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path
         assert first["preload_app"] is False
         assert first["control_socket_disable"] is True
         assert "%(D)s" in first["access_log_format"]
+        assert os.environ["PREDLOG_SHIPPER"] == "external"  # workers only spool; the master's shipper ships
 
         second = runpy.run_path(str(CONFIG))  # what a SIGHUP does in the master
         assert os.environ["SECRET_KEY"] == secret

@@ -96,11 +96,14 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def assert_each_answered_once(answered: list[str], logged: list[str]) -> None:
+def assert_each_answered_once(answered: list[str], logged: list[str], unanswered: int = 0) -> None:
+    """Every answered decision is on record, once; at most ``unanswered`` more were recorded but not delivered
+    (a request in flight on a killed worker: decided and spooled, then its connection died with the worker)."""
     assert len(set(answered)) == len(answered) > 0
+    assert len(logged) == len(set(logged)), "a decision was logged twice"
     missing = set(answered) - set(logged)
     assert not missing, f"{len(missing)} answered decision(s) not on record, e.g. {sorted(missing)[:3]}"
-    assert len(logged) == len(set(logged)) == len(answered), "a decision was logged twice, or one never answered"
+    assert len(set(logged) - set(answered)) <= unanswered
 
 
 def test_a_sigkilled_worker_loses_no_answered_decision(trained_project: TrainedProject, tmp_path: Path,
@@ -121,7 +124,7 @@ def test_a_sigkilled_worker_loses_no_answered_decision(trained_project: TrainedP
             wait_until(lambda: load.count() > at_shipper_kill + 200, 60, "answers after the shipper's restart")
         answered = load.answered
         logged = [request_id for _, request_id in settled_rows(server.db_path, 0, len(answered))]
-        assert_each_answered_once(answered, logged)
+        assert_each_answered_once(answered, logged, unanswered=len(load.refused))
         assert "SIGKILL" in server.log_text() and "shipper (pid" in server.log_text()
         assert len(load.refused) <= 2 * CLIENTS, load.refused[:5]  # only what was in flight on the killed worker
 

@@ -91,7 +91,10 @@ def test_release_script_first_install_then_upgrade_records_tags(instance: dict[s
     assert sorted(log[:2]) == ["aws ecr get-login-password --region eu-west-1",
                                f"docker login --username AWS --password-stdin {registry}"]
     assert log[2] == f"docker pull {IMAGE}:v1"
-    assert log[-1] == (f"docker run -d --name credit-default --restart unless-stopped -p 8000:8000 {IMAGE}:v1")
+    spool = state / "spool"
+    assert log[-1] == (f"docker run -d --name credit-default --restart unless-stopped -p 8000:8000 "
+                       f"-v {spool}:/app/var/spool -e PREDLOG_SPOOL_DIR=/app/var/spool {IMAGE}:v1")
+    assert spool.is_dir() and spool.stat().st_uid == fleet.CONTAINER_UID  # the image's user writes the spool
     assert (state / "current-tag").read_text() == "v1\n"
     assert not (state / "previous-tag").exists()
 
@@ -99,8 +102,9 @@ def test_release_script_first_install_then_upgrade_records_tags(instance: dict[s
     proc = run_script(instance, "v2")
     assert proc.returncode == 0, proc.stderr
     log = calls(instance)
-    assert log.index("docker stop credit-default") < log.index("docker rm credit-default") < len(log) - 1
-    assert log[-1].endswith(f"-p 8000:8000 --env-file {instance['cfg'].env_file} {IMAGE}:v2")
+    # stopped with time for gunicorn's graceful stop and the shipper's drain, not docker's 10 s
+    assert log.index("docker stop -t 75 credit-default") < log.index("docker rm credit-default") < len(log) - 1
+    assert log[-1].endswith(f"-e PREDLOG_SPOOL_DIR=/app/var/spool --env-file {instance['cfg'].env_file} {IMAGE}:v2")
     assert (state / "previous-tag").read_text() == "v1\n"
     assert (state / "current-tag").read_text() == "v2\n"
     assert f"now running {IMAGE}:v2 (previously: {IMAGE}:v1)" in proc.stdout
@@ -122,7 +126,7 @@ def test_release_script_quotes_what_it_is_given(instance: dict[str, Any]) -> Non
                           timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
     assert (Path(cfg.state_dir) / "current-tag").read_text() == "v1; rm -rf /\n"
-    assert "docker stop name with 'quote'" in calls(instance)
+    assert "docker stop -t 75 name with 'quote'" in calls(instance)
 
 
 # --- waiting for SSM ---------------------------------------------------------------------------------

@@ -75,7 +75,6 @@ def test_a_killed_writer_loses_no_answered_row(tmp_path: Path) -> None:
     """A process SIGKILLed right after answering: every record it wrote is shipped; the half-written record it
     was killed in (never answered) is set aside, not shipped as garbage and not lost."""
     url, spool = f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "spool"
-    PredictionLog(url, spool, ship=False).close()  # the tables exist before the child writes
     pid = os.fork()
     if pid == 0:  # the worker: answers 25 requests, starts a 26th record, and is killed mid-write
         try:
