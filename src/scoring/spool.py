@@ -92,13 +92,6 @@ class SpoolWriter:
             if self._written >= self.segment_bytes:
                 self._close_segment()
 
-    def position(self) -> tuple[str, int] | None:
-        """(segment name, bytes written to it) for this process's open segment; None before the first write."""
-        with self._lock:
-            if self._fd < 0 or self._pid != os.getpid() or self.segment is None:
-                return None
-            return self.segment.name, self._written
-
     def _open(self) -> None:
         if self._pid != os.getpid() and self._fd >= 0:  # inherited through fork: the parent's, not ours
             os.close(self._fd)

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 
 from src.config.env import default_spool_dir
 from src.scoring import spool as spool_module
-from src.scoring.logdb import COLUMNS, FastInsert, make_engine, predictions, safe_url, transient
+from src.scoring.logdb import COLUMNS, FastInsert, create_tables, make_engine, predictions, safe_url, transient
 from src.scoring.predlog import PredictionLog, new_request_id
 from src.scoring.shipper import REJECTED, Shipper
 from src.scoring.spool import SUFFIX, SpoolWriter, encode
@@ -37,6 +37,7 @@ def record(request_id: str, n: int = 1) -> bytes:
 def logged_ids(url: str) -> list[str]:
     engine = make_engine(url)
     try:
+        create_tables(engine)  # (the shipper makes them on its first pass: maybe not yet)
         with engine.connect() as conn:
             return list(conn.execute(sa.select(predictions.c.request_id).order_by(predictions.c.id)).scalars())
     finally:
