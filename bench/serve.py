@@ -694,7 +694,9 @@ def in_process_floors(project: Project, rows: list[dict[str, Any]], run_dir: Pat
     predlog.dispose()
 
     # prometheus_client fixed its value class at import: in-process metrics use its single-process registry.
-    with environment(DATABASE_URL=f"sqlite:///{run_dir / 'floors-app.db'}", PROMETHEUS_MULTIPROC_DIR=None):
+    # PREDLOG_SHIPPER=external: the app only spools, as under gunicorn (whose shipper is another process).
+    with environment(DATABASE_URL=f"sqlite:///{run_dir / 'floors-app.db'}", PROMETHEUS_MULTIPROC_DIR=None,
+                     PREDLOG_SHIPPER="external"):
         app = create_app({"SETTINGS": settings, "MODEL_URI": str(project.model_dir), "MODEL_LOADING": "sync"})
     fast = app.wsgi_app  # the fast path for plain predictions (flask_api/fastpath.py), Flask behind it
     routes = (("WSGI app (fast path)", fast), ("Flask view only", getattr(fast, "flask", fast)))
