@@ -164,7 +164,8 @@ def test_serving_works_with_only_the_image_closure(trained_project: TrainedProje
     url = (f"sqlite:///{tmp_path / 'predictions.db'}" if database == "sqlite"
            else request.getfixturevalue("postgres_url"))
     env = {"PATH": str(Path(sys.executable).parent), "PARAMS_FILE": str(ROOT / "params.yaml"),
-           "DATABASE_URL": url, "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": str(tmp_path)}
+           "DATABASE_URL": url, "PREDLOG_SPOOL_DIR": str(tmp_path / "spool"),  # not the repo's spool/
+           "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", SERVE_WITH_ONLY, str(trained_project.model_dir),
                            json.dumps(sorted(closure))], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
