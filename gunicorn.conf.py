@@ -159,14 +159,15 @@ def on_starting(server: Any) -> None:
 
 ROOT = Path(__file__).resolve().parent
 SHIPPER_CHECK_SECONDS = 1.0
-SHIPPER_DRAIN_SECONDS = 30.0  # src.scoring.shipper's default drain_seconds
+SHIPPER_DRAIN_SECONDS = 30  # on stop, how long the shipper keeps retrying a failing database (then: the spool)
 # Kept on the arbiter, not in module globals: SIGHUP re-reads this file into a fresh namespace.
 SHIPPER_ATTR, STOPPING_ATTR = "credit_log_shipper", "credit_log_shipper_stopping"
 
 
 def _start_shipper(server: Any) -> None:
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    shipper = subprocess.Popen([sys.executable, "-m", "src.scoring.shipper", "--parent", str(os.getpid())],
+    shipper = subprocess.Popen([sys.executable, "-m", "src.scoring.shipper", "--parent", str(os.getpid()),
+                                "--drain-seconds", str(SHIPPER_DRAIN_SECONDS)],
                                env={**os.environ, "PYTHONPATH": python_path},
                                start_new_session=True)  # signals to the group (Ctrl-C) are for the master
     setattr(server, SHIPPER_ATTR, shipper)

@@ -67,12 +67,22 @@ def model_uri(settings: Settings) -> str:
             or f"models:/{settings.registered_model_name}@champion")
 
 
+SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///<path>`` URL as written (relative or absolute); None for any other URL."""
+    if not url.startswith(SQLITE_PREFIX) or url == "sqlite:///:memory:":
+        return None
+    return Path(url.removeprefix(SQLITE_PREFIX).split("?", 1)[0])
+
+
 def database_url(settings: Settings) -> str:
     """$DATABASE_URL, else serve.database_url with a relative SQLite path anchored at the project root."""
     url = text(DATABASE_URL) or settings.serve.database_url
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
-        url = prefix + str((settings.paths.root / url.removeprefix(prefix)).resolve())
+    path = sqlite_file(url)
+    if path is not None and not path.is_absolute():
+        url = SQLITE_PREFIX + str((settings.paths.root / url.removeprefix(SQLITE_PREFIX)).resolve())
     return url
 
 
@@ -81,12 +91,10 @@ def default_spool_dir(url: str, root: Path) -> Path:
 
     One spool per database: a shipper copies everything in its spool into its own database.
     """
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix(prefix).split("?", 1)[0])
+    path = sqlite_file(url)
+    if path is not None:
         return (path if path.is_absolute() else root / path).with_name(path.name + ".spool")
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return root / "spool" / digest
+    return root / "spool" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def spool_dir(settings: Settings) -> Path:

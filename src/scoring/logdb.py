@@ -84,6 +84,14 @@ def create_tables(engine: Engine) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
+def shipped_offsets(conn: sa.Connection, segments: Sequence[str] | None = None) -> dict[str, int]:
+    """How far each spool segment (all, or just ``segments``) has been copied into the log, in bytes."""
+    query = sa.select(spool_offsets.c.segment, spool_offsets.c.shipped_bytes)
+    if segments is not None:
+        query = query.where(spool_offsets.c.segment.in_(list(segments)))
+    return {segment: int(shipped) for segment, shipped in conn.execute(query).all()}
+
+
 class FastInsert:
     """``predictions.insert()`` compiled once for a dialect, executed with pre-bound tuples.
 

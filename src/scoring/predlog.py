@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from src.config.env import default_spool_dir
-from src.scoring.logdb import create_tables, make_engine, predictions, spool_offsets
+from src.scoring.logdb import create_tables, make_engine, predictions, shipped_offsets
 from src.scoring.shipper import Shipper
 from src.scoring.spool import SUFFIX, SpoolWriter, encode
 
@@ -107,8 +107,7 @@ class PredictionLog:
             if waiting:
                 try:
                     with self.engine.connect() as conn:
-                        done = dict(conn.execute(sa.select(spool_offsets.c.segment, spool_offsets.c.shipped_bytes)
-                                                 .where(spool_offsets.c.segment.in_(waiting))).all())
+                        done = shipped_offsets(conn, waiting)
                 except sa.exc.SQLAlchemyError:
                     done = {}
                 waiting = {name: size for name, size in waiting.items() if done.get(name, 0) < size}

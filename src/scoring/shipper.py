@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.engine import Engine
 
@@ -38,6 +37,7 @@ from src.scoring.logdb import (
     first_line,
     make_engine,
     safe_url,
+    shipped_offsets,
     spool_offsets,
     transient,
 )
@@ -51,6 +51,7 @@ MAX_BACKOFF_SECONDS = 5.0
 REPEAT_ERROR_SECONDS = 30.0   # while the database stays unreachable, one log line this often
 LOCK_FILE = ".shipper.lock"
 REJECTED = "rejected"
+DRAIN_SECONDS = 30.0          # after a stop, how long a last pass may keep retrying a failing database
 
 
 class ShipperMetrics:
@@ -125,8 +126,7 @@ class Shipper:
                 if self._stale:  # only this shipper moves the offsets: read them once, then after a failure
                     create_tables(self.engine)  # here, not at start: a database that is down must not stop us
                     with self.engine.connect() as conn:
-                        self._offsets = dict(conn.execute(sa.select(spool_offsets.c.segment,
-                                                                    spool_offsets.c.shipped_bytes)).all())
+                        self._offsets = shipped_offsets(conn)
                     self._stale = False
                 return sum(self._ship_segment(path) for path in self.segments())
             except BaseException:
@@ -250,7 +250,7 @@ class Shipper:
         self._offsets.pop(path.name, None)
 
     # -- the loop ------------------------------------------------------------------
-    def run(self, stop: threading.Event, parent: int | None = None, drain_seconds: float = 30.0) -> None:
+    def run(self, stop: threading.Event, parent: int | None = None, drain_seconds: float = DRAIN_SECONDS) -> None:
         """Ship until ``stop`` is set (or ``parent`` exits), then once more so nothing finished stays behind."""
         delay, failing_since, last_report, stopped_at = self.interval, 0.0, 0.0, 0.0
         while True:
@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.scoring.shipper", description=main.__doc__)
     parser.add_argument("--parent", type=int, help="stop (after a last pass) once this process has exited")
     parser.add_argument("--once", action="store_true", help="one pass, then exit (replay a spool by hand)")
+    parser.add_argument("--drain-seconds", type=float, default=DRAIN_SECONDS,
+                        help="after SIGTERM, how long to keep retrying a failing database before leaving the "
+                             "rest in the spool")
     args = parser.parse_args(argv)
     logging.basicConfig(level=(env.text(env.LOG_LEVEL) or "info").upper(),
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("shipping the prediction log spool %s to %s", directory, safe_url(url))
-    shipper.run(stop, parent=args.parent)
+    shipper.run(stop, parent=args.parent, drain_seconds=args.drain_seconds)
     log.info("prediction log shipper stopped (%d byte(s) left in %s)", shipper.backlog(), directory)
     return 0
 
