@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from src.config import FeatureSpec, Profile
+from src.config.profile import PROTECTED_MESSAGE
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ def validate_applicants(rows: list[Any], profile: Profile, strict: bool = True,
         if strict and (fast := _fast_row(row, names, checkers)) is not None:
             clean.append(fast)
             continue
-        errors.extend(FieldError(i, str(key), "is not a known field") for key in row if key not in features)
+        errors.extend(FieldError(i, str(key), PROTECTED_MESSAGE if key in profile.protected else "is not a known field")
+                      for key in row if key not in features)
         out: dict[str, Any] = {}
         for name, spec in features.items():
             value, problem = check_value(spec, row.get(name), profile, strict)

@@ -72,6 +72,18 @@ def run_dask(files: list[InputFile], job: BatchJob, output: str, rejects: str, b
     ``output/`` and ``rejects/`` (local or s3://) and return only their counts.
     """
     import dask  # noqa: PLC0415
+
+    # Dask's "tune" step fuses Parquet partitions when only some of a file's columns are read (a
+    # file with columns the model does not use: the target, protected attributes): the scoring
+    # graph would then see fewer partitions than the row count, and each its first row's number
+    # from the wrong offset. Off, partitions are the row groups combined up to dask_partition_bytes.
+    with dask.config.set({"optimization.tune.active": False}):
+        return _run(files, job, output, rejects, batch, client)
+
+
+def _run(files: list[InputFile], job: BatchJob, output: str, rejects: str, batch: BatchSettings,
+         client: Client) -> Counts:
+    import dask  # noqa: PLC0415
     from distributed import as_completed  # noqa: PLC0415
 
     ddf = read_dask(files, batch)

@@ -12,6 +12,7 @@ from src.config.profile import (
     FeatureSpec,
     FeatureType,
     Profile,
+    ProtectedSpec,
     SourceSpec,
     TargetSpec,
     build_profile,
@@ -20,6 +21,7 @@ from src.config.sections import (
     BatchSettings,
     DeploySettings,
     EvaluateSettings,
+    FairnessSettings,
     GateSettings,
     IngestSettings,
     MlflowSettings,
@@ -36,8 +38,9 @@ from src.config.yaml12 import read_params
 
 __all__ = [
     "PARAMS_FILE", "BatchSettings", "CleanRule", "ConfigError", "DeploySettings", "DownloadSpec",
-    "EvaluateSettings", "FeatureSpec", "FeatureType", "GateSettings", "IngestSettings", "MlflowSettings",
-    "MonitoringSettings", "Paths", "Profile", "RetrainSettings", "ServeSettings", "Settings", "SourceSpec",
-    "SplitSettings", "TargetSpec", "ThresholdSettings", "TrainSettings", "ValidateSettings", "build_profile",
-    "deploy_settings", "load_settings", "read_params", "settings_from_dict",
+    "EvaluateSettings", "FairnessSettings", "FeatureSpec", "FeatureType", "GateSettings", "IngestSettings",
+    "MlflowSettings", "MonitoringSettings", "Paths", "Profile", "ProtectedSpec", "RetrainSettings",
+    "ServeSettings", "Settings", "SourceSpec", "SplitSettings", "TargetSpec", "ThresholdSettings",
+    "TrainSettings", "ValidateSettings", "build_profile", "deploy_settings", "load_settings", "read_params",
+    "settings_from_dict",
 ]

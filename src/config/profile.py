@@ -7,6 +7,7 @@ from here, so a row the model is trained on and a row it scores are described on
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -16,6 +17,8 @@ from src.config.errors import ConfigError, KeyProblem, config_error
 
 FeatureType = Literal["numeric", "categorical"]
 RawFormat = Literal["csv", "xls", "xlsx", "parquet"]
+Direction = Literal["increasing", "decreasing"]
+PROTECTED_MESSAGE = "is a protected attribute (a prohibited basis for a credit decision); the model does not use it"
 
 
 class FeatureSpec(Strict):
@@ -34,6 +37,10 @@ class FeatureSpec(Strict):
     # Numeric columns only: values that are codes rather than amounts (Taiwan's repayment
     # status: -1 = "paid in full", not "-1 months late"), shown as their label.
     value_labels: dict[float, str] | None = None
+    # Risk direction: the predicted risk may only rise (increasing) or only fall (decreasing) as
+    # this input grows (LightGBM's monotone_constraints). Numeric inputs, or ordinal categories
+    # in the order their values are listed; never a target-encoded column.
+    monotone: Direction | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -105,6 +112,43 @@ def _value_labels(raw: Any, ftype: Any, lo: Any, hi: Any) -> dict[float, str]:
     return labels
 
 
+class ProtectedSpec(FeatureSpec):
+    """A protected attribute: kept in the data to measure fairness by group, never a model input.
+
+    ``bands`` (numeric ones) cut it into the groups reported, e.g. age [25, 35, 45, 62] gives
+    under 25, 25-34, 35-44, 45-61 and 62+ (62 is the ECOA's "elderly" line).
+    """
+
+    bands: tuple[float, ...] | None = None
+    # The gate's action when this attribute fails a fairness floor (None: gate.fairness.action).
+    gate: Literal["block", "warn"] | None = None
+
+    _listed = field_validator("bands", mode="before")(as_tuple)
+
+    @model_validator(mode="after")
+    def _bands(self) -> ProtectedSpec:
+        if self.monotone is not None:
+            raise KeyProblem("monotone", "is for model inputs; a protected attribute is not one")
+        if self.bands is None:
+            if not self.is_categorical:
+                raise KeyProblem("bands", "is required for a numeric attribute: the edges of the groups "
+                                          "reported, e.g. [25, 35, 45, 62]")
+            return self
+        if self.is_categorical:
+            raise KeyProblem("bands", "is for numeric attributes (a categorical one is grouped by its values)")
+        edges = list(self.bands)
+        if not edges or any(a >= b for a, b in pairwise(edges)):
+            raise KeyProblem("bands", f"is {edges}; it must be a non-empty list of increasing numbers")
+        lo, hi = self.min, self.max
+        if (lo is not None and edges[0] <= lo) or (hi is not None and edges[-1] > hi):
+            raise KeyProblem("bands", f"is {edges}; every edge must lie above min {lo} and at most max {hi}")
+        return self
+
+    def as_input(self) -> FeatureSpec:
+        """The same column as a model input (the research switch ``fairness.use_protected``)."""
+        return FeatureSpec.model_validate(self.model_dump(exclude={"bands", "gate"}, exclude_none=True))
+
+
 class DownloadSpec(Strict):
     """Where the original raw file can be fetched from, and how to trust it."""
 
@@ -162,7 +206,11 @@ class Profile(Strict):
     drop: tuple[str, ...] = ()
     clean: dict[str, CleanRule] = Field(default_factory=dict)
     target_encode: tuple[str, ...] = ()
-    features: dict[str, FeatureSpec]
+    features: dict[str, FeatureSpec]  # the model's inputs: asked for by the form, the API and batch scoring
+    # Prohibited bases (sex, marital status, age, ...): validated and kept in the data to measure
+    # fairness by group; never a model input (unless fairness.use_protected), never asked for.
+    # Required (``{}`` when the file has none), so every profile states its policy.
+    protected: dict[str, ProtectedSpec]
 
     @model_validator(mode="before")
     @classmethod
@@ -171,8 +219,11 @@ class Profile(Strict):
         if not isinstance(raw, dict):
             return raw
         raw = dict(raw)
-        if isinstance(raw.get("features"), dict):
-            raw["features"] = {k: {**v, "name": k} if isinstance(v, dict) else v for k, v in raw["features"].items()}
+        for key in ("features", "protected"):
+            if isinstance(raw.get(key), dict):
+                raw[key] = {k: {**v, "name": k} if isinstance(v, dict) else v for k, v in raw[key].items()}
+        if "protected" in raw and raw["protected"] is None:
+            raw["protected"] = {}
         for key in ("drop", "target_encode"):
             raw[key] = as_tuple(raw.get(key) or ())
         raw["clean"] = raw.get("clean") or {}
@@ -185,16 +236,52 @@ class Profile(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
         known = set(self.rename.values())
-        for col in [*self.features, self.target.column]:
+        for col in [*self.features, *self.protected, self.target.column]:
             if col not in known:
                 raise KeyProblem("", f"has column '{col}', which 'profiles.{self.name}.rename' does not produce")
+        for col in self.protected:
+            if col in self.features:
+                raise KeyProblem(f"features.{col}", "is a protected attribute: list it under 'protected' only "
+                                                    "(fairness.use_protected makes it an input for research)")
+            if col == self.target.column or col in self.drop or col == self.id_column:
+                raise KeyProblem(f"protected.{col}", "is the target, the id or a dropped column")
         for col in self.target_encode:
             if col not in self.features or not self.features[col].is_categorical:
                 raise KeyProblem("target_encode", f"names '{col}', which is not a categorical feature")
         for col, spec in self.features.items():
             if spec.is_categorical and spec.values is None and col not in self.target_encode:
                 raise KeyProblem(f"features.{col}", "is an open category set; list its values or target-encode it")
+            if spec.monotone is not None and col in self.target_encode:
+                raise KeyProblem(f"features.{col}.monotone", "cannot apply to a target-encoded column (its "
+                                                             "codes have no order); give it for numeric or "
+                                                             "ordinal columns")
         return self
+
+    def with_inputs(self, names: list[str]) -> Profile:
+        """This profile with exactly ``names`` as its model inputs, in that order.
+
+        A trained model records its inputs; the service and batch scoring describe (ask for,
+        validate, explain) exactly those. A protected attribute is among them only in a model
+        trained with ``fairness.use_protected`` (research, never lending).
+        """
+        known: dict[str, FeatureSpec] = {**self.features, **{n: p.as_input() for n, p in self.protected.items()}}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(f"params.yaml: the model's inputs {unknown} are not columns of profile "
+                              f"'{self.name}' (features or protected)")
+        if list(names) == list(self.features):
+            return self
+        return self.model_copy(update={"features": {n: known[n] for n in names}})
+
+    @property
+    def protected_inputs(self) -> list[str]:
+        """Protected attributes that are model inputs here (only ever under fairness.use_protected)."""
+        return [n for n in self.features if n in self.protected]
+
+    @property
+    def monotone(self) -> dict[str, Direction]:
+        """Declared risk directions of the model inputs."""
+        return {n: f.monotone for n, f in self.features.items() if f.monotone is not None}
 
     @property
     def target_column(self) -> str:
@@ -216,6 +303,11 @@ class Profile(Strict):
     def ordinal_features(self) -> list[str]:
         """Categorical columns not target-encoded: encoded by position in their value set."""
         return [n for n, f in self.features.items() if f.is_categorical and n not in self.target_encode]
+
+    @property
+    def measured_columns(self) -> dict[str, FeatureSpec]:
+        """Every column validated and kept in the pipeline's tables: model inputs, then protected attributes."""
+        return {**self.features, **{n: p for n, p in self.protected.items() if n not in self.features}}
 
     @property
     def expected_columns(self) -> list[str]:

@@ -75,6 +75,15 @@ class TrainSettings(Strict):
     log_every: int = Field(100, ge=0)  # 0: no per-iteration log lines
     lgbm: dict[str, Any]  # LightGBM's own parameters, passed to LGBMClassifier as they are
 
+    @field_validator("lgbm")
+    @classmethod
+    def _directions_in_profile(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in ("monotone_constraints", "monotone_constraint", "mc"):
+            if key in value:
+                raise KeyProblem(key, "is set per input in the profile: profiles.<dataset>.features.<column>."
+                                      "monotone: increasing | decreasing")
+        return value
+
 
 class ThresholdSettings(Strict):
     cost_false_negative: float = Field(gt=0)
@@ -94,11 +103,33 @@ class MlflowSettings(Strict):
     connect_timeout: Seconds = Field(5.0, gt=0)
 
 
+class FairnessFloors(Strict):
+    """The gate's fairness floors, judged per protected attribute on the groups large enough to judge."""
+
+    min_adverse_impact_ratio: float = Field(0.8, ge=0, le=1)  # four-fifths rule: approval rate vs the most approved
+    max_equal_opportunity_gap: float = Field(0.1, ge=0, le=1)  # decline rates among those who repaid, max - min
+    # block: a model that fails a floor is registered but not promoted; warn: promoted, the verdict recorded.
+    # A profile may set its own per attribute (profiles.<dataset>.protected.<column>.gate).
+    action: Literal["block", "warn"] = "block"
+
+
 class GateSettings(Strict):
     min_roc_auc: float = Field(ge=0, le=1)
     max_brier: float | None = Field(None, ge=0, le=1)
     max_regression: float = Field(ge=0, le=1)
     fail_pipeline: bool = False
+    fairness: FairnessFloors = Field(default_factory=FairnessFloors)
+
+
+class FairnessSettings(Strict):
+    """Fair lending: the policy on protected attributes (each profile's ``protected:`` columns)."""
+
+    # Research only: true makes the protected attributes model inputs again. Such a model is not
+    # fit for lending decisions (ECOA / Regulation B) and its model card says so in its first line.
+    use_protected: bool = False
+    min_group_rows: int = Field(50, ge=1)  # smaller groups are reported but not judged (too few for a stable rate)
+    # An input that predicts a protected attribute better than this (ROC-AUC, 0.5 = not at all) is flagged.
+    proxy_max_auc: float = Field(0.7, gt=0.5, le=1)
 
 
 class ServeSettings(Strict):

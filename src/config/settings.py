@@ -20,6 +20,7 @@ from src.config.sections import (
     BatchSettings,
     DeploySettings,
     EvaluateSettings,
+    FairnessSettings,
     GateSettings,
     IngestSettings,
     MlflowSettings,
@@ -50,6 +51,7 @@ class ParamsFile(Strict):
     evaluate: EvaluateSettings
     mlflow: MlflowSettings
     gate: GateSettings
+    fairness: FairnessSettings = Field(default_factory=FairnessSettings)
     serve: ServeSettings
     deploy: DeploySettings = Field(default_factory=DeploySettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
@@ -90,6 +92,7 @@ class Settings:
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    fairness: FairnessSettings = field(default_factory=FairnessSettings)
 
     @property
     def registered_model_name(self) -> str:
@@ -102,7 +105,7 @@ class Settings:
         profiles = self.raw.get("profiles") or {}
         if name not in profiles:
             raise ConfigError(f"params.yaml: no profile '{name}'; known profiles: {', '.join(sorted(profiles))}")
-        return build_profile(name, profiles[name])
+        return _with_policy(build_profile(name, profiles[name]), self.fairness)
 
     # Stage file locations, derived in one place so stages and tests agree.
     @property
@@ -138,6 +141,13 @@ class Settings:
         return self.paths.models / "registration.json"
 
 
+def _with_policy(profile: Profile, fairness: FairnessSettings) -> Profile:
+    """The profile as the pipeline trains on it: protected attributes become inputs only for research."""
+    if not fairness.use_protected or not profile.protected:
+        return profile
+    return profile.with_inputs([*profile.features, *profile.protected])
+
+
 def settings_from_dict(params: Any, root: Path) -> Settings:
     """Check an already-parsed params mapping and build settings whose relative paths are under ``root``."""
     if not isinstance(params, dict):
@@ -152,12 +162,12 @@ def settings_from_dict(params: Any, root: Path) -> Settings:
     section = parsed.paths.model_dump()
     return Settings(
         dataset=parsed.dataset,
-        profile=build_profile(parsed.dataset, parsed.profiles[parsed.dataset]),
+        profile=_with_policy(build_profile(parsed.dataset, parsed.profiles[parsed.dataset]), parsed.fairness),
         paths=Paths(root=root, **{name: root / value for name, value in section.items()}),
         ingest=parsed.ingest, validate=parsed.validate_, split=parsed.split, train=parsed.train,
         threshold=parsed.threshold, evaluate=parsed.evaluate, mlflow=parsed.mlflow, gate=parsed.gate,
         serve=parsed.serve, raw=params, deploy=parsed.deploy, retrain=parsed.retrain,
-        monitoring=parsed.monitoring, batch=parsed.batch,
+        monitoring=parsed.monitoring, batch=parsed.batch, fairness=parsed.fairness,
     )
 
 

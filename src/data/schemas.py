@@ -43,11 +43,14 @@ def _to_float(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     return coerced, coerced.isna() & ~blank
 
 
-def normalise(df: pd.DataFrame, profile: Profile, with_target: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def normalise(df: pd.DataFrame, profile: Profile, with_target: bool = True,
+              with_protected: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Apply the profile's clean rules and coerce each column to its declared type.
 
     Returns the typed frame (uncoercible cells set to missing) and one failure
     record per uncoercible cell, so the row can be quarantined with the exact value.
+    ``with_protected``: the protected attributes too (the pipeline's tables keep them to
+    measure fairness; scoring never asks for them).
     """
     out = df.copy(deep=False)  # every column that changes is replaced, never written in place
     failures: list[dict[str, object]] = []
@@ -55,7 +58,7 @@ def normalise(df: pd.DataFrame, profile: Profile, with_target: bool = True) -> t
         if col in out.columns:
             pattern = rule.compiled()
             out[col] = out[col].map(lambda v, p=pattern, r=rule.replace: p.sub(r, v) if isinstance(v, str) else v)
-    columns: dict[str, FeatureSpec | None] = dict(profile.features)
+    columns: dict[str, FeatureSpec | None] = dict(profile.measured_columns if with_protected else profile.features)
     if with_target:
         columns[profile.target_column] = None
     for col, spec in columns.items():
@@ -155,14 +158,16 @@ def _feature_column(spec: FeatureSpec) -> pa.Column:
     return pa.Column(dtype, checks=checks, nullable=spec.nullable, required=True)
 
 
-def build_schema(profile: Profile, with_target: bool = True, unique_ids: bool = True) -> pa.DataFrameSchema:
+def build_schema(profile: Profile, with_target: bool = True, unique_ids: bool = True,
+                 with_protected: bool = False) -> pa.DataFrameSchema:
     """The pandera schema for normalised rows of this profile.
 
     ``unique_ids=False`` (batch scoring) keeps every per-row rule but drops the whole-table
     rule that ids are unique: a streamed or partitioned batch cannot check it in bounded
     memory, and a row's fate must not depend on which chunk it landed in.
     """
-    columns = {name: _feature_column(spec) for name, spec in profile.features.items()}
+    specs = profile.measured_columns if with_protected else profile.features
+    columns = {name: _feature_column(spec) for name, spec in specs.items()}
     if with_target:
         columns[profile.target_column] = pa.Column(
             "float64", checks=pa.Check.isin([0.0, 1.0], error="not 0 or 1"), nullable=False)

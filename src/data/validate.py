@@ -39,8 +39,8 @@ class ValidationResult:
 def validate(raw: pd.DataFrame, profile: Profile) -> ValidationResult:
     """Split ``raw`` into clean rows (typed, target as 0/1) and rejected rows with reasons."""
     raw = raw.reset_index(drop=True)
-    typed, type_failures = normalise(raw, profile)
-    failures = combine_failures(type_failures, schema_failures(typed, build_schema(profile)))
+    typed, type_failures = normalise(raw, profile, with_protected=True)
+    failures = combine_failures(type_failures, schema_failures(typed, build_schema(profile, with_protected=True)))
 
     bad_rows = pd.Index(sorted(failures["index"].unique()))
     reasons = reason_texts(failures)
@@ -49,7 +49,7 @@ def validate(raw: pd.DataFrame, profile: Profile) -> ValidationResult:
     rejected.insert(0, ROW_COLUMN, bad_rows.to_numpy())
     rejected[REASON_COLUMN] = reasons.reindex(bad_rows).to_numpy()
 
-    keep = [c for c in [profile.id_column, *profile.features, profile.target_column] if c]
+    keep = [c for c in [profile.id_column, *profile.measured_columns, profile.target_column] if c]
     clean = typed.drop(index=bad_rows)[keep].copy()
     clean[profile.target_column] = (clean[profile.target_column] == float(profile.positive)).astype("int8")
     clean = clean.reset_index(drop=True)

@@ -68,8 +68,23 @@ def build_preprocessor(profile: Profile, target_encoder: dict[str, Any], seed: i
     return Pipeline([("cast", cast), ("encode", encode)])
 
 
-def build_classifier(lgbm_params: dict[str, Any], seed: int) -> LGBMClassifier:
-    return LGBMClassifier(random_state=seed, **lgbm_params)
+def model_columns(profile: Profile) -> list[str]:
+    """The encoded columns in the order :func:`build_preprocessor` emits them (and LightGBM sees them)."""
+    return [*profile.target_encode, *profile.ordinal_features, *profile.numeric_features]
+
+
+def monotone_constraints(profile: Profile) -> list[int] | None:
+    """LightGBM's ``monotone_constraints`` (+1 / -1 / 0 per model column) from the profile's directions."""
+    directions = profile.monotone
+    if not directions:
+        return None
+    sign = {"increasing": 1, "decreasing": -1}
+    return [sign[directions[c]] if c in directions else 0 for c in model_columns(profile)]
+
+
+def build_classifier(lgbm_params: dict[str, Any], seed: int, monotone: list[int] | None = None) -> LGBMClassifier:
+    extra = {"monotone_constraints": monotone} if monotone else {}
+    return LGBMClassifier(random_state=seed, **lgbm_params, **extra)
 
 
 def assemble(preprocessor: Pipeline, classifier: LGBMClassifier) -> Pipeline:

@@ -34,6 +34,11 @@ class CreditDefaultModel(PythonModel):
         self.pipeline = joblib.load(context.artifacts["pipeline"])
         with open(context.artifacts["meta"], encoding="utf-8") as fh:
             self.meta = json.load(fh)
+        # The fairness stage's verdict travels with the model (models registered before it have none).
+        self.fairness: dict[str, Any] | None = None
+        if "fairness" in context.artifacts:
+            with open(context.artifacts["fairness"], encoding="utf-8") as fh:
+                self.fairness = json.load(fh).get("gate")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)

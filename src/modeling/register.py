@@ -35,7 +35,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from src.common import PipelineError, read_table, run_main, write_json
-from src.config import GateSettings, Settings, load_settings
+from src.config import FairnessSettings, GateSettings, Profile, Settings, load_settings
 from src.modeling.metrics import score_metrics
 from src.modeling.pyfunc_model import CreditDefaultModel, code_dir, example_rows, pip_requirements, signature_for
 from src.modeling.registry import CHALLENGER, CHAMPION, _client, alias_version, set_alias
@@ -52,11 +52,19 @@ EPSILON = 1e-12
 class GateDecision:
     passed: bool
     reasons: list[str]
+    warnings: tuple[str, ...] = ()  # fairness floors set to warn that failed: promoted anyway, on record
 
 
-def gate_decision(challenger: dict[str, float], champion: dict[str, float] | None, gate: GateSettings) -> GateDecision:
-    """Pass/fail with every reason, from metrics of both models on the same test rows."""
-    reasons: list[str] = []
+def gate_decision(challenger: dict[str, float], champion: dict[str, float] | None, gate: GateSettings,
+                  fairness: dict[str, Any] | None = None) -> GateDecision:
+    """Pass/fail with every reason, from metrics of both models on the same test rows and the fairness verdict.
+
+    ``fairness`` is the fairness stage's verdict (metrics/fairness.json ``gate``): a failed floor set
+    to ``block`` fails the gate; one set to ``warn`` passes it with the warning kept.
+    """
+    fairness = fairness or {"verdict": "not measured", "blocking": [], "warnings": []}
+    warnings_ = tuple(fairness["warnings"])
+    reasons: list[str] = list(fairness["blocking"])
     if challenger["roc_auc"] < gate.min_roc_auc:
         reasons.append(f"roc_auc {challenger['roc_auc']:.4f} is below the floor gate.min_roc_auc = {gate.min_roc_auc}")
     if gate.max_brier is not None and challenger["brier"] > gate.max_brier:
@@ -67,11 +75,16 @@ def gate_decision(challenger: dict[str, float], champion: dict[str, float] | Non
             reasons.append(f"roc_auc {challenger['roc_auc']:.4f} trails the champion's {champion['roc_auc']:.4f} "
                            f"by {drop:.4f}, more than gate.max_regression = {gate.max_regression}")
     if reasons:
-        return GateDecision(False, reasons)
+        return GateDecision(False, reasons, warnings_)
     if champion is None:
-        return GateDecision(True, ["no champion yet; the floors are met"])
+        return GateDecision(True, ["no champion yet; the floors are met"], warnings_)
     return GateDecision(True, [f"roc_auc {challenger['roc_auc']:.4f} vs champion {champion['roc_auc']:.4f} "
-                               f"(allowed regression {gate.max_regression}); floors met"])
+                               f"(allowed regression {gate.max_regression}); floors met"], warnings_)
+
+
+def prohibited_inputs(inputs: list[str], profile: Profile, fairness: FairnessSettings) -> list[str]:
+    """A model's inputs that the policy forbids: protected attributes, unless fairness.use_protected (research)."""
+    return [] if fairness.use_protected else [c for c in inputs if c in profile.protected]
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -101,19 +114,25 @@ def model_fingerprint(model_file: Any, meta: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def gate_settings(gate: GateSettings) -> dict[str, Any]:
+    return {"min_roc_auc": gate.min_roc_auc, "max_brier": gate.max_brier, "max_regression": gate.max_regression,
+            "fairness": gate.fairness.model_dump()}
+
+
 def gate_report(name: str, model_sha: str, challenger: dict[str, float], test_rows: int,
-                gate: GateSettings) -> dict[str, Any]:
+                gate: GateSettings, fairness: dict[str, Any] | None = None) -> dict[str, Any]:
     """metrics/gate.json: the floors' verdict on this model, from the stage's inputs alone."""
-    floors = gate_decision(challenger, None, gate)
+    floors = gate_decision(challenger, None, gate, fairness)
     return {
         "registered_model": name,
         "model_sha256": model_sha,
         "floors": "passed" if floors.passed else "failed",
         "reasons": [r for r in floors.reasons if not r.startswith("no champion")],
+        "fairness": (fairness or {}).get("verdict", "not measured"),
+        "warnings": list(floors.warnings),
         "challenger": {k: round(challenger[k], 6) for k in GATE_METRICS},
         "test_rows": test_rows,
-        "gate": {"min_roc_auc": gate.min_roc_auc, "max_brier": gate.max_brier,
-                 "max_regression": gate.max_regression},
+        "gate": gate_settings(gate),
     }
 
 
@@ -143,11 +162,13 @@ def _find_version_by_hash(client: Any, name: str, sha: str) -> Any | None:
     return next((v for v in versions if (v.tags or {}).get("model_sha256") == sha), None)
 
 
-def _score_champion(name: str, version: str, test: pd.DataFrame, features: list[str], target: str,
-                    threshold: float) -> dict[str, float]:
+def _score_champion(name: str, version: str, test: pd.DataFrame, target: str,
+                    threshold: float) -> tuple[dict[str, float], list[str]]:
+    """The champion's metrics on the same test rows (with its own inputs), and those inputs."""
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    proba = model.predict(test[features]).iloc[:, 0].to_numpy()
-    return score_metrics(test[target].to_numpy(), proba, threshold)
+    inputs = list(model.unwrap_python_model().meta["features"])
+    proba = model.predict(test[inputs]).iloc[:, 0].to_numpy()
+    return score_metrics(test[target].to_numpy(), proba, threshold), inputs
 
 
 def run(settings: Settings) -> dict[str, Any]:
@@ -164,35 +185,15 @@ def _quiet_cloudpickle_notice(record: logging.LogRecord) -> bool:
     return "CloudPickle" not in record.getMessage()
 
 
-def _run(settings: Settings) -> dict[str, Any]:
-    logging.getLogger("mlflow.pyfunc").addFilter(_quiet_cloudpickle_notice)
-    started = time.perf_counter()
+def _log_and_register(settings: Settings, store: Any, name: str, model_sha: str, meta: dict[str, Any],
+                      test_metrics: dict[str, Any], quality: dict[str, Any],
+                      splits: dict[str, pd.DataFrame]) -> str:
+    """One MLflow run with the params, metrics, datasets, plots and card; the model as a new version."""
     profile = settings.profile
     root = settings.paths.root
-    name = settings.registered_model_name
-    store = connect(settings)
-    client = _client()
-    meta = json.loads(settings.model_meta_file.read_text(encoding="utf-8"))
-    test_metrics = json.loads((settings.paths.metrics / "test.json").read_text(encoding="utf-8"))
-    quality = json.loads((settings.paths.metrics / "data_quality.json").read_text(encoding="utf-8"))
-    model_sha = model_fingerprint(settings.model_file, meta)
-    gate_file = settings.paths.metrics / "gate.json"
-
-    splits = {s: read_table(settings.split_table(s)) for s in ("train", "valid", "test")}
+    target = profile.target_column
     test = splits["test"]
-    pipeline = joblib.load(settings.model_file)
-    features, target = meta["features"], profile.target_column
-    challenger = score_metrics(test[target].to_numpy(), pipeline.predict_proba(test[features])[:, 1],
-                               meta["threshold"])
-    write_json(gate_file, gate_report(name, model_sha, challenger, len(test), settings.gate))
-
-    existing = registration(client, name, model_sha)
-    if existing is not None:
-        log.info("this model (sha256 %s) is already %s v%s (gate: %s); nothing to register", model_sha[:12], name,
-                 existing["version"], existing.get("decision", "unknown"))
-        write_json(settings.registration_file, {"registered_model": name, "model_sha256": model_sha})
-        return {**existing, "already_registered": True}
-
+    fairness_file = settings.paths.metrics / "fairness.json"
     experiment_id = ensure_experiment(settings, store)
     commit = git_commit(root)
     dvc_lock = root / "dvc.lock"
@@ -222,7 +223,8 @@ def _run(settings: Settings) -> dict[str, Any]:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=CreditDefaultModel(),
-            artifacts={"pipeline": str(settings.model_file), "meta": str(settings.model_meta_file)},
+            artifacts={"pipeline": str(settings.model_file), "meta": str(settings.model_meta_file),
+                       "fairness": str(fairness_file)},
             code_paths=[str(code_dir())],
             signature=signature_for(profile),
             input_example=example_rows(test, profile),
@@ -231,6 +233,47 @@ def _run(settings: Settings) -> dict[str, Any]:
         )
         version = str(info.registered_model_version)
         log.info("logged run %s; registered %s v%s", run.info.run_id, name, version)
+    return version
+
+
+def _run(settings: Settings) -> dict[str, Any]:
+    logging.getLogger("mlflow.pyfunc").addFilter(_quiet_cloudpickle_notice)
+    started = time.perf_counter()
+    profile = settings.profile
+    name = settings.registered_model_name
+    store = connect(settings)
+    client = _client()
+    meta = json.loads(settings.model_meta_file.read_text(encoding="utf-8"))
+    test_metrics = json.loads((settings.paths.metrics / "test.json").read_text(encoding="utf-8"))
+    quality = json.loads((settings.paths.metrics / "data_quality.json").read_text(encoding="utf-8"))
+    fairness_file = settings.paths.metrics / "fairness.json"
+    if not fairness_file.exists():
+        raise PipelineError(f"{fairness_file} is missing: run the fairness stage first (dvc repro)")
+    fairness = json.loads(fairness_file.read_text(encoding="utf-8"))["gate"]
+    model_sha = model_fingerprint(settings.model_file, meta)
+    gate_file = settings.paths.metrics / "gate.json"
+
+    splits = {s: read_table(settings.split_table(s)) for s in ("train", "valid", "test")}
+    test = splits["test"]
+    pipeline = joblib.load(settings.model_file)
+    features, target = meta["features"], profile.target_column
+    challenger = score_metrics(test[target].to_numpy(), pipeline.predict_proba(test[features])[:, 1],
+                               meta["threshold"])
+    write_json(gate_file, gate_report(name, model_sha, challenger, len(test), settings.gate, fairness))
+
+    existing = registration(client, name, model_sha)
+    if existing is not None and existing.get("decision"):
+        log.info("this model (sha256 %s) is already %s v%s (gate: %s); nothing to register", model_sha[:12], name,
+                 existing["version"], existing["decision"])
+        write_json(settings.registration_file, {"registered_model": name, "model_sha256": model_sha})
+        return {**existing, "already_registered": True}
+    if existing is not None:  # registered, then stopped before the gate: judge that version now
+        version = str(existing["version"])
+        log.warning("%s v%s holds this model but no gate decision (a run stopped after registering it); "
+                    "judging it now", name, version)
+    else:
+        version = _log_and_register(settings, store, name, model_sha, meta, test_metrics, quality, splits)
+
 
     for key in GATE_METRICS:
         client.set_model_version_tag(name, version, f"test.{key}", f"{challenger[key]:.6f}")
@@ -241,22 +284,34 @@ def _run(settings: Settings) -> dict[str, Any]:
     champion_version = alias_version(client, name, CHAMPION)
     champion = None
     if champion_version is not None:
-        champion = _score_champion(name, champion_version, test, features, target, meta["threshold"])
-    decision = gate_decision(challenger, champion, settings.gate)
+        champion, champion_inputs = _score_champion(name, champion_version, test, target, meta["threshold"])
+        prohibited = prohibited_inputs(champion_inputs, profile, settings.fairness)
+        if prohibited:  # no comparison owed to a model the policy forbids: the floors alone decide
+            log.warning("champion v%s uses protected attributes (%s) as inputs, which fairness.use_protected "
+                        "forbids: the challenger is judged on the floors alone", champion_version,
+                        ", ".join(prohibited))
+            champion = None
+    decision = gate_decision(challenger, champion, settings.gate, fairness)
+    if champion_version is not None and champion is None and decision.passed:
+        decision = GateDecision(True, [f"champion v{champion_version} uses protected attributes as inputs; "
+                                       "the floors are met"], decision.warnings)
     report = {
         "registered_model": name,
         "version": int(version),
         "decision": "passed" if decision.passed else "failed",
         "reasons": decision.reasons,
+        "fairness": fairness["verdict"],
+        "warnings": list(decision.warnings),
         "challenger": {k: round(challenger[k], 6) for k in GATE_METRICS},
         "champion_version": int(champion_version) if champion_version else None,
         "champion": {k: round(champion[k], 6) for k in GATE_METRICS} if champion else None,
         "test_rows": len(test),
-        "gate": {"min_roc_auc": settings.gate.min_roc_auc, "max_brier": settings.gate.max_brier,
-                 "max_regression": settings.gate.max_regression},
+        "gate": gate_settings(settings.gate),
     }
     client.set_model_version_tag(name, version, "gate.decision", report["decision"])
     client.set_model_version_tag(name, version, "gate.reasons", "; ".join(decision.reasons))
+    client.set_model_version_tag(name, version, "gate.fairness", fairness["verdict"])
+    client.set_model_version_tag(name, version, "gate.warnings", "; ".join(decision.warnings))
     client.set_model_version_tag(name, version, "gate.report", json.dumps(report))
     if decision.passed:
         set_alias(client, name, CHAMPION, version, "passed the quality gate: " + "; ".join(decision.reasons),
@@ -265,6 +320,8 @@ def _run(settings: Settings) -> dict[str, Any]:
         log.warning("v%s failed the quality gate; champion stays v%s: %s", version, champion_version,
                     "; ".join(decision.reasons))
     log.info("gate: v%s %s: %s", version, report["decision"], "; ".join(decision.reasons))
+    for warning in decision.warnings:
+        log.warning("gate: v%s fairness warning: %s", version, warning)
     write_json(settings.registration_file, {"registered_model": name, "model_sha256": model_sha})
     log.info("register stage took %.1f s (store: %s)", time.perf_counter() - started, store.tracking_uri)
     if not decision.passed and settings.gate.fail_pipeline:

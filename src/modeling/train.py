@@ -8,6 +8,7 @@ thing as one sklearn Pipeline plus the metadata every consumer needs.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -21,9 +22,9 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from src.common import read_table, run_main, write_json
+from src.common import PipelineError, read_table, run_main, write_json
 from src.config import Settings, load_settings
-from src.modeling.features import assemble, build_classifier, build_preprocessor
+from src.modeling.features import assemble, build_classifier, build_preprocessor, model_columns, monotone_constraints
 from src.modeling.metrics import choose_threshold, score_metrics
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ def train_model(train: pd.DataFrame, valid: pd.DataFrame, settings: Settings) ->
     x_valid = preprocessor.transform(valid[features])
     log.info("encoded %d train / %d valid rows into %d model columns", len(x_train), len(x_valid), x_train.shape[1])
 
-    classifier = build_classifier(cfg.lgbm, cfg.seed)
+    if list(x_train.columns) != model_columns(profile):  # the constraints below are given by position
+        raise AssertionError(f"encoded columns {list(x_train.columns)} differ from {model_columns(profile)}")
+    classifier = build_classifier(cfg.lgbm, cfg.seed, monotone_constraints(profile))
     classifier.fit(
         x_train, train[target],
         eval_X=(x_valid,),
@@ -81,6 +84,9 @@ def train_model(train: pd.DataFrame, valid: pd.DataFrame, settings: Settings) ->
         "feature_types": {n: f.type for n, f in profile.features.items()},
         "target_encoded": list(profile.target_encode),
         "ordinal_encoded": profile.ordinal_features,
+        "monotone": profile.monotone,
+        "protected": list(profile.protected),
+        "protected_inputs": profile.protected_inputs,
         "model_columns": list(x_train.columns),
         "threshold": choice.threshold,
         "threshold_costs": {
@@ -129,6 +135,13 @@ def _plain(value: Any) -> Any:
 def predict_proba(pipeline: Pipeline, frame: pd.DataFrame, features: list[str]) -> np.ndarray:
     """Probability of default for each row (column 1 of predict_proba)."""
     return pipeline.predict_proba(frame[features])[:, 1]
+
+
+def load_trained(settings: Settings) -> tuple[Pipeline, dict[str, Any]]:
+    """This stage's outputs, for the stages after it: the fitted Pipeline and its metadata."""
+    if not settings.model_file.exists():
+        raise PipelineError(f"{settings.model_file} is missing: run the train stage first (dvc repro)")
+    return joblib.load(settings.model_file), json.loads(settings.model_meta_file.read_text(encoding="utf-8"))
 
 
 def run(settings: Settings) -> TrainResult:

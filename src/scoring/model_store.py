@@ -38,6 +38,7 @@ class LoadedModel:
     version: str
     uri: str
     loaded_at: str
+    fairness: dict[str, Any] | None = None  # the gate's fairness verdict recorded with the model
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -46,7 +47,14 @@ class LoadedModel:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "uri": self.uri, "loaded_at": self.loaded_at,
                 "dataset": self.meta["dataset"], "threshold": self.scorer.threshold,
-                "probabilities_by": self.scorer.engine}
+                "probabilities_by": self.scorer.engine, "fairness": _fairness_summary(self.fairness)}
+
+
+def _fairness_summary(verdict: dict[str, Any] | None) -> dict[str, Any]:
+    """The fairness floors' verdict and any warning or failure, as the API and pages show it."""
+    if verdict is None:
+        return {"verdict": "not recorded", "warnings": [], "blocking": []}
+    return {"verdict": verdict["verdict"], "warnings": verdict["warnings"], "blocking": verdict["blocking"]}
 
 
 def resolve_version(uri: str) -> tuple[str, str, str]:
@@ -77,13 +85,16 @@ def load_model(uri: str, settings: Settings, *, top_reasons: int | None = None,
     model = pyfunc.unwrap_python_model()
     meta = model.meta
     dataset = meta["dataset"]
-    profile = settings.profile_named(dataset)
+    # Described by the model's own inputs: a protected attribute is asked for only from a model
+    # trained on it (fairness.use_protected, research), whatever params.yaml says today.
+    profile = settings.profile_named(dataset).with_inputs(list(meta["features"]))
     scorer = Scorer(model.pipeline, meta, profile,
                     top_reasons=settings.serve.top_reasons if top_reasons is None else top_reasons,
                     refer_margin=settings.serve.refer_margin,
                     num_threads=settings.serve.num_threads if num_threads is None else num_threads)
     loaded = LoadedModel(scorer=scorer, name=name, version=version, uri=uri,
-                         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                         fairness=getattr(model, "fairness", None))
     log.info("loaded %s v%s from %s in %.1f s (probabilities by %s)", name, version, uri,
              time.perf_counter() - started, scorer.engine)
     return loaded

@@ -37,12 +37,16 @@ ROWS = 6000
 
 @pytest.fixture(scope="module")
 def batch_input(trained_project: TrainedProject, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real rows resampled to ROWS with new ids; SYNTHETIC defects in every 500th row; 8 row groups."""
+    """Real rows resampled to ROWS with new ids; SYNTHETIC defects in every 500th row; 8 row groups.
+
+    The file keeps columns the model does not read (the protected attributes): Dask must not fuse
+    its partitions for that (row numbers would shift).
+    """
     raw = pd.read_parquet(trained_project.settings.raw_table).drop(columns=["default"])
     rng = np.random.default_rng(3)
-    frame = raw.iloc[rng.integers(0, len(raw), ROWS)].reset_index(drop=True).astype({"age": "float64"})
+    frame = raw.iloc[rng.integers(0, len(raw), ROWS)].reset_index(drop=True).astype({"pay_0": "float64"})
     frame["id"] = np.arange(10_000, 10_000 + ROWS)
-    frame.loc[::500, "age"] = 150.0  # SYNTHETIC: outside [18, 100]
+    frame.loc[::500, "pay_0"] = 15.0  # SYNTHETIC: outside [-2, 9]
     path = tmp_path_factory.mktemp("batch") / "batch.parquet"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=ROWS // 8)
     return path

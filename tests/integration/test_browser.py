@@ -109,7 +109,7 @@ def no_sideways_scroll(driver: WebDriver) -> bool:
     return driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
 
 
-def test_officer_scores_an_applicant_then_fixes_an_invalid_age(browser: WebDriver, live_server: str, app: Flask,
+def test_officer_scores_an_applicant_then_fixes_an_invalid_value(browser: WebDriver, live_server: str, app: Flask,
                                                                tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     reports.mkdir()
@@ -123,9 +123,10 @@ def test_officer_scores_an_applicant_then_fixes_an_invalid_age(browser: WebDrive
     assert "Score a loan applicant" in browser.title
     assert model.name in browser.page_source and f"version {model.version}" in \
         browser.find_element(By.CLASS_NAME, "model-line").text
-    age = browser.find_element(By.ID, "age")
-    assert age.get_attribute("value") == fmt_number(model.meta["feature_summary"]["age"]["default"])
-    assert browser.find_element(By.CSS_SELECTOR, "label[for=age]").text.strip() == "Age"
+    limit = browser.find_element(By.ID, "limit_bal")
+    assert limit.get_attribute("value") == fmt_number(model.meta["feature_summary"]["limit_bal"]["default"])
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=limit_bal]").text.strip() == "Credit limit"
+    assert not browser.find_elements(By.ID, "age") and not browser.find_elements(By.ID, "sex")  # protected
     capture(browser, reports / "desktop-form.png", DESKTOP)
 
     # Submit the defaults: a valid applicant is scored, logged and explained.
@@ -141,21 +142,21 @@ def test_officer_scores_an_applicant_then_fixes_an_invalid_age(browser: WebDrive
     assert svc.predlog.count() == 1
     capture(browser, reports / "desktop-result.png", DESKTOP)
 
-    # Back to the form with the answers kept; an impossible age is refused beside the field.
+    # Back to the form with the answers kept; an impossible repayment status is refused beside the field.
     browser.find_element(By.ID, "edit-button").click()
-    age = wait.until(ec.presence_of_element_located((By.ID, "age")))
-    assert age.get_attribute("value") == fmt_number(model.meta["feature_summary"]["age"]["default"])
-    age.clear()
-    age.send_keys("150")
+    status = wait.until(ec.presence_of_element_located((By.ID, "pay_0")))
+    assert status.get_attribute("value") == fmt_number(model.meta["feature_summary"]["pay_0"]["default"])
+    status.clear()
+    status.send_keys("15")
     browser.find_element(By.ID, "score-button").click()
-    error = wait.until(ec.visibility_of_element_located((By.ID, "age-error")))
-    assert "Age must be at most 100 years" in error.text
-    age = browser.find_element(By.ID, "age")
-    assert age.get_attribute("value") == "150"
-    assert "age-error" in (age.get_attribute("aria-describedby") or "").split()
-    assert error.find_element(By.XPATH, "..").get_attribute("id") == "age-field"
-    gap = age.rect["y"] - (error.rect["y"] + error.rect["height"])
-    assert 0 <= gap < 60 and abs(age.rect["x"] - error.rect["x"]) < 5, "error is not right by the age input"
+    error = wait.until(ec.visibility_of_element_located((By.ID, "pay_0-error")))
+    assert "Repayment status, September must be at most 9 months late" in error.text
+    status = browser.find_element(By.ID, "pay_0")
+    assert status.get_attribute("value") == "15"
+    assert "pay_0-error" in (status.get_attribute("aria-describedby") or "").split()
+    assert error.find_element(By.XPATH, "..").get_attribute("id") == "pay_0-field"
+    gap = status.rect["y"] - (error.rect["y"] + error.rect["height"])
+    assert 0 <= gap < 60 and abs(status.rect["x"] - error.rect["x"]) < 5, "error is not right by its input"
     assert svc.predlog.count() == 1
     capture(browser, reports / "desktop-form-error.png", DESKTOP)
 

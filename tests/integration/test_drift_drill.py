@@ -3,10 +3,11 @@
 On the REAL taiwan_credit file when it is present (full file through ingest ->
 validate -> split, so the reference is the 21k-row train split and the batch the
 4.5k-row test split), else on SYNTHETIC applicants (``synthetic_taiwan_applicants``).
-The shift: credit limits +30 % (richer applicants), everyone 8 years younger
-(floored at 21, the youngest age in the data), and twice as many single
-applicants. Nothing else changes, so no other feature may be flagged, and the
-untouched test split must show no drift at all.
+The shift: credit limits +30 % (richer applicants), September payments cut to
+30 %, and half of the graduates now university-educated (model inputs only:
+protected attributes are not scored, so not monitored for drift). Nothing else
+changes, so no other feature may be flagged, and the untouched test split must
+show no drift at all.
 """
 
 from __future__ import annotations
@@ -31,18 +32,18 @@ from src.scoring.predlog import PredictionLog
 from tests.conftest import load_params, shared_data_dir
 from tests.synthetic_monitoring import synthetic_score, synthetic_taiwan_applicants
 
-SHIFTED = {"limit_bal", "age", "marriage"}
-SINGLE = 2  # marriage code for "single"
+SHIFTED = {"limit_bal", "pay_amt1", "education"}
+UNIVERSITY = 2  # education code for "university"
 
 
 def population_shift(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Limits +30 %, 8 years younger (not below 21), and half of the married applicants now single."""
+    """Limits +30 %, September payments down to 30 %, and half of the graduates now university-educated."""
     out = frame.copy()
     out["limit_bal"] = (out["limit_bal"] * 1.3).round(-4)
-    out["age"] = (out["age"] - 8).clip(lower=21)
-    married = out.index[out["marriage"] == 1]
-    flip = np.random.default_rng(seed).choice(married, size=len(married) // 2, replace=False)
-    out.loc[flip, "marriage"] = SINGLE
+    out["pay_amt1"] = (out["pay_amt1"] * 0.3).round()
+    graduates = out.index[out["education"] == 1]
+    flip = np.random.default_rng(seed).choice(graduates, size=len(graduates) // 2, replace=False)
+    out.loc[flip, "education"] = UNIVERSITY
     return out
 
 
@@ -109,7 +110,7 @@ def test_population_shift_flags_exactly_the_shifted_features(drill: Drill, score
     untouched = {n: f["psi"] for n, f in result["features"].items() if n not in SHIFTED}
     assert max(untouched.values()) < drill.settings.monitoring.psi_moderate, untouched
     assert result["flag"] is True
-    assert result["features"]["age"]["band"] == "significant"
+    assert result["features"]["pay_amt1"]["band"] == "significant"
 
 
 def test_cli_drift_on_a_shifted_file_writes_json_and_html(drill: Drill, scorer: Model | None,
@@ -195,8 +196,8 @@ def test_cli_drift_bad_input_exits_2(drill: Drill, tmp_path: Path, caplog: pytes
 
 def test_shift_helper_keeps_rows_valid(drill: Drill) -> None:
     shifted = population_shift(drill.test)
-    assert len(shifted) == len(drill.test) and shifted["age"].min() >= 21
-    assert (shifted["marriage"] == SINGLE).mean() > (drill.test["marriage"] == SINGLE).mean()
+    assert len(shifted) == len(drill.test) and shifted["pay_amt1"].min() >= 0
+    assert (shifted["education"] == UNIVERSITY).mean() > (drill.test["education"] == UNIVERSITY).mean()
 
 
 def _scored_file(drill: Drill, scorer: Model, path: Path) -> pd.DataFrame:

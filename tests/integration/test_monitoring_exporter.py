@@ -44,7 +44,7 @@ def synthetic_reports(folder: Path) -> tuple[Path, Path]:
     raw = synthetic_taiwan_applicants(3000, seed=1)
     clean = validate.validate(ingest.ingest(raw, settings.profile), settings.profile).clean
     reference, batch = clean.iloc[:2000], clean.iloc[2000:].copy()
-    batch["age"] = (batch["age"] - 8).clip(lower=21)
+    batch["limit_bal"] = (batch["limit_bal"] * 2.0).round(-4)
     drift = compare(reference, synthetic_score(reference), batch, synthetic_score(batch), settings.profile,
                     settings.monitoring)
     drift_file = folder / "drift.json"
@@ -99,7 +99,7 @@ def test_exporter_serves_the_reports_as_gauges(exporter: Exporter) -> None:
     psi = {labels["feature"]: value for labels, value in samples["monitoring_drift_feature_psi"]}
     assert psi == pytest.approx({n: f["psi"] for n, f in drift["features"].items()})
     assert samples["monitoring_drift_score_psi"][0][1] == pytest.approx(drift["score"]["psi"])
-    assert samples["monitoring_drift_flag"][0][1] == 1.0 and "age" in drift["drifted_features"]
+    assert samples["monitoring_drift_flag"][0][1] == 1.0 and "limit_bal" in drift["drifted_features"]
     assert samples["monitoring_drift_drifted_features"][0][1] == len(drift["drifted_features"])
     assert samples["monitoring_performance_roc_auc"][0][1] == pytest.approx(performance["overall"]["roc_auc"])
     assert samples["monitoring_performance_reference_roc_auc"][0][1] == 0.9

@@ -98,13 +98,13 @@ def test_the_service_logs_predictions_to_postgres(trained_project: TrainedProjec
     svc = app.extensions["credit_service"]
     try:
         row = default_applicant(svc.model().meta)
-        resp = app.test_client().post("/api/v1/predict", json={"applicants": [row, {**row, "age": 61.0}],
+        resp = app.test_client().post("/api/v1/predict", json={"applicants": [row, {**row, "limit_bal": 61000.0}],
                                                               "reasons": False})
         assert resp.status_code == 200, resp.json
         assert svc.predlog.count() == 2
         assert svc.predlog.engine.dialect.name == "postgresql"
         with svc.predlog.engine.connect() as conn:
             logged = list(conn.execute(sa.select(predictions.c.features)).scalars())
-        assert sorted(f["age"] for f in logged) == sorted([row["age"], 61.0])
+        assert sorted(f["limit_bal"] for f in logged) == sorted([row["limit_bal"], 61000.0])
     finally:
         svc.predlog.dispose()

@@ -14,9 +14,11 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mlflow.tracking import MlflowClient
 
 from flask_api import create_app
 from flask_api.validation import applicant_json_schema, validate_applicants
+from src.config.profile import PROTECTED_MESSAGE
 from tests.conftest import TrainedProject, default_applicant
 
 PREDICT = "/api/v1/predict"
@@ -118,23 +120,35 @@ def test_client_errors_are_4xx_json(client, kwargs: dict, status: int, needle: s
 
 def test_every_bad_field_is_named_with_its_row(client, app) -> None:
     good = applicant(app)
-    bad = applicant(app, age=200, sex=3, education="university", limit_bal="lots", marriage=True)
+    bad = applicant(app, pay_0=12, pay_amt1=-5, education="university", limit_bal="lots", sex=1)
     del bad["pay_2"]
     bad["favourite_colour"] = "blue"
     resp = client.post(PREDICT, json={"applicants": [good, bad]})
     assert resp.status_code == 422
     errors = {(e["row"], e["field"]): e["message"] for e in resp.json["errors"]}
     assert errors == {
-        (1, "age"): "must be at most 100 years",
-        (1, "sex"): "must be one of 1 (male), 2 (female)",
+        (1, "pay_0"): "must be at most 9 months late",
+        (1, "pay_amt1"): "must be at least 0 NT$",
         (1, "education"): errors[(1, "education")],
         (1, "limit_bal"): "must be a number",
-        (1, "marriage"): errors[(1, "marriage")],
         (1, "pay_2"): "is required",
         (1, "favourite_colour"): "is not a known field",
+        (1, "sex"): PROTECTED_MESSAGE,
     }
     assert errors[(1, "education")].startswith("must be one of 0 (unknown (code 0)), 1 (graduate school)")
     assert app.extensions["credit_service"].predlog.count() == 0  # nothing scored, nothing logged
+
+
+@pytest.mark.parametrize("field", ["sex", "marriage", "age"])
+def test_a_protected_attribute_is_refused_by_name(client, app, field: str) -> None:
+    """An otherwise valid applicant that sends a prohibited basis gets a 422 saying why, and nothing is scored."""
+    resp = client.post(PREDICT, json={"applicants": [{**applicant(app), field: 1}]})
+    assert resp.status_code == 422
+    assert resp.json["errors"] == [{"row": 0, "field": field, "message": PROTECTED_MESSAGE}]
+    assert "protected attribute" in PROTECTED_MESSAGE
+    schema = client.get("/api/v1/schema").json
+    assert field not in schema["properties"] and field not in schema["required"]
+    assert app.extensions["credit_service"].predlog.count() == 0
 
 
 def test_too_many_rows_and_too_large_a_body(client, app) -> None:
@@ -154,7 +168,7 @@ def test_unknown_route_and_method_are_json_4xx(client) -> None:
 
 
 def test_every_scored_row_is_logged_and_counted(client, app) -> None:
-    rows = [applicant(app), applicant(app, age=60.0), applicant(app, pay_0=3)]
+    rows = [applicant(app), applicant(app, limit_bal=60000.0), applicant(app, pay_0=3)]
     resp = client.post(PREDICT, json={"applicants": rows, "reasons": False})
     assert resp.status_code == 200
     svc = app.extensions["credit_service"]
@@ -219,7 +233,7 @@ def test_not_ready_until_a_model_is_loaded(trained_project: TrainedProject, tmp_
     assert client.get("/health").status_code == 200
     ready = client.get("/ready")
     assert ready.status_code == 503 and ready.json["status"] == "error" and ready.json["error"]
-    resp = client.post(PREDICT, json={"applicants": [{"age": 30}]})
+    resp = client.post(PREDICT, json={"applicants": [{"limit_bal": 30}]})
     assert resp.status_code == 503 and "no model loaded" in resp.json["error"]
 
 
@@ -336,3 +350,13 @@ def test_repayment_status_codes_read_as_words(client, app) -> None:
     assert schema["description"] == ("unit: months late; codes: -2 = no balance (card not used); -1 = paid in full; "
                                      "0 = revolving credit (minimum paid)")
     assert "Codes: -2 = no balance (card not used); -1 = paid in full" in client.get("/").get_data(as_text=True)
+
+
+def test_model_information_carries_the_fairness_verdict(client, trained_project) -> None:
+    """The fairness floors' verdict is stored with the model, so the service shows it (warnings included)."""
+    verdict = json.loads((trained_project.settings.paths.metrics / "fairness.json").read_text())["gate"]
+    shown = client.get("/ready").json["model"]["fairness"]
+    assert shown == {"verdict": verdict["verdict"], "warnings": verdict["warnings"], "blocking": verdict["blocking"]}
+    assert shown["verdict"] in {"passed", "warned"}  # the served champion passed the gate
+    tags = MlflowClient(trained_project.tracking_uri).get_model_version(trained_project.model_name, "1").tags
+    assert tags["gate.fairness"] == verdict["verdict"] and tags["gate.warnings"] == "; ".join(verdict["warnings"])

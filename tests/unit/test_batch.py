@@ -32,11 +32,11 @@ from tests.conftest import ROOT, TrainedProject, make_settings
 
 # SYNTHETIC defects planted into real rows: row -> cells to set (profile column names).
 DEFECTS: dict[int, dict[str, object]] = {
-    3: {"age": 150},                       # outside [18, 100]
+    3: {"pay_0": 15},                      # outside [-2, 9]
     10: {"education": 9},                  # not one of the codes
     11: {"limit_bal": None},               # missing, not nullable
-    25: {"age": 12, "marriage": 7},        # two reasons in one row
-    40: {"sex": 1.5},                      # not a whole-number code
+    25: {"pay_0": -7, "pay_amt2": -1},     # two reasons in one row
+    40: {"education": 1.5},                # not a whole-number code
 }
 
 
@@ -140,7 +140,7 @@ def test_encode_frame_equals_the_pipelines_preprocessing_and_the_row_encoder(tra
     test = pd.read_parquet(trained_project.settings.split_table("test"))
     typed = test[scorer.profile.feature_names].astype(object).head(400).copy()
     typed.loc[5, "education"] = None   # missing
-    typed.loc[6, "marriage"] = 77      # a code the encoders never saw
+    typed.loc[6, "education"] = 77     # a code the encoders never saw
     typed.loc[7, "pay_0"] = None
     typed.loc[8, "limit_bal"] = None
     typed = typed.astype({c: "float64" for c in typed.columns})
@@ -252,8 +252,8 @@ def test_rejects_are_the_validate_stage_rejects_with_reasons(trained_project, ra
     stage = validate(bad, trained_project.settings.profile)
     assert rejects[ROW_COLUMN].tolist() == stage.rejected[ROW_COLUMN].tolist() == sorted(DEFECTS)
     assert rejects[REASON_COLUMN].tolist() == stage.rejected[REASON_COLUMN].tolist()
-    assert rejects.loc[rejects[ROW_COLUMN] == 25, "reject_columns"].item() == "marriage, age"  # reasons order
-    assert "age: outside [18, 100] (value 150.0)" in rejects.loc[rejects[ROW_COLUMN] == 3, REASON_COLUMN].item()
+    assert rejects.loc[rejects[ROW_COLUMN] == 25, "reject_columns"].item() == "pay_0, pay_amt2"  # reasons order
+    assert "pay_0: outside [-2, 9] (value 15.0)" in rejects.loc[rejects[ROW_COLUMN] == 3, REASON_COLUMN].item()
     assert rejects.loc[rejects[ROW_COLUMN] == 11, "limit_bal"].isna().all()
 
     # counts reconcile, in the files and in the summary
@@ -271,8 +271,8 @@ def test_csv_rejects_match_the_stage_reading_the_same_csv(trained_project, job, 
     stage = validate(pd.read_csv(src), trained_project.settings.profile)  # how the pipeline reads a raw CSV
     assert rejects[ROW_COLUMN].tolist() == stage.rejected[ROW_COLUMN].tolist() == sorted(DEFECTS)
     assert summary["rejected_per_reason"] == stage.report["rejected_per_reason"]
-    assert rejects.loc[rejects[ROW_COLUMN] == 3, "age"].item() == "150"  # the raw value, as text
-    assert rejects.loc[rejects[ROW_COLUMN] == 40, REASON_COLUMN].item() == "sex: not a valid code (value '1.5')"
+    assert rejects.loc[rejects[ROW_COLUMN] == 3, "pay_0"].item() == "15"  # the raw value, as text
+    assert rejects.loc[rejects[ROW_COLUMN] == 40, REASON_COLUMN].item() == "education: not a valid code (value '1.5')"
 
 
 def test_ids_fall_back_to_input_row_numbers(job, raw_rows, tmp_path, trained_project) -> None:
@@ -354,13 +354,14 @@ def run_cli(args: list[str], caplog: pytest.LogCaptureFixture) -> tuple[int, str
 
 
 def test_missing_required_column_names_column_and_file(trained_project, raw_rows, tmp_path, caplog) -> None:
-    src = tmp_path / "no_age.csv"
-    raw_rows.drop(columns=["age", "pay_0"]).to_csv(src, index=False)
+    src = tmp_path / "no_pay.csv"
+    raw_rows.drop(columns=["limit_bal", "pay_0", "age"]).to_csv(src, index=False)  # age: protected, not asked for
     code, text = run_cli([str(src), "--output", str(tmp_path / "o.parquet"), "--params", str(cli_params(tmp_path)),
                           "--model-uri", str(trained_project.model_dir)], caplog)
     assert code == 2
-    assert "missing required column(s) for profile 'taiwan_credit': age (or AGE), pay_0 (or PAY_0)" in text
-    assert "no_age.csv" in text and "Traceback" not in text
+    missing = "missing required column(s) for profile 'taiwan_credit': limit_bal (or LIMIT_BAL), pay_0 (or PAY_0)\n"
+    assert missing in text
+    assert "no_pay.csv" in text and "Traceback" not in text
     assert not (tmp_path / "o.parquet").exists()
 
 

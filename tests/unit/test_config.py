@@ -84,7 +84,7 @@ def test_numeric_ranges_are_ordered(dataset, tmp_path):
 
 def test_value_kind_int_codes_and_string_labels(tmp_path):
     taiwan = make_settings("taiwan_credit", tmp_path).profile
-    assert taiwan.features["sex"].value_kind is int
+    assert taiwan.protected["sex"].value_kind is int
     assert taiwan.features["education"].value_kind is int
     credit = make_settings("credit_risk", tmp_path).profile
     assert credit.features["loan_grade"].value_kind is str
@@ -206,24 +206,24 @@ def test_open_category_set_must_be_target_encoded(tmp_path):
 
 def test_min_above_max(tmp_path):
     params = _params_for("credit_risk")
-    params["profiles"]["credit_risk"]["features"]["person_age"].update(min=100, max=18)
+    params["profiles"]["credit_risk"]["features"]["loan_amnt"].update(min=100, max=18)
     with pytest.raises(ConfigError) as err:
         _build(params, tmp_path)
-    assert "profiles.credit_risk.features.person_age" in str(err.value)
+    assert "profiles.credit_risk.features.loan_amnt" in str(err.value)
     assert "min 100" in str(err.value) and "max 18" in str(err.value)
 
 
 def test_min_equal_max_is_allowed(tmp_path):
     params = _params_for("credit_risk")
-    params["profiles"]["credit_risk"]["features"]["person_age"].update(min=30, max=30)
-    spec = _build(params, tmp_path).profile.features["person_age"]
+    params["profiles"]["credit_risk"]["features"]["loan_amnt"].update(min=30, max=30)
+    spec = _build(params, tmp_path).profile.features["loan_amnt"]
     assert spec.min == spec.max == 30.0
 
 
 def test_bad_feature_type(tmp_path):
     params = _params_for("credit_risk")
-    params["profiles"]["credit_risk"]["features"]["person_age"]["type"] = "integer"
-    with pytest.raises(ConfigError, match=re.escape("profiles.credit_risk.features.person_age.type")):
+    params["profiles"]["credit_risk"]["features"]["loan_amnt"]["type"] = "integer"
+    with pytest.raises(ConfigError, match=re.escape("profiles.credit_risk.features.loan_amnt.type")):
         _build(params, tmp_path)
 
 
@@ -311,7 +311,7 @@ def test_bad_value_labels_name_the_key(labels, needle, tmp_path):
 
 def test_value_labels_are_for_numeric_features(tmp_path):
     params = _params_for("taiwan_credit")
-    params["profiles"]["taiwan_credit"]["features"]["sex"]["value_labels"] = {1: "one"}
+    params["profiles"]["taiwan_credit"]["features"]["education"]["value_labels"] = {1: "one"}
     with pytest.raises(ConfigError, match="is for numeric features"):
         _build(params, tmp_path)
 

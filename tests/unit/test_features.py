@@ -67,24 +67,24 @@ def test_ordinal_codes_follow_declared_order(tmp_path):
 
 
 def test_unknown_and_missing_categories_do_not_crash(tmp_path):
-    profile = make_settings("taiwan_credit", tmp_path).profile
+    profile = make_settings("lending_club", tmp_path).profile
     frame = frame_from_profile(profile, 500, seed=3)
     pre = preprocessor_for(profile)
     pre.fit_transform(frame[profile.feature_names], frame[profile.target_column])
     novel = frame[profile.feature_names].head(4).copy()
-    novel["education"] = pd.array([99, 42, pd.NA, 2], dtype="Int64")   # target-encoded: unseen codes
-    novel["sex"] = pd.array([7, pd.NA, 1, 2], dtype="Int64")           # ordinal: unseen code, missing
-    novel["age"] = [np.nan, 30.0, 40.0, 50.0]
+    novel["purpose"] = pd.array(["yacht", "moon", pd.NA, "credit_card"], dtype="string")  # target-encoded: unseen
+    novel["credit_policy"] = pd.array([7, pd.NA, 0, 1], dtype="Int64")  # ordinal: unseen code, missing
+    novel["fico"] = [np.nan, 700.0, 710.0, 720.0]
     x = pre.transform(novel)
     encoder: TargetEncoder = pre.named_steps["encode"].named_transformers_["target"]
     # unseen target-encoded categories get the training default rate
-    assert x["education"].iloc[0] == pytest.approx(encoder.target_mean_)
-    assert x["education"].iloc[1] == pytest.approx(encoder.target_mean_)
-    assert np.isfinite(x["education"]).all()
+    assert x["purpose"].iloc[0] == pytest.approx(encoder.target_mean_)
+    assert x["purpose"].iloc[1] == pytest.approx(encoder.target_mean_)
+    assert np.isfinite(x["purpose"]).all()
     # an unknown ordinal code and a missing one become NaN, which LightGBM handles natively
-    assert np.isnan(x["sex"].iloc[0]) and np.isnan(x["sex"].iloc[1])
-    assert x["sex"].iloc[2] == 0.0 and x["sex"].iloc[3] == 1.0
-    assert np.isnan(x["age"].iloc[0])
+    assert np.isnan(x["credit_policy"].iloc[0]) and np.isnan(x["credit_policy"].iloc[1])
+    assert x["credit_policy"].iloc[2] == 0.0 and x["credit_policy"].iloc[3] == 1.0
+    assert np.isnan(x["fico"].iloc[0])
 
 
 def test_unknown_string_category_at_transform(tmp_path):
@@ -105,7 +105,7 @@ def test_plain_python_rows_encode_like_typed_rows(tmp_path):
     """Rows from an API (plain ints/strings/None) look like validated rows (Int64/string/NA) after cast."""
     profile = make_settings("taiwan_credit", tmp_path).profile
     frame = frame_from_profile(profile, 300, seed=5)
-    frame.loc[3, "marriage"] = pd.NA
+    frame.loc[3, "education"] = pd.NA
     frame.loc[4, "limit_bal"] = np.nan
     pre = preprocessor_for(profile)
     pre.fit_transform(frame[profile.feature_names], frame[profile.target_column])
@@ -144,6 +144,7 @@ NOISE_PROFILE = {
         "x": {"type": "numeric", "min": -100, "max": 100},
         "grade": {"type": "categorical", "values": {"A": "a", "B": "b", "C": "c"}},
     },
+    "protected": {},
 }
 
 

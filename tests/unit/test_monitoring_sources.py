@@ -19,7 +19,7 @@ NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 def synthetic_applicants(rows: int = 6) -> pd.DataFrame:
     """SYNTHETIC taiwan_credit applicants (valid values), one row per index."""
-    base = {"limit_bal": 50000.0, "sex": 2, "education": 2, "marriage": 1, "age": 35.0,
+    base = {"limit_bal": 50000.0, "education": 2,
             **{f"pay_{i}": 0.0 for i in (0, 2, 3, 4, 5, 6)},
             **{f"bill_amt{i}": 1000.0 for i in range(1, 7)}, **{f"pay_amt{i}": 500.0 for i in range(1, 7)}}
     return pd.DataFrame([{**base, "limit_bal": 10000.0 * (i + 1)} for i in range(rows)])
@@ -52,13 +52,13 @@ def test_applicant_rows_accept_raw_names_and_count_rejects() -> None:
     settings = make_settings("taiwan_credit", ROOT)
     frame = synthetic_applicants(6).rename(columns={"limit_bal": "LIMIT_BAL"})
     frame["id"] = range(6)
-    frame.loc[2, "age"] = 12  # outside [18, 100]
+    frame.loc[2, "pay_0"] = 12  # outside [-2, 9]
     frame["education"] = frame["education"].astype(object)
     frame.loc[4, "education"] = "x"  # not a code
     batch = sources.applicant_rows(frame, settings.profile, "batch.csv")
     assert (batch.rows_in, len(batch.frame), batch.rejected) == (6, 4, 2)
     assert batch.frame["id"].tolist() == [0, 1, 3, 5]
-    assert set(batch.rejected_reasons) == {"age: outside [18, 100]", "education: not a valid code"}
+    assert set(batch.rejected_reasons) == {"pay_0: outside [-2, 9]", "education: not a valid code"}
     with pytest.raises(InputError, match=r"missing column\(s\) limit_bal.*--include-features"):
         sources.applicant_rows(frame.drop(columns="LIMIT_BAL"), settings.profile, "scored.parquet")
 

@@ -17,6 +17,7 @@ from src.data.ingest import ingest, read_raw
 from src.data.split import SPLITS, split_frame
 from src.data.validate import validate
 from src.modeling import evaluate as evaluate_mod
+from src.modeling import fairness as fairness_mod
 from src.modeling import train as train_mod
 from src.modeling.evaluate import feature_importance, model_card, plot_data
 from src.modeling.metrics import choose_threshold, decide
@@ -47,8 +48,10 @@ def pipeline_run(tmp_path_factory):
         write_table(part, settings.split_table(name))
     write_json(settings.paths.metrics / "data_quality.json", checked.report)
     trained = train_mod.run(settings)
+    fairness = fairness_mod.run(settings)
     metrics = evaluate_mod.run(settings)
-    return SimpleNamespace(settings=settings, parts=parts, trained=trained, metrics=metrics, quality=checked.report)
+    return SimpleNamespace(settings=settings, parts=parts, trained=trained, metrics=metrics, quality=checked.report,
+                           fairness=fairness)
 
 
 def test_sample_size(pipeline_run):
@@ -232,10 +235,19 @@ def test_model_card_function_uses_its_inputs(pipeline_run):
     settings = pipeline_run.settings
     meta = dict(pipeline_run.trained.meta)
     metrics = dict(pipeline_run.metrics, roc_auc=0.123456)
-    importance = pd.Series([3.0, 1.0], index=["limit_bal", "age"])
+    importance = pd.Series([3.0, 1.0], index=["limit_bal", "pay_0"])
     card = model_card(settings, meta, metrics, pipeline_run.quality, importance)
     assert "| roc_auc | 0.1235 |" in card
-    assert "Credit limit (`limit_bal`), Age (`age`)" in card
+    assert "Credit limit (`limit_bal`), Repayment status, September (`pay_0`)" in card
+    assert "- Protected attributes: sex, marriage, age. Kept in the data to measure decisions by group; not model" \
+           " inputs" in card
+    assert "Repayment status, September (`pay_0`) increasing" in card and "NOT FIT" not in card
+    # a research model trained on protected attributes says so before anything else
+    research = model_card(settings, {**meta, "protected_inputs": ["sex", "age"]}, metrics, pipeline_run.quality,
+                          importance)
+    assert research.splitlines()[2] == ("**NOT FIT FOR LENDING DECISIONS: this research model uses protected "
+                                        "attributes (sex, age) as inputs (fairness.use_protected: true).**")
+    assert "**Used as model inputs**" in research
 
 
 def test_evaluate_without_model(tmp_path):

@@ -83,7 +83,7 @@ def credit_result(credit_raw, tmp_path_factory):
 def _independent_rejects(raw: pd.DataFrame, profile: Profile) -> set[int]:
     """Rows a careful analyst would reject, computed without the project's schema code."""
     bad = pd.Series(False, index=raw.index)
-    for name, spec in profile.features.items():
+    for name, spec in profile.measured_columns.items():  # inputs and protected attributes alike
         col = raw[name]
         if not spec.nullable:
             bad |= col.isna()
@@ -133,7 +133,8 @@ def test_credit_risk_nullable_blanks_are_accepted(credit_raw, credit_result):
 def test_clean_table_types_and_target(credit_raw, credit_result, tmp_path):
     profile = profile_of("credit_risk", tmp_path)
     clean = credit_result.clean
-    assert list(clean.columns) == [*profile.feature_names, profile.target_column]
+    assert list(clean.columns) == [*profile.feature_names, *profile.protected, profile.target_column]
+    assert "person_age" in profile.protected  # kept to measure fairness by age, not a model input
     assert clean[profile.target_column].dtype == np.int8
     assert set(clean[profile.target_column].unique()) == {0, 1}
     assert credit_result.report["default_rate"] == pytest.approx(clean[profile.target_column].mean(), abs=1e-6)
@@ -343,7 +344,7 @@ def test_normalise_without_target_and_schema_without_target(tmp_path):
 def test_normalise_records_each_uncoercible_cell(tmp_path):
     profile = profile_of("credit_risk", tmp_path)
     frame = messy_frame(15)
-    _, failures = normalise(frame, profile)
+    _, failures = normalise(frame, profile, with_protected=True)
     got = {(int(r.index), r.column, r.value) for r in failures.itertuples()}
     assert got == {(3, "person_age", "abc"), (11, "loan_status", "yes"), (13, "loan_amnt", "12,000")}
 
@@ -519,9 +520,9 @@ def test_clean_rows_are_not_suspect_and_a_foreign_dtype_falls_back_to_pandera(tm
     profile = profile_of("credit_risk", tmp_path)
     typed, failures = normalise(messy_frame(planted=False), profile, with_target=False)
     assert failures.empty and not suspect_rows(typed, profile).any()
-    assert suspect_rows(typed.astype({"person_age": object}), profile) is None
+    assert suspect_rows(typed.astype({"loan_amnt": object}), profile) is None
     rules = build_schema(profile, with_target=False, unique_ids=False)
-    foreign = typed.astype({"person_age": object})
+    foreign = typed.astype({"loan_amnt": object})
     fallback = row_failures(foreign, profile, rules)  # the schema's own verdict: the column's dtype
     assert fallback.to_dict("records") == schema_failures(foreign, rules).to_dict("records")
     assert fallback["check"].str.contains("float64").any()
@@ -531,10 +532,10 @@ def test_int64_code_columns_normalise_like_the_same_values_as_objects(tmp_path) 
     """Parquet gives integer codes as int64: the fast path keeps them exact, as the per-value rule would."""
     profile = profile_of("taiwan_credit", tmp_path)
     codes = {"sex": [1, 2, 3], "education": [0, 4, 7], "marriage": [1, 3, 9]}
-    frame = pd.DataFrame({name: codes.get(name, [1.0, 2.0, 3.0]) for name in profile.features})
+    frame = pd.DataFrame({name: codes.get(name, [1.0, 2.0, 3.0]) for name in profile.measured_columns})
     assert frame["sex"].dtype == np.int64
-    fast, fast_failures = normalise(frame, profile, with_target=False)
-    slow, slow_failures = normalise(frame.astype(object), profile, with_target=False)
+    fast, fast_failures = normalise(frame, profile, with_target=False, with_protected=True)
+    slow, slow_failures = normalise(frame.astype(object), profile, with_target=False, with_protected=True)
     pd.testing.assert_frame_equal(fast, slow)
     assert fast_failures.empty and slow_failures.empty
     assert str(fast["sex"].dtype) == "Int64"

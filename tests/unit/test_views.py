@@ -9,12 +9,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask, render_template
 from werkzeug.datastructures import MultiDict
 
 from flask_api import create_app
 from flask_api.forms import default_values, field_infos, fmt_number, form_class
 from src.config import build_profile
+from src.scoring.logdb import make_engine, predictions
 from src.scoring.scorer import readable_number
 from tests.conftest import TrainedProject, default_applicant, load_params
 
@@ -98,7 +100,9 @@ def test_form_renders_every_field_with_human_labels_and_defaults(client, app) ->
             assert f"{name}-hint" in element["aria-describedby"]
     assert '<option value="1">graduate school</option>' in html or \
         '<option selected value="1">graduate school</option>' in html
-    assert "From 18 to 100 years." in page.text_of("age-hint")
+    assert "From 0 to 10,000,000 NT$." in page.text_of("pay_amt1-hint")
+    for protected in profile.protected:  # prohibited bases are never asked for
+        assert protected not in page.by_id and f'name="{protected}"' not in html
     assert page.text_of("limit_bal-unit") == "NT$"
     assert page.by_id["limit_bal"]["aria-describedby"] == "limit_bal-hint limit_bal-unit"
 
@@ -149,32 +153,32 @@ def test_a_decision_that_cannot_be_recorded_is_not_shown(client, app) -> None:
 
 
 def test_change_the_answers_reopens_the_form_filled_in_without_scoring(client, app) -> None:
-    result = client.post("/", data=form_data(client, app, age=41))
+    result = client.post("/", data=form_data(client, app, pay_amt1=41))
     html = result.get_data(as_text=True)
     hidden = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', html))
-    assert hidden["age"] == "41"
+    assert hidden["pay_amt1"] == "41"
     resp = client.post("/", data={**hidden, "edit": "1"})
     assert resp.status_code == 200
     page = Page(resp.get_data(as_text=True))
-    assert page.by_id["age"]["value"] == "41"
+    assert page.by_id["pay_amt1"]["value"] == "41"
     assert "field-error" not in page.html
     assert logged(app) == 1
 
 
-def test_invalid_age_is_reported_beside_the_field_and_not_scored(client, app) -> None:
-    data = form_data(client, app, age=200, limit_bal=123456)
+def test_invalid_value_is_reported_beside_the_field_and_not_scored(client, app) -> None:
+    data = form_data(client, app, pay_0=12, limit_bal=123456)
     resp = client.post("/", data=data)
     assert resp.status_code == 422
     page = Page(resp.get_data(as_text=True))
-    assert "Age must be at most 100 years" in page.text_of("age-error")
-    group = page.block("age-field")
-    assert 'id="age-error"' in group and 'id="age"' in group
-    assert page.by_id["age"]["aria-invalid"] == "true"
-    assert "age-error" in page.by_id["age"]["aria-describedby"].split()
-    assert page.by_id["age"]["value"] == "200"
+    assert "Repayment status, September must be at most 9 months late" in page.text_of("pay_0-error")
+    group = page.block("pay_0-field")
+    assert 'id="pay_0-error"' in group and 'id="pay_0"' in group
+    assert page.by_id["pay_0"]["aria-invalid"] == "true"
+    assert "pay_0-error" in page.by_id["pay_0"]["aria-describedby"].split()
+    assert page.by_id["pay_0"]["value"] == "12"
     assert page.by_id["limit_bal"]["value"] == "123456"  # other answers kept
     assert "aria-invalid" not in page.by_id["limit_bal"]
-    assert 'href="#age"' in page.html  # the error summary links to the field
+    assert 'href="#pay_0"' in page.html  # the error summary links to the field
     assert logged(app) == 0
 
 
@@ -185,19 +189,19 @@ def test_post_without_or_with_a_forged_csrf_token_is_rejected(client, app) -> No
     assert resp.status_code == 400
     assert "nothing was recorded" in resp.get_data(as_text=True)
     assert client.post("/", data={**data, "csrf_token": "forged"}).status_code == 400
-    assert client.post("/", json={"age": 30}).status_code == 400
+    assert client.post("/", json={"limit_bal": 30}).status_code == 400
     assert logged(app) == 0
 
 
 @pytest.mark.parametrize(("changes", "field", "message"), [
-    ({"age": "abc"}, "age", "Age must be a number"),
-    ({"age": "nan"}, "age", "Age must be a finite number"),
-    ({"age": "1e400"}, "age", "Age must be a finite number"),
-    ({"age": "  "}, "age", "Age is required"),
+    ({"pay_amt1": "abc"}, "pay_amt1", "Amount paid, September must be a number"),
+    ({"pay_amt1": "nan"}, "pay_amt1", "Amount paid, September must be a finite number"),
+    ({"pay_amt1": "1e400"}, "pay_amt1", "Amount paid, September must be a finite number"),
+    ({"pay_amt1": "  "}, "pay_amt1", "Amount paid, September is required"),
     ({"limit_bal": "0"}, "limit_bal", "Credit limit must be at least 1 NT$"),
-    ({"sex": "9"}, "sex", "Sex must be one of 1 (male), 2 (female)"),
+    ({"education": "9"}, "education", "Education must be one of 0 (unknown (code 0)), 1 (graduate school)"),
     ({"education": "graduate school"}, "education", "Education must be one of"),
-    ({"marriage": "1.5"}, "marriage", "Marital status must be one of"),
+    ({"education": "1.5"}, "education", "Education must be one of"),
     ({"pay_0": "<script>alert(1)</script>"}, "pay_0", "must be a number"),
 ])
 def test_malformed_values_are_field_errors_not_500(client, app, changes: dict[str, str], field: str,
@@ -212,15 +216,25 @@ def test_malformed_values_are_field_errors_not_500(client, app, changes: dict[st
 
 def test_missing_fields_and_unknown_extras(client, app) -> None:
     data = form_data(client, app)
-    del data["age"], data["sex"]
+    del data["pay_amt1"], data["education"]
     resp = client.post("/", data=data)
     assert resp.status_code == 422
     page = Page(resp.get_data(as_text=True))
-    assert "Age is required" in page.text_of("age-error")
-    assert "Sex is required" in page.text_of("sex-error")
-    extra = form_data(client, app, unknown_field="x", edit="")
-    assert client.post("/", data=extra).status_code == 200  # unknown keys are ignored, not scored
+    assert "Amount paid, September is required" in page.text_of("pay_amt1-error")
+    assert "Education is required" in page.text_of("education-error")
+    # unknown keys, protected attributes among them, are ignored: never read, never scored, never logged
+    extra = form_data(client, app, unknown_field="x", edit="", sex="2", age="30")
+    assert client.post("/", data=extra).status_code == 200
     assert logged(app) == 1
+    predlog = app.extensions["credit_service"].predlog
+    engine = make_engine(predlog.url)
+    try:
+        with engine.connect() as conn:
+            features = conn.execute(sa.select(predictions.c.features)).scalars().one()
+    finally:
+        engine.dispose()
+    assert set(features) == set(meta_of(app)["features"])  # the model's inputs, nothing else
+    assert not {"sex", "age", "marriage", "unknown_field"} & set(features)
 
 
 def test_no_model_yet_gives_a_friendly_503(trained_project: TrainedProject, tmp_path: Path,
@@ -234,7 +248,7 @@ def test_no_model_yet_gives_a_friendly_503(trained_project: TrainedProject, tmp_
         assert resp.headers["Retry-After"]
         html = resp.get_data(as_text=True)
         assert "Scoring is not available yet" in html and "Traceback" not in html
-        assert app.test_client().post("/", data={"age": "30"}).status_code == 400  # CSRF is checked first
+        assert app.test_client().post("/", data={"limit_bal": "30"}).status_code == 400  # CSRF is checked first
     finally:
         app.extensions["credit_service"].predlog.dispose()
 
@@ -258,7 +272,7 @@ def test_open_category_sets_get_a_datalist_and_the_api_rules(app) -> None:
     """risk_flag's city is an open set: free text with the seen values offered, cleaned like the API does."""
     profile = _profile("risk_flag")
     summary = {"city": {"default": "Mysore", "seen": ["Kota", "Mysore"]},
-               "house_ownership": {"default": "rented"}, "age": {"default": 40.0, "p01": 21.0, "p99": 79.0}}
+               "house_ownership": {"default": "rented"}, "experience": {"default": 6.0, "p01": 1.0, "p99": 19.0}}
     model = SimpleNamespace(name="credit-default-risk_flag", version="7", meta={"feature_summary": summary})
     with app.test_request_context("/"):
         cls = form_class(profile)
@@ -271,28 +285,28 @@ def test_open_category_sets_get_a_datalist_and_the_api_rules(app) -> None:
         assert page.by_id["city-options"]["tag"] == "datalist" and '<option value="Kota">' in html
         assert '<option selected value="rented">rented</option>' in html
         assert "neither rents nor owns" in html
-        assert "Most applicants: 21 to 79." in page.text_of("age-hint")
-        posted = MultiDict({**{n: "" for n in profile.features}, "income": "500000", "age": "40", "experience": "5",
-                            "married_single": "single", "house_ownership": "rented", "car_ownership": "no",
+        assert "Most applicants: 1 to 19." in page.text_of("experience-hint")
+        posted = MultiDict({**{n: "" for n in profile.features}, "income": "500000", "experience": "5",
+                            "house_ownership": "rented", "car_ownership": "no",
                             "profession": "Civil_engineer", "city": "Mysore[7][8]", "state": "Karnataka",
                             "current_job_yrs": "3", "current_house_yrs": "11"})
         form = cls(formdata=posted, meta={"csrf": False})
         assert form.validate(), form.errors
         row = form.row()
-        assert row["city"] == "Mysore" and row["profession"] == "Civil engineer" and row["age"] == 40.0
+        assert row["city"] == "Mysore" and row["profession"] == "Civil engineer" and row["experience"] == 5.0
 
 
 def test_nullable_fields_are_optional(app) -> None:
     profile = _profile("credit_risk")
     with app.test_request_context("/"):
         cls = form_class(profile)
-        data = {"person_age": "30", "person_income": "50000", "person_home_ownership": "RENT",
+        data = {"person_income": "50000", "person_home_ownership": "RENT",
                 "person_emp_length": "", "loan_intent": "EDUCATION", "loan_grade": "B", "loan_amnt": "5000",
                 "loan_int_rate": "", "loan_percent_income": "0.1", "cb_person_default_on_file": "N",
                 "cb_person_cred_hist_length": "4"}
         form = cls(formdata=MultiDict(data), meta={"csrf": False})
         assert form.validate(), form.errors
         assert form.row()["person_emp_length"] is None and form.row()["loan_int_rate"] is None
-        assert not form.person_emp_length.flags.required and form.person_age.flags.required
+        assert not form.person_emp_length.flags.required and form.person_income.flags.required
         infos = {i.name: i for i in field_infos(profile, {})}
         assert infos["person_emp_length"].optional and "Optional" in infos["person_emp_length"].hint
