@@ -1,4 +1,4 @@
-"""JSON API: POST /api/v1/predict, GET /api/v1/schema, GET /api/v1/openapi.json.
+"""JSON API: POST /api/v1/predict, GET /api/v1/decisions/<id> (admin), GET /api/v1/schema, GET /api/v1/openapi.json.
 
 Client mistakes get 400 (malformed JSON), 413 (body too large), 415 (not JSON)
 or 422 (valid JSON that breaks the contract), each with a JSON body naming every
@@ -7,17 +7,21 @@ offending row and field. Never a 500 for client input, never a stack trace.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest
 
+from flask_api.ops import admin_refusal
 from flask_api.service import ModelNotReady, NotRecorded, Service, service
 from flask_api.validation import applicant_json_schema, validate_applicants
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 ALLOWED_KEYS = {"applicants", "reasons"}
+REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 Answer = tuple[int, dict[str, Any]]
@@ -92,6 +96,24 @@ def predict() -> Any:
     return jsonify(body), status
 
 
+@bp.get("/decisions/<request_id>")
+def decision(request_id: str) -> Any:
+    """A logged decision, for disputes and audits: inputs, model version, probability, decision, reasons given."""
+    refusal = admin_refusal("decision lookup")
+    if refusal is not None:
+        return refusal
+    if not REQUEST_ID.fullmatch(request_id):
+        return error(404, f"no decision '{request_id}': request ids look like 0190a3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d")
+    try:
+        record = service().predlog.lookup(request_id)
+    except (SQLAlchemyError, OSError):
+        return error(503, "the prediction log cannot be read right now; try again later")
+    if record is None:
+        return error(404, f"no decision '{request_id}' in the prediction log (a decision reaches it within "
+                          "about a second of its answer)")
+    return jsonify(record)
+
+
 @bp.get("/schema")
 def schema() -> Any:
     svc = service()
@@ -117,9 +139,15 @@ def openapi_document(applicant: dict[str, Any], max_batch: int) -> dict[str, Any
               "properties": {"feature": {"type": "string"}, "label": {"type": "string"},
                              "value": {"type": "string"}, "contribution": {"type": "number"},
                              "direction": {"enum": ["raises", "lowers"]}, "text": {"type": "string"}}}
-    result = {"type": "object", "required": ["probability_of_default", "decision"],
+    adverse = {"type": "object", "required": ["code", "reason", "feature", "value"],
+               "properties": {"code": {"type": "string"}, "reason": {"type": "string"},
+                              "feature": {"type": "string"}, "value": {"type": "string"}}}
+    result = {"type": "object", "required": ["probability_of_default", "decision", "adverse_action"],
               "properties": {"probability_of_default": {"type": "number", "minimum": 0, "maximum": 1},
                              "decision": {"enum": ["approve", "refer", "decline"]},
+                             "adverse_action": {"type": "array", "items": adverse,
+                                                "description": "principal reasons for a decline or referral "
+                                                               "(empty for an approval)"},
                              "reasons": {"type": "array", "items": reason}}}
     response = {"type": "object", "required": ["request_id", "model", "threshold", "results"],
                 "properties": {"request_id": {"type": "string"},
@@ -154,6 +182,18 @@ def openapi_document(applicant: dict[str, Any], max_batch: int) -> dict[str, Any
                     "503": {"description": "No model loaded yet", "content": err},
                 },
             }},
+            "/api/v1/decisions/{request_id}": {"get": {
+                "summary": "A logged decision (inputs, model, probability, decision, reason codes given); "
+                           "bearer ADMIN_TOKEN",
+                "operationId": "decision",
+                "security": [{"adminToken": []}],
+                "parameters": [{"name": "request_id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The logged decision"},
+                              "401": {"description": "Missing or wrong token", "content": err},
+                              "404": {"description": "Unknown request id, or lookup disabled", "content": err},
+                              "503": {"description": "Prediction log unreadable", "content": err}},
+            }},
             "/api/v1/schema": {"get": {"summary": "JSON Schema of one applicant", "operationId": "schema",
                                        "responses": {"200": {"description": "JSON Schema",
                                                              "content": {"application/json": {}}}}}},
@@ -163,7 +203,9 @@ def openapi_document(applicant: dict[str, Any], max_batch: int) -> dict[str, Any
                                "responses": {"200": {"description": "Ready"},
                                              "503": {"description": "No model yet"}}}},
         },
-        "components": {"schemas": {"Applicant": applicant, "Prediction": response, "Error": error_body}},
+        "components": {"schemas": {"Applicant": applicant, "Prediction": response, "Error": error_body},
+                       "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer",
+                                                          "description": "the service's $ADMIN_TOKEN"}}},
     }
 
 

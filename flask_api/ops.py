@@ -38,6 +38,17 @@ def metrics() -> Response:
     return Response(payload, content_type=content_type)
 
 
+def admin_refusal(what: str) -> tuple[Response, int] | None:
+    """None when the request carries the admin bearer token; else the 404 (no token set) or 401 to answer."""
+    token = env.text(TOKEN_ENV, "")
+    if not token:
+        return jsonify({"error": f"{what} over HTTP is disabled: set {TOKEN_ENV} to enable it"}), 404
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return jsonify({"error": "missing or wrong bearer token"}), 401
+    return None
+
+
 @bp.post("/admin/reload")
 def reload_model() -> Any:
     """Load the current champion (or MODEL_URI) and swap it in; requests in flight finish on the old one.
@@ -45,12 +56,9 @@ def reload_model() -> Any:
     This worker reloads now; the others see the shared reload marker on their next request and
     reload in the background, so every worker ends up on the new model without a restart.
     """
-    token = env.text(TOKEN_ENV, "")
-    if not token:
-        return jsonify({"error": f"reload over HTTP is disabled: set {TOKEN_ENV} to enable it"}), 404
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return jsonify({"error": "missing or wrong bearer token"}), 401
+    refusal = admin_refusal("reload")
+    if refusal is not None:
+        return refusal
     svc = service()
     try:
         fresh = svc.reload()

@@ -104,6 +104,7 @@ def _result_page(form: ApplicantForm, row: dict[str, Any], request_id: str, mode
         up=[view(r) for r in reasons if r["direction"] == "raises"],
         down=[view(r) for r in reasons if r["direction"] != "raises"],
         answers=answers, raw=form.raw(), decisions=(APPROVE, REFER, DECLINE),
+        adverse=result.get("adverse_action") or [],
     ), 200, {}
 
 

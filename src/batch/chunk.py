@@ -44,7 +44,7 @@ class BatchJob:
     scored_at: pd.Timestamp  # one per run
     id_kind: str | None  # "int"/"str": the profile's id column is in the input; None: ids are row numbers
     model_uri: str = ""
-    top_reasons: int = 0  # 0: no reasons
+    top_reasons: int = 0  # 0: no reasons (a decline's principal reason codes are always given)
     include_features: bool = False
     # True: leave out the columns that differ between runs of the same model on the same input
     # (model_version, scored_at), for outputs DVC tracks; the run's log still names them.
@@ -75,6 +75,7 @@ class BatchJob:
                   pa.field("model_name", text)]
         if not self.reproducible:
             fields += [pa.field("model_version", text), pa.field("scored_at", pa.timestamp("us", tz="UTC"))]
+        fields.append(pa.field("adverse_action", pa.list_(pa.string())))
         for i in range(1, self.top_reasons + 1):
             fields += [pa.field(f"reason_{i}_feature", pa.string()), pa.field(f"reason_{i}_contribution",
                                                                              pa.float64())]
@@ -125,6 +126,26 @@ class Counts:
     def from_dict(cls, data: dict[str, Any]) -> Counts:
         return cls(rows_in=data["rows_in"], scored=data["scored"], rejected=data["rejected"],
                    decisions=Counter(data["decisions"]), rejected_per_reason=Counter(data["rejected_per_reason"]))
+
+
+def _adverse_action(job: BatchJob, matrix: np.ndarray, decision_codes: np.ndarray,
+                    contrib: np.ndarray | None) -> pa.Array:
+    """Each row's principal reason codes: the inputs that raised the risk most, for declines and referrals only.
+
+    TreeSHAP runs on the declined and referred rows alone (unless the run computes reasons for all).
+    """
+    scorer = job.scorer
+    adverse = np.flatnonzero(decision_codes > 0)
+    counts = np.zeros(len(decision_codes), dtype=np.int32)
+    values = np.empty(0, dtype=object)
+    if len(adverse) and scorer.adverse_reasons:
+        owed = contrib[adverse] if contrib is not None else scorer.contributions(matrix[adverse])
+        order = scorer.principal(np.atleast_2d(owed))
+        chosen = order >= 0
+        counts[adverse] = chosen.sum(axis=1)
+        values = np.asarray(scorer.reason_codes, dtype=object)[order[chosen]]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.string()))
 
 
 @dataclass(frozen=True)
@@ -229,6 +250,7 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
     if not job.reproducible:
         arrays["model_version"] = _repeated(job.model_version, m)
         arrays["scored_at"] = pa.repeat(pa.scalar(job.scored_at.to_pydatetime(), pa.timestamp("us", tz="UTC")), m)
+    arrays["adverse_action"] = _adverse_action(job, matrix, codes, contrib if job.top_reasons else None)
     if job.top_reasons:
         order = top_contributions(contrib, len(scorer.columns), job.top_reasons)
         names = np.asarray(scorer.columns, dtype=object)

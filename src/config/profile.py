@@ -41,6 +41,10 @@ class FeatureSpec(Strict):
     # this input grows (LightGBM's monotone_constraints). Numeric inputs, or ordinal categories
     # in the order their values are listed; never a target-encoded column.
     monotone: Direction | None = None
+    # Adverse-action reason: a stable code and the plain statement a declined applicant is given
+    # (with their value) when this input raised their risk most. Required of every model input.
+    reason_code: str | None = Field(None, pattern=r"^[A-Z][A-Z0-9]{1,7}$")
+    reason: str | None = Field(None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -129,6 +133,9 @@ class ProtectedSpec(FeatureSpec):
     def _bands(self) -> ProtectedSpec:
         if self.monotone is not None:
             raise KeyProblem("monotone", "is for model inputs; a protected attribute is not one")
+        if self.reason_code is not None or self.reason is not None:
+            raise KeyProblem("reason_code" if self.reason_code is not None else "reason",
+                             "is for model inputs; a protected attribute is never a reason")
         if self.bands is None:
             if not self.is_categorical:
                 raise KeyProblem("bands", "is required for a numeric attribute: the edges of the groups "
@@ -251,10 +258,18 @@ class Profile(Strict):
         for col, spec in self.features.items():
             if spec.is_categorical and spec.values is None and col not in self.target_encode:
                 raise KeyProblem(f"features.{col}", "is an open category set; list its values or target-encode it")
+            if spec.reason_code is None or spec.reason is None:
+                raise KeyProblem(f"features.{col}", "needs reason_code and reason: the stable code and plain "
+                                                    "statement given when it is a principal reason for a decline")
             if spec.monotone is not None and col in self.target_encode:
                 raise KeyProblem(f"features.{col}.monotone", "cannot apply to a target-encoded column (its "
                                                              "codes have no order); give it for numeric or "
                                                              "ordinal columns")
+        codes = [f.reason_code for f in self.features.values()]
+        repeated = sorted({c for c in codes if codes.count(c) > 1})
+        if repeated:
+            raise KeyProblem("features", f"give reason codes {repeated} to more than one input; "
+                                         "each code is one reason")
         return self
 
     def with_inputs(self, names: list[str]) -> Profile:

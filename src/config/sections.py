@@ -111,6 +111,9 @@ class FairnessFloors(Strict):
     # block: a model that fails a floor is registered but not promoted; warn: promoted, the verdict recorded.
     # A profile may set its own per attribute (profiles.<dataset>.protected.<column>.gate).
     action: Literal["block", "warn"] = "block"
+    # A gap beyond a floor counts only when chance alone is unlikely to explain it (one-sided
+    # two-proportion z-test at this level): a group of 60 applicants swings by 0.1 by chance.
+    significance: float = Field(0.05, gt=0, lt=0.5)
 
 
 class GateSettings(Strict):

@@ -12,7 +12,9 @@ Writes ``metrics/fairness.json`` (a DVC metric) and ``plots/approval_by_group.cs
 from __future__ import annotations
 
 import logging
+import math
 from itertools import pairwise
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -87,14 +89,18 @@ def group_table(y_true: np.ndarray, proba: np.ndarray, threshold: float, groups:
                           y_true=y_true, y_pred=proba, sensitive_features=groups.to_numpy())
     by_group = at_threshold.by_group.join(ranking.by_group)
     rows = groups.value_counts()
+    repaid = pd.Series(y_true == 0, index=groups.index).groupby(groups).sum()
     judged = [g for g in by_group.index if rows[g] >= min_rows and g != MISSING]
     best = by_group.loc[judged, "approval_rate"].max() if judged else float("nan")
     table: dict[str, Any] = {}
     for group in sorted(by_group.index, key=str):
         figures = {k: _clean(v) for k, v in by_group.loc[group].items()}
-        ratio = by_group.loc[group, "approval_rate"] / best if group in judged and best > 0 else float("nan")
-        table[str(group)] = {"rows": int(rows[group]), "judged": group in judged, **figures,
-                             "adverse_impact_ratio": _clean(ratio)}
+        if group not in judged:
+            ratio = float("nan")
+        else:  # nobody approved in any group: no group is favoured over another
+            ratio = by_group.loc[group, "approval_rate"] / best if best > 0 else 1.0
+        table[str(group)] = {"rows": int(rows[group]), "repaid": int(repaid.get(group, 0)), "judged": group in judged,
+                             **figures, "adverse_impact_ratio": _clean(ratio)}
     summary: dict[str, Any] = {"groups": table, "judged_groups": len(judged)}
     if len(judged) >= 2:
         sub = by_group.loc[judged]
@@ -104,33 +110,65 @@ def group_table(y_true: np.ndarray, proba: np.ndarray, threshold: float, groups:
             least_approved_group=str(sub["approval_rate"].idxmin()),
             most_approved_group=str(sub["approval_rate"].idxmax()),
             equal_opportunity_gap=_clean(sub["decline_rate_repaid"].max() - sub["decline_rate_repaid"].min()),
+            most_declined_repaid_group=str(sub["decline_rate_repaid"].idxmax()),
+            least_declined_repaid_group=str(sub["decline_rate_repaid"].idxmin()),
             equalized_odds_gap=_clean(max(sub["decline_rate_repaid"].max() - sub["decline_rate_repaid"].min(),
                                           sub["decline_rate_defaulted"].max() - sub["decline_rate_defaulted"].min())),
         )
     return summary
 
 
-def proxy_auc(values: pd.Series, groups: pd.Series, min_rows: int) -> float:
+def beyond_floor_z(floor: str, attribute: dict[str, Any], limit: float) -> float:
+    """How many standard errors the attribute lies beyond ``limit`` (one-sided; negative: within it).
+
+    Adverse impact: H0 is p_least >= limit * p_most. Equal opportunity: H0 is the gap in decline
+    rates among those who repaid <= limit. Unpooled normal approximation of the two proportions.
+    """
+    groups = attribute["groups"]
+    if floor == "min_adverse_impact_ratio":
+        low, high = groups[attribute["least_approved_group"]], groups[attribute["most_approved_group"]]
+        p_low, n_low, p_high, n_high = low["approval_rate"], low["rows"], high["approval_rate"], high["rows"]
+        excess, var = limit * p_high - p_low, limit**2 * p_high * (1 - p_high) / n_high + p_low * (1 - p_low) / n_low
+    else:
+        high = groups[attribute["most_declined_repaid_group"]]
+        low = groups[attribute["least_declined_repaid_group"]]
+        p_high, n_high = high["decline_rate_repaid"], high["repaid"]
+        p_low, n_low = low["decline_rate_repaid"], low["repaid"]
+        excess, var = p_high - p_low - limit, p_high * (1 - p_high) / n_high + p_low * (1 - p_low) / n_low
+    if var > 0:
+        return excess / math.sqrt(var)
+    return math.copysign(math.inf, excess) if excess else 0.0
+
+
+def proxy_auc(values: pd.Series, groups: pd.Series, min_rows: int, folds: int = 5) -> float:
     """How well one input alone tells the groups apart: macro one-vs-rest ROC-AUC of its per-value group shares.
 
     A numeric input is cut into quantile bins, a categorical one taken by value; each bin's share
-    of each group is the "prediction". 0.5: it says nothing about the attribute; 1: it gives it away.
-    Groups under ``min_rows`` rows (and unknown ones) are left out, as in the group tables.
+    of each group, learnt on the other folds (out of fold, so 300 cities with a few rows each do not
+    "predict" by memory), is the prediction. 0.5: it says nothing about the attribute; 1: it gives it
+    away. Groups under ``min_rows`` rows (and unknown ones) are left out, as in the group tables.
     """
     counts = groups.value_counts()
     known = groups.isin([g for g, n in counts.items() if n >= min_rows and g != MISSING])
-    values, groups = values[known], groups[known]
+    values, groups = values[known].reset_index(drop=True), groups[known].reset_index(drop=True)
     if values.dtype.kind in "fiu":
         keys = pd.qcut(values.rank(method="first"), min(PROXY_BINS, values.nunique()), labels=False, duplicates="drop")
-        keys = keys.where(values.notna(), -1)
+        keys = keys.where(values.notna(), -1).astype(str)
     else:
         keys = values.astype(object).where(values.notna(), MISSING).astype(str)
-    shares = pd.crosstab(keys, groups, normalize="index")
-    classes = [c for c in shares.columns if (groups == c).any()]
+    classes = sorted(set(groups))
     if len(classes) < 2:
         return float("nan")
-    aucs = [roc_auc_score(groups == c, keys.map(shares[c])) for c in classes]
-    return float(np.mean(aucs)) if len(classes) > 2 else float(aucs[0] if aucs[0] >= 0.5 else 1 - aucs[0])
+    fold = np.random.default_rng(0).permutation(len(keys)) % folds
+    onehot = pd.get_dummies(groups)[classes].astype(float)
+    predicted = pd.DataFrame(index=keys.index, columns=classes, dtype=float)
+    for k in range(folds):
+        fit, held = fold != k, fold == k
+        shares = onehot[fit].groupby(keys[fit].to_numpy()).mean()
+        looked_up = shares.reindex(keys[held].to_numpy())
+        predicted.loc[held] = looked_up.fillna(onehot[fit].mean()).to_numpy()  # unseen value: the overall share
+    aucs = [roc_auc_score(groups == c, predicted[c]) for c in classes]
+    return float(np.mean(aucs)) if len(classes) > 2 else float(max(aucs[0], 1 - aucs[0]))
 
 
 def fairness_report(test: pd.DataFrame, proba: np.ndarray, threshold: float, profile: Profile,
@@ -170,24 +208,30 @@ def fairness_verdict(report: dict[str, Any], profile: Profile, floors: FairnessF
     """The gate's fairness floors on this report: passed, warned (a ``warn`` floor failed), failed or not measured."""
     checks: list[dict[str, Any]] = []
     reasons: dict[str, list[str]] = {"block": [], "warn": []}
+    critical = NormalDist().inv_cdf(1 - floors.significance)
     for name, attribute in report["attributes"].items():
         action = profile.protected[name].gate or floors.action
         air, gap = attribute.get("min_adverse_impact_ratio"), attribute.get("equal_opportunity_gap")
-        pairs = (("min_adverse_impact_ratio", air, floors.min_adverse_impact_ratio, air is not None and
-                  air >= floors.min_adverse_impact_ratio - EPSILON),
-                 ("max_equal_opportunity_gap", gap, floors.max_equal_opportunity_gap, gap is not None and
-                  gap <= floors.max_equal_opportunity_gap + EPSILON))
-        for floor, value, limit, passed in pairs:
+        pairs = (("min_adverse_impact_ratio", air, floors.min_adverse_impact_ratio,
+                  air is not None and air >= floors.min_adverse_impact_ratio - EPSILON),
+                 ("max_equal_opportunity_gap", gap, floors.max_equal_opportunity_gap,
+                  gap is not None and gap <= floors.max_equal_opportunity_gap + EPSILON))
+        for floor, value, limit, within in pairs:
             if value is None:
                 continue  # fewer than two groups large enough to judge
+            # beyond the limit, but by less than chance alone explains (small groups): reported, not held
+            z = _clean(beyond_floor_z(floor, attribute, limit))
+            significant = z is None or z >= critical
+            passed = within or not significant
             checks.append({"attribute": name, "floor": floor, "value": value, "limit": limit, "action": action,
-                           "passed": passed})
+                           "z": z, "significant": significant, "passed": passed})
             if passed:
                 continue
             what = (f"adverse-impact ratio {value:.3f} ({attribute['least_approved_group']} against "
                     f"{attribute['most_approved_group']}) is below" if floor.startswith("min") else
                     f"equal-opportunity gap {value:.3f} (decline rates among applicants who repaid) is above")
-            reasons[action].append(f"{name}: {what} gate.fairness.{floor} = {limit} [{action}]")
+            z_text = "" if z is None else f", z = {z:.1f}"
+            reasons[action].append(f"{name}: {what} gate.fairness.{floor} = {limit}{z_text} [{action}]")
     if not checks:
         verdict = "not measured"
     else:

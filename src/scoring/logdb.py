@@ -35,6 +35,9 @@ predictions = sa.Table(
     sa.Column("features", sa.JSON, nullable=False),
     sa.Column("probability", sa.Float, nullable=False),
     sa.Column("decision", sa.String(16), nullable=False),
+    # The principal reason codes the applicant was given (a decline or referral; [] for an approval):
+    # the record of what they were told. Null for rows logged before codes were recorded.
+    sa.Column("adverse_action", sa.JSON, nullable=True),
 )
 spool_offsets = sa.Table(
     "prediction_log_spool", metadata,
@@ -42,10 +45,13 @@ spool_offsets = sa.Table(
     sa.Column("shipped_bytes", sa.BigInteger, nullable=False),
 )
 
-# One request's rows: (request_id, source, model_name, model_version, created_at, rows, probabilities, decisions).
-Entry = tuple[str, str, str, str, datetime, Sequence[dict[str, Any]], Sequence[float], Sequence[str]]
+# One request's rows: (request_id, source, model_name, model_version, created_at, rows, probabilities, decisions,
+# reason codes per row).
+Entry = tuple[str, str, str, str, datetime, Sequence[dict[str, Any]], Sequence[float], Sequence[str],
+              Sequence[Sequence[str] | None]]
 COLUMNS = ("request_id", "row_index", "created_at", "source", "model_name", "model_version", "features",
-           "probability", "decision")
+           "probability", "decision", "adverse_action")
+ROW_COLUMNS = ("row_index", "features", "probability", "decision", "adverse_action")
 PER_REQUEST = ("request_id", "created_at", "source", "model_name", "model_version")  # same for a request's rows
 
 
@@ -71,17 +77,42 @@ def make_engine(url: str) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the log's tables if missing; several processes may race to create a fresh SQLite log."""
+    """Create the log's tables if missing (several processes may race to create a fresh SQLite log), and
+    add the columns a log made by an earlier version lacks."""
     for attempt in range(CREATE_ATTEMPTS):
         try:
             metadata.create_all(engine, checkfirst=True)
+            _add_missing_columns(engine)
             return
         except OperationalError as exc:
-            if "already exists" in str(exc):
+            if "already exists" in str(exc) or "duplicate column" in str(exc):  # another process was first
                 return
             if "locked" not in str(exc) or attempt == CREATE_ATTEMPTS - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN for each nullable column of ``predictions`` the existing table lacks."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(predictions.name)}
+    missing = [c for c in predictions.columns if c.name not in present and c.nullable]
+    with engine.begin() as conn:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {predictions.name} ADD COLUMN {column.name} {kind}")
+
+
+def decision_record(conn: sa.Connection, request_id: str) -> dict[str, Any] | None:
+    """One logged request (every row: inputs, probability, decision, reason codes), or None if not logged."""
+    rows = conn.execute(sa.select(predictions).where(predictions.c.request_id == request_id)
+                        .order_by(predictions.c.row_index)).mappings().all()
+    if not rows:
+        return None
+    first = rows[0]
+    return {"request_id": request_id, "created_at": first["created_at"].isoformat(), "source": first["source"],
+            "model": {"name": first["model_name"], "version": first["model_version"]},
+            "results": [{"row": r["row_index"], "features": r["features"], "probability_of_default": r["probability"],
+                         "decision": r["decision"], "adverse_action": r["adverse_action"]} for r in rows]}
 
 
 def shipped_offsets(conn: sa.Connection, segments: Sequence[str] | None = None) -> dict[str, int]:
@@ -115,24 +146,24 @@ class FastInsert:
         slot = self.order.index
         # (position, processor) for the per-request values, in Entry order, and for the per-row ones
         self._request_binds = [(slot(name), self.processors[name]) for name in PER_REQUEST]
-        self._row_binds = [(slot(name), self.processors[name])
-                           for name in ("row_index", "features", "probability", "decision")]
+        self._row_binds = [(slot(name), self.processors[name]) for name in ROW_COLUMNS]
 
     def parameters(self, batch: Sequence[Entry]) -> list[Any]:
         """One parameter tuple (or dict) per scored row of every request."""
-        (ri, bind_ri), (fe, bind_fe), (pr, bind_pr), (de, bind_de) = self._row_binds
+        (ri, bind_ri), (fe, bind_fe), (pr, bind_pr), (de, bind_de), (aa, bind_aa) = self._row_binds
         request_binds, width, positional, order = self._request_binds, len(self.order), self.positional, self.order
         out: list[Any] = []
-        for request_id, source, model_name, model_version, created_at, rows, probabilities, decisions in batch:
+        for request_id, source, model_name, model_version, created_at, rows, probabilities, decisions, adverse in batch:
             values: list[Any] = [None] * width
             for (position, bind), value in zip(request_binds, (request_id, created_at, source, model_name,
                                                                model_version), strict=True):
                 values[position] = value if bind is None else bind(value)
-            for i, (row, p, d) in enumerate(zip(rows, probabilities, decisions, strict=True)):
+            for i, (row, p, d, a) in enumerate(zip(rows, probabilities, decisions, adverse, strict=True)):
                 values[ri] = i if bind_ri is None else bind_ri(i)
                 values[fe] = row if bind_fe is None else bind_fe(row)
                 values[pr] = p if bind_pr is None else bind_pr(p)
                 values[de] = d if bind_de is None else bind_de(d)
+                values[aa] = a if bind_aa is None or a is None else bind_aa(a)
                 out.append(tuple(values) if positional else dict(zip(order, values, strict=True)))
         return out
 

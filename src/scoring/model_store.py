@@ -91,7 +91,8 @@ def load_model(uri: str, settings: Settings, *, top_reasons: int | None = None,
     scorer = Scorer(model.pipeline, meta, profile,
                     top_reasons=settings.serve.top_reasons if top_reasons is None else top_reasons,
                     refer_margin=settings.serve.refer_margin,
-                    num_threads=settings.serve.num_threads if num_threads is None else num_threads)
+                    num_threads=settings.serve.num_threads if num_threads is None else num_threads,
+                    adverse_reasons=settings.serve.top_reasons)
     loaded = LoadedModel(scorer=scorer, name=name, version=version, uri=uri,
                          loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
                          fairness=getattr(model, "fairness", None))

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from src.config.env import default_spool_dir
-from src.scoring.logdb import create_tables, make_engine, predictions, shipped_offsets
+from src.scoring.logdb import create_tables, decision_record, make_engine, predictions, shipped_offsets
 from src.scoring.shipper import Shipper
 from src.scoring.spool import SUFFIX, SpoolWriter, encode
 
@@ -132,6 +132,12 @@ class PredictionLog:
                 log.error("prediction log: shipper still busy after %.0f s; the spool %s keeps the rest",
                           timeout, self.spool_dir)
         self.engine.dispose()
+
+    def lookup(self, request_id: str) -> dict[str, Any] | None:
+        """The logged decision of one request (as shipped to the database), or None if it is not there."""
+        create_tables(self.engine)
+        with self.engine.connect() as conn:
+            return decision_record(conn, request_id)
 
     def count(self) -> int:
         """Rows in the database, once everything spooled so far is shipped."""

@@ -47,6 +47,19 @@ class Reason:
                 "contribution": round(self.contribution, 6), "direction": self.direction, "text": self.text}
 
 
+@dataclass(frozen=True)
+class AdverseReason:
+    """A principal reason for a decline or referral (12 CFR 1002.9): a stable code, a plain statement, the value."""
+
+    code: str
+    reason: str
+    feature: str
+    value: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason, "feature": self.feature, "value": self.value}
+
+
 # Units not worth printing after a number.
 UNITLESS = ("count", "ratio", "fraction")
 
@@ -80,13 +93,17 @@ class Scorer:
     """Encode plain applicant rows, score them with the booster, explain and decide."""
 
     def __init__(self, pipeline: Pipeline, meta: Mapping[str, Any], profile: Profile,
-                 top_reasons: int = 4, refer_margin: float = 0.05, num_threads: int = 0) -> None:
+                 top_reasons: int = 4, refer_margin: float = 0.05, num_threads: int = 0,
+                 adverse_reasons: int | None = None) -> None:
         self.pipeline = pipeline
         self.meta = dict(meta)
         self.profile = profile
         self.threshold = float(meta["threshold"])
         self.refer_margin = float(refer_margin)
         self.top_reasons = int(top_reasons)
+        # Principal reasons owed to a declined or referred applicant (serve.top_reasons), whatever
+        # number of full reasons a caller asks for.
+        self.adverse_reasons = self.top_reasons if adverse_reasons is None else int(adverse_reasons)
         # 0 = LightGBM's default (all cores, OpenMP). A server sets 1: its worker processes already
         # use the cores, and OpenMP threads spinning against each other cost 10-100x on a busy box.
         self.predict_options: dict[str, Any] = {"num_threads": int(num_threads)} if num_threads else {}
@@ -121,6 +138,12 @@ class Scorer:
             raise ValueError(f"model columns without an encoder: {missing}")
         # (column, kind, spec) in the booster's column order
         self._plan: list[tuple[str, str, Any]] = [(col, *self._encoders[col]) for col in self.columns]
+        # Columns that may be a principal reason: inputs with a reason code, never a protected attribute
+        # (a research model trained on one still never gives it as a reason).
+        features = profile.features
+        self.reason_codes = [features[c].reason_code if c in features and c not in profile.protected else None
+                             for c in self.columns]
+        self._may_be_reason = np.array([code is not None for code in self.reason_codes])
 
     # -- encoding -----------------------------------------------------------------
     def encode(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -215,16 +238,43 @@ class Scorer:
                               contribution=value, direction="raises" if value > 0 else "lowers"))
         return out
 
+    def principal(self, contrib: np.ndarray) -> np.ndarray:
+        """:func:`principal_reasons` with this model's eligible columns, ``adverse_reasons`` of them."""
+        return principal_reasons(contrib, self._may_be_reason, self.adverse_reasons)
+
+    def adverse_action(self, row: Mapping[str, Any], contrib: np.ndarray) -> list[AdverseReason]:
+        """The principal reasons owed to a declined or referred applicant: the inputs that raised the risk most."""
+        out = []
+        for j in self.principal(contrib).tolist():
+            if j < 0:
+                break
+            col = self.columns[j]
+            spec = self.profile.features[col]
+            out.append(AdverseReason(code=str(spec.reason_code), reason=str(spec.reason), feature=col,
+                                     value=display_value(spec, row.get(col))))
+        return out
+
     def score(self, rows: Sequence[Mapping[str, Any]], with_reasons: bool = True) -> list[dict[str, Any]]:
-        """Probability, decision and (optionally) reasons for each validated row."""
+        """Probability, decision, principal reasons for a decline or referral, and (optionally) the full reasons.
+
+        A declined or referred applicant always gets ``adverse_action`` (their TreeSHAP pass is owed);
+        an approved one gets it empty, and the full explanation only when ``with_reasons``.
+        """
         matrix = self.encode(rows)
         if with_reasons:
             proba, contrib = self.probabilities_and_contributions(matrix)
         else:
             proba, contrib = self.probabilities(matrix), None
+        decisions = [self.decision(p) for p in proba.tolist()]
+        adverse = [i for i, d in enumerate(decisions) if d != APPROVE]
+        owed = contrib if contrib is not None else (self.contributions(matrix[adverse]) if adverse else None)
+        at = {i: k for k, i in enumerate(adverse)} if contrib is None else None
         results = []
         for i, p in enumerate(proba.tolist()):
-            item: dict[str, Any] = {"probability_of_default": p, "decision": self.decision(p)}
+            item: dict[str, Any] = {"probability_of_default": p, "decision": decisions[i], "adverse_action": []}
+            if decisions[i] != APPROVE and owed is not None:
+                row_contrib = owed[i] if at is None else owed[at[i]]
+                item["adverse_action"] = [r.as_dict() for r in self.adverse_action(rows[i], row_contrib)]
             if contrib is not None:
                 item["reasons"] = [r.as_dict() for r in self.reasons(rows[i], contrib[i])]
             results.append(item)
@@ -238,6 +288,19 @@ def top_contributions(contrib: np.ndarray, n_columns: int, top: int) -> np.ndarr
     batch scoring rank reasons with this one rule.
     """
     return np.argsort(-np.abs(contrib[..., :n_columns]), axis=-1, kind="stable")[..., :top]
+
+
+def principal_reasons(contrib: np.ndarray, eligible: np.ndarray, top: int) -> np.ndarray:
+    """Indices of the ``top`` columns that raised the risk most, largest first, -1 where fewer did.
+
+    Only positive contributions (a factor that lowered the risk is never a reason for a decline)
+    of ``eligible`` columns (never a protected attribute). One row (1-D) or a batch (2-D): the
+    service and batch scoring give the same reasons by this one rule.
+    """
+    n = len(eligible)
+    raised = np.where(eligible & (contrib[..., :n] > 0), contrib[..., :n], -np.inf)
+    order = np.argsort(-raised, axis=-1, kind="stable")[..., :top]
+    return np.where(np.take_along_axis(raised, order, axis=-1) > -np.inf, order, -1)
 
 
 def _key(value: Any) -> Any:

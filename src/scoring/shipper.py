@@ -73,12 +73,17 @@ class ShipperMetrics:
 
 
 def decode(line: bytes) -> Entry:
-    """A spool line (see src.scoring.spool.encode) as the row tuple the INSERT binds."""
-    request_id, created_at, source, model_name, model_version, rows, probabilities, decisions = orjson.loads(line)
-    if not (len(rows) == len(probabilities) == len(decisions)):
-        raise ValueError("rows, probabilities and decisions differ in length")
+    """A spool line (see src.scoring.spool.encode) as the row tuple the INSERT binds.
+
+    Lines spooled before reason codes were recorded have eight fields: their codes are unknown (None).
+    """
+    fields = orjson.loads(line)
+    request_id, created_at, source, model_name, model_version, rows, probabilities, decisions = fields[:8]
+    adverse = fields[8] if len(fields) > 8 else [None] * len(rows)
+    if not (len(rows) == len(probabilities) == len(decisions) == len(adverse)):
+        raise ValueError("rows, probabilities, decisions and reasons differ in length")
     return (request_id, source, model_name, model_version, datetime.fromtimestamp(created_at, UTC), rows,
-            probabilities, decisions)
+            probabilities, decisions, adverse)
 
 
 class Shipper:

@@ -37,9 +37,11 @@ _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
 
 def encode(request_id: str, created_at: float, source: str, model_name: str, model_version: str,
            rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> bytes:
-    """One request as one spool line: ids, time (epoch seconds), inputs, probabilities, decisions."""
+    """One request as one spool line: ids, time (epoch seconds), inputs, probabilities, decisions and the
+    principal reason codes each applicant was given (empty for an approval)."""
     return orjson.dumps([request_id, created_at, source, model_name, model_version, rows,
-                         [r["probability_of_default"] for r in results], [r["decision"] for r in results]],
+                         [r["probability_of_default"] for r in results], [r["decision"] for r in results],
+                         [[a["code"] for a in r.get("adverse_action", ())] for r in results]],
                         option=_OPTIONS)
 
 

@@ -43,17 +43,23 @@ def test_switch_profile_and_compare_runs(repo: Path, dataset: str) -> None:
     assert meta["dataset"] == dataset and 0 < meta["threshold"] < 1
     card = (repo / "reports" / "model_card.md").read_text(encoding="utf-8")
     assert f"{test['roc_auc']:.4f}" in card
-    for plot in ("roc.json", "prc.json", "calibration.json", "importance.json", "confusion.csv"):
+    fairness = read_json(repo / "metrics" / "fairness.json")
+    protected = load_params()["profiles"][dataset]["protected"]
+    assert fairness["dataset"] == dataset and set(fairness["attributes"]) == set(protected)
+    # a champion is served on every profile: no blocking fairness verdict on the real (or synthetic) data
+    assert fairness["gate"]["verdict"] in {"passed", "warned", "not measured"}, fairness["gate"]
+    plots = ("roc.json", "prc.json", "calibration.json", "importance.json", "confusion.csv", "approval_by_group.csv")
+    for plot in plots:
         assert (repo / "plots" / plot).stat().st_size > 0, plot
 
-    # Record this run, then change one training parameter: only train, evaluate and register rerun.
+    # Record this run, then change one training parameter: only the stages after train rerun.
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", f"baseline {dataset}")
     noop = dvc(repo, "repro")
     assert "Running stage" not in noop.stdout, noop.stdout
     rerun = dvc(repo, "exp", "run", "-S", "train.lgbm.num_leaves=3", "-S", "train.lgbm.learning_rate=0.2")
     ran = {line.split("'")[1] for line in rerun.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "register", "score"}, rerun.stdout
+    assert ran == {"train", "fairness", "evaluate", "register", "score"}, rerun.stdout
 
     metrics_diff = dvc(repo, "metrics", "diff", "--json")
     diff = json.loads(metrics_diff.stdout)

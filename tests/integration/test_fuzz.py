@@ -47,7 +47,8 @@ RANDOM = os.environ.get("FUZZ_RANDOM") == "1"
 CLI_SEED = "20240601"
 REQUEST_TIMEOUT = 120
 # Every operation the service documents; test_every_operation_is_fuzzed keeps this list honest.
-OPERATIONS = ("POST /api/v1/predict", "GET /api/v1/schema", "GET /health", "GET /ready")
+OPERATIONS = ("POST /api/v1/predict", "GET /api/v1/decisions/{request_id}", "GET /api/v1/schema", "GET /health",
+              "GET /ready")
 CASES = [(label, GenerationMode.POSITIVE) for label in OPERATIONS] + [("POST /api/v1/predict",
                                                                       GenerationMode.NEGATIVE)]
 FUZZ_SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=not RANDOM,
@@ -68,14 +69,16 @@ def test_every_operation_is_fuzzed(live_schema: schemathesis.BaseSchema) -> None
 
 @pytest.mark.parametrize(("label", "mode"), CASES, ids=[f"{m.value}-{lab}" for lab, m in CASES])
 def test_operation_conforms_to_the_openapi_document(live_schema: schemathesis.BaseSchema, label: str,
-                                                    mode: GenerationMode) -> None:
+                                                    mode: GenerationMode, gunicorn_server: GunicornServer) -> None:
     operation = live_schema.find_operation_by_label(label)
     assert operation is not None, f"{label} is not in the live OpenAPI document"
+
+    auth = {"Authorization": f"Bearer {gunicorn_server.token}"}  # the admin operations' bearer token
 
     @FUZZ_SETTINGS
     @given(case=operation.as_strategy(generation_mode=mode))
     def check(case: schemathesis.Case) -> None:
-        case.call_and_validate(timeout=REQUEST_TIMEOUT)
+        case.call_and_validate(timeout=REQUEST_TIMEOUT, headers=auth)
 
     check()
 
@@ -86,7 +89,8 @@ def test_schemathesis_cli_examples_coverage_and_fuzzing(gunicorn_server: Gunicor
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "st"), "--no-color", "run", gunicorn_server.url("/api/v1/openapi.json"),
          "--max-examples", str(MAX_EXAMPLES), *seed, "--generation-database", "none",
-         "--request-timeout", str(REQUEST_TIMEOUT), "--wait-for-schema", "60"],
+         "--request-timeout", str(REQUEST_TIMEOUT), "--wait-for-schema", "60",
+         "-H", f"Authorization: Bearer {gunicorn_server.token}"],
         cwd=tmp_path, env={**tool_env(), "NO_COLOR": "1"}, capture_output=True, text=True, timeout=900,
         check=False)
     output = proc.stdout + proc.stderr

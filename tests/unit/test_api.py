@@ -309,7 +309,7 @@ def test_responses_are_compact_json_in_request_order(client, app) -> None:
     resp = client.post(PREDICT, json={"applicants": [applicant(app)], "reasons": False})
     assert resp.mimetype == "application/json"
     assert list(resp.json) == ["request_id", "model", "threshold", "results"]
-    assert list(resp.json["results"][0]) == ["probability_of_default", "decision"]
+    assert list(resp.json["results"][0]) == ["probability_of_default", "decision", "adverse_action"]
 
 
 def test_api_requests_without_a_cookie_build_no_session_signer(client, app, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,3 +360,63 @@ def test_model_information_carries_the_fairness_verdict(client, trained_project)
     assert shown["verdict"] in {"passed", "warned"}  # the served champion passed the gate
     tags = MlflowClient(trained_project.tracking_uri).get_model_version(trained_project.model_name, "1").tags
     assert tags["gate.fairness"] == verdict["verdict"] and tags["gate.warnings"] == "; ".join(verdict["warnings"])
+
+
+def test_declines_and_referrals_always_carry_their_principal_reasons(client, app, trained_project) -> None:
+    """Reasons or not, a decline or referral gets up to serve.top_reasons adverse-action reasons: codes and
+    statements of the inputs that raised the risk most, in order, with the applicant's value; an approval none."""
+    test = pd.read_parquet(trained_project.settings.split_table("test")).head(200)
+    scorer = app.extensions["credit_service"].model().scorer
+    rows = [{k: (None if pd.isna(v) else (int(v) if scorer.profile.features[k].is_categorical else float(v)))
+             for k, v in r.items()} for r in test[scorer.profile.feature_names].to_dict("records")]
+    codes = {spec.reason_code: (name, spec.reason) for name, spec in scorer.profile.features.items()}
+    for reasons in (False, True):
+        results = client.post(PREDICT, json={"applicants": rows, "reasons": reasons}).json["results"]
+        contrib = scorer.contributions(scorer.encode(rows))
+        seen = {"approve": 0, "refer": 0, "decline": 0}
+        for i, result in enumerate(results):
+            seen[result["decision"]] += 1
+            given = result["adverse_action"]
+            if result["decision"] == "approve":
+                assert given == []
+                continue
+            assert 1 <= len(given) <= trained_project.settings.serve.top_reasons
+            raised = [contrib[i][scorer.columns.index(codes[r["code"]][0])] for r in given]
+            assert all(c > 0 for c in raised) and raised == sorted(raised, reverse=True)
+            for r in given:
+                assert (r["feature"], r["reason"]) == codes[r["code"]] and r["value"]
+                assert r["feature"] not in {"sex", "marriage", "age"}
+            # nothing that raised the risk more was left out
+            left_out = [contrib[i][j] for j, c in enumerate(scorer.columns) if c not in {r["feature"] for r in given}]
+            assert len(given) == trained_project.settings.serve.top_reasons or max(left_out, default=0) <= 0
+            assert min(raised) >= max(left_out, default=-1)
+        assert seen["decline"] and seen["approve"], seen
+
+
+def test_a_logged_decision_can_be_looked_up_by_an_admin(client, app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /api/v1/decisions/<id>: off without ADMIN_TOKEN, 401 without it, 404 for an unknown id, and the
+    decision as recorded (inputs, model, probability, decision, the reason codes given) with it."""
+    rows = [applicant(app), applicant(app, pay_0=8, pay_2=7)]
+    answer = client.post(PREDICT, json={"applicants": rows, "reasons": False}).json
+    url = f"/api/v1/decisions/{answer['request_id']}"
+    monkeypatch.delenv("ADMIN_TOKEN", raising=False)
+    assert client.get(url).status_code == 404 and "disabled" in client.get(url).json["error"]
+    monkeypatch.setenv("ADMIN_TOKEN", "audit-token")
+    assert client.get(url).status_code == 401
+    assert client.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    auth = {"Authorization": "Bearer audit-token"}
+    svc = app.extensions["credit_service"]
+    assert svc.predlog.flush(10)
+    record = client.get(url, headers=auth).json
+    assert record["request_id"] == answer["request_id"] and record["source"] == "api"
+    assert record["model"] == answer["model"]
+    cleaned, _ = validate_applicants(rows, svc.model().scorer.profile)
+    assert [r["features"] for r in record["results"]] == cleaned  # the inputs as validated and scored
+    for logged, answered in zip(record["results"], answer["results"], strict=True):
+        assert logged["probability_of_default"] == answered["probability_of_default"]
+        assert logged["decision"] == answered["decision"]
+        assert logged["adverse_action"] == [a["code"] for a in answered["adverse_action"]]
+    assert answer["results"][1]["decision"] != "approve" and record["results"][1]["adverse_action"]
+    unknown = client.get("/api/v1/decisions/01234567-89ab-7cde-8f01-23456789abcd", headers=auth)
+    assert unknown.status_code == 404 and "no decision" in unknown.json["error"]
+    assert client.get("/api/v1/decisions/not-an-id", headers=auth).status_code == 404

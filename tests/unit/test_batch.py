@@ -109,6 +109,27 @@ def test_scores_decisions_reasons_match_the_pipeline_and_scorer(trained_project,
     pd.testing.assert_frame_equal(out[features].astype("float64"), test[features].astype("float64"))
 
 
+def test_declined_and_referred_rows_carry_the_services_principal_reason_codes(trained_project, tmp_path) -> None:
+    """Batch scoring without --reasons still gives each decline and referral its adverse-action codes, the
+    very ones the service answers with; approvals get none."""
+    job = load_job(trained_project.settings, str(trained_project.model_dir), num_threads=1)
+    assert job.top_reasons == 0 and job.scorer.adverse_reasons == trained_project.settings.serve.top_reasons
+    test = pd.read_parquet(trained_project.settings.split_table("test"))
+    src = tmp_path / "test.parquet"
+    test.to_parquet(src)
+    score(src, job, tmp_path / "scored.parquet", trained_project.settings.batch)
+    out = read(tmp_path / "scored.parquet")
+    scorer: Scorer = job.scorer
+    plain = [{k: (None if pd.isna(v) else (int(v) if scorer.profile.features[k].is_categorical else float(v)))
+              for k, v in r.items()} for r in test[scorer.profile.feature_names].to_dict("records")]
+    served = scorer.score(plain, with_reasons=False)
+    given = [list(codes) for codes in out["adverse_action"]]
+    assert given == [[r["code"] for r in s["adverse_action"]] for s in served]
+    declined = out["decision"] != "approve"
+    assert declined.any() and all(given[i] for i in np.flatnonzero(declined))
+    assert not any(given[i] for i in np.flatnonzero(~declined))
+
+
 def test_with_reasons_the_probability_comes_from_the_same_treeshap_pass(trained_project, job, monkeypatch) -> None:
     """One pass over the trees: the sigmoid of the contributions' sum is the booster's probability."""
     scorer: Scorer = job.scorer

@@ -43,6 +43,13 @@ def test_group_figures_match_the_hand_computation() -> None:
     assert a["rows"] == 6 and a["judged"] and b["judged"]
 
 
+def test_a_model_that_approves_nobody_favours_no_group() -> None:
+    """(The gate's deliberately worse test model declines everyone.) Ratios are 1, not undefined."""
+    table = group_table(Y, np.ones_like(P), 0.5, G, min_rows=1)
+    assert table["groups"]["A"]["approval_rate"] == 0 and table["min_adverse_impact_ratio"] == 1.0
+    assert table["equal_opportunity_gap"] == 0
+
+
 def test_small_groups_are_reported_but_not_judged() -> None:
     table = group_table(Y, P, 0.5, G, min_rows=5)
     assert table["groups"]["B"]["judged"] is False and table["groups"]["B"]["adverse_impact_ratio"] is None
@@ -67,6 +74,28 @@ def test_proxy_screen_finds_a_give_away_and_not_noise() -> None:
     assert 0.5 <= proxy_auc(noise, groups, min_rows=50) < 0.56
     district = pd.Series(np.where(rng.random(4000) < 0.9, groups, "other"))  # categorical, 90 % faithful
     assert 0.85 < proxy_auc(district, groups, min_rows=50) < 1.0
+    # 600 rows over 300 cities unrelated to the group: shares learnt in sample would "predict" it by memory
+    few = groups.head(600)
+    cities = pd.Series([f"city {i}" for i in rng.integers(0, 300, 600)])
+    assert proxy_auc(cities, few, min_rows=50) < 0.58
+
+
+def test_a_gap_chance_can_explain_is_reported_but_not_held_against_the_model() -> None:
+    """The same 0.75 adverse-impact ratio: on 40 applicants two groups differ that much by chance (passes, with
+    its z reported); on 6,000 it does not (fails)."""
+    def verdict(per_group: int) -> dict:
+        y = np.zeros(2 * per_group, dtype=int)
+        approve_a, approve_b = int(0.8 * per_group), int(0.6 * per_group)
+        proba = np.r_[np.where(np.arange(per_group) < approve_a, 0.1, 0.9),
+                      np.where(np.arange(per_group) < approve_b, 0.1, 0.9)]
+        groups = pd.Series(["a"] * per_group + ["b"] * per_group)
+        table = group_table(y, proba, 0.5, groups, min_rows=1)
+        assert table["min_adverse_impact_ratio"] == pytest.approx(0.75)
+        return _verdict_for({**table}, action=None)
+    small, large = verdict(20), verdict(3000)
+    assert small["verdict"] == "passed" and small["checks"][0]["significant"] is False
+    assert small["checks"][0]["z"] < 1.645 < large["checks"][0]["z"]
+    assert large["verdict"] == "failed" and "z = " in large["blocking"][0]
 
 
 def _verdict_for(report_groups: dict, action: str | None = "as committed"):
@@ -79,12 +108,20 @@ def _verdict_for(report_groups: dict, action: str | None = "as committed"):
 
 
 def test_verdicts_block_warn_and_not_measured() -> None:
+    groups = {"under 25": {"rows": 5000, "repaid": 4000, "approval_rate": 0.43, "decline_rate_repaid": 0.30},
+              "25-34": {"rows": 5000, "repaid": 4000, "approval_rate": 0.62, "decline_rate_repaid": 0.25}}
     unfair = {"min_adverse_impact_ratio": 0.69, "least_approved_group": "under 25", "most_approved_group": "25-34",
-              "equal_opportunity_gap": 0.05}
+              "equal_opportunity_gap": 0.05, "most_declined_repaid_group": "under 25",
+              "least_declined_repaid_group": "25-34", "groups": groups}
     blocked = _verdict_for(unfair, action=None)
     assert blocked["verdict"] == "failed" and blocked["warnings"] == []
-    assert blocked["blocking"] == ["age: adverse-impact ratio 0.690 (under 25 against 25-34) is below "
-                                   "gate.fairness.min_adverse_impact_ratio = 0.8 [block]"]
+    assert len(blocked["blocking"]) == 1 and blocked["blocking"][0].startswith(
+        "age: adverse-impact ratio 0.690 (under 25 against 25-34) is below gate.fairness.min_adverse_impact_ratio "
+        "= 0.8, z = ")
+    # z of 0.43 against 0.8 x 0.62 on 5,000 applicants each: (0.496 - 0.43) / sqrt(0.64 x 0.62 x 0.38 / 5000
+    # + 0.43 x 0.57 / 5000)
+    expected_z = (0.8 * 0.62 - 0.43) / ((0.64 * 0.62 * 0.38 + 0.43 * 0.57) / 5000) ** 0.5
+    assert blocked["checks"][0]["z"] == pytest.approx(expected_z, abs=1e-4)
     warned = _verdict_for(unfair, action="warn")
     assert warned["verdict"] == "warned" and warned["blocking"] == [] and len(warned["warnings"]) == 1
     assert _verdict_for(unfair) == warned  # taiwan_credit's age is set to warn in params.yaml (docs/fairness.md)
@@ -134,8 +171,10 @@ def _synthetic_params() -> dict:
         "source": {"file": "synthetic.csv"},
         "rename": {c: c for c in ("income", "district", "group", "default")},
         "target": {"column": "default", "positive": 1},
-        "features": {"income": {"type": "numeric", "min": 0, "max": 1_000_000, "monotone": "decreasing"},
-                     "district": {"type": "categorical", "values": {i: f"district {i}" for i in range(10)}}},
+        "features": {"income": {"type": "numeric", "min": 0, "max": 1_000_000, "monotone": "decreasing",
+                                "reason_code": "S1", "reason": "Income"},
+                     "district": {"type": "categorical", "values": {i: f"district {i}" for i in range(10)},
+                                  "reason_code": "S2", "reason": "District"}},
         "protected": {"group": {"type": "categorical", "values": {0: "a", 1: "b"}}},
     }
     params["train"]["lgbm"] = {**params["train"]["lgbm"], "n_estimators": 200, "n_jobs": 1}

@@ -140,9 +140,10 @@ NOISE_PROFILE = {
     "target": {"column": "y", "positive": 1},
     "target_encode": ["noise"],
     "features": {
-        "noise": {"type": "categorical", "values": None},
-        "x": {"type": "numeric", "min": -100, "max": 100},
-        "grade": {"type": "categorical", "values": {"A": "a", "B": "b", "C": "c"}},
+        "noise": {"type": "categorical", "values": None, "reason_code": "N1", "reason": "Noise"},
+        "x": {"type": "numeric", "min": -100, "max": 100, "reason_code": "N2", "reason": "X"},
+        "grade": {"type": "categorical", "values": {"A": "a", "B": "b", "C": "c"}, "reason_code": "N3",
+                  "reason": "Grade"},
     },
     "protected": {},
 }

@@ -310,3 +310,21 @@ def test_nullable_fields_are_optional(app) -> None:
         assert not form.person_emp_length.flags.required and form.person_income.flags.required
         infos = {i.name: i for i in field_infos(profile, {})}
         assert infos["person_emp_length"].optional and "Optional" in infos["person_emp_length"].hint
+
+
+@pytest.mark.parametrize("changes", [{}, {"pay_0": 8, "pay_2": 7}], ids=["typical", "late payer"])
+def test_the_result_page_lists_the_principal_reasons_of_a_decline_or_referral(client, app, changes) -> None:
+    data = form_data(client, app, **changes)
+    html = client.post("/", data=data).get_data(as_text=True)
+    page = Page(html)
+    model = app.extensions["credit_service"].model()
+    row = {**default_applicant(model.meta), **{k: float(v) for k, v in changes.items()}}
+    expected = model.scorer.score([row])[0]
+    shown = re.findall(r'<li class="adverse-reason"><span class="reason-code">(\w+)</span> ([^<:]+):', html)
+    assert shown == [(r["code"], r["reason"]) for r in expected["adverse_action"]]
+    if expected["decision"] == "approve":
+        assert 'id="adverse-action"' not in html
+    else:
+        assert shown and "Principal reasons" in page.text_of("adverse-title")
+    if changes:
+        assert expected["decision"] == "decline" and shown[0][0] in {"TC03", "TC04"}  # the late payments first
