@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reasons", action="store_true", help="add the top reasons per row (TreeSHAP; slower)")
     parser.add_argument("--top-reasons", type=int, help="reasons per row (default: serve.top_reasons); "
                                                         "implies --reasons")
+    parser.add_argument("--no-adverse-action", action="store_true",
+                        help="leave out the principal reason codes of declines and referrals (their TreeSHAP "
+                             "pass): only for re-scoring where nobody is decided, e.g. a backtest")
     parser.add_argument("--reproducible", action="store_true",
                         help="leave out what differs between runs of one model on one input (scored_at and "
                              "model_version columns; times and the version number in the summary): for DVC outputs")
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         # One LightGBM thread per call: the pandas engine's thread pool / Dask's workers spread the chunks.
         job = load_job(settings, args.model_uri, top_reasons=top, include_features=args.include_features,
-                       reproducible=args.reproducible)
+                       reproducible=args.reproducible, adverse_action=not args.no_adverse_action)
         summary = score_batch(args.input, args.output, job, batch, rejects=args.rejects, engine=engine,
                               client=client, chunk_rows=args.chunk_rows)
     finally:

@@ -44,7 +44,10 @@ class BatchJob:
     scored_at: pd.Timestamp  # one per run
     id_kind: str | None  # "int"/"str": the profile's id column is in the input; None: ids are row numbers
     model_uri: str = ""
-    top_reasons: int = 0  # 0: no reasons (a decline's principal reason codes are always given)
+    top_reasons: int = 0  # 0: no reasons
+    # A decline's or referral's principal reason codes (TreeSHAP on those rows). False only for
+    # re-scoring where nobody is decided (backtests, monitoring): the column is then null.
+    adverse_action: bool = True
     include_features: bool = False
     # True: leave out the columns that differ between runs of the same model on the same input
     # (model_version, scored_at), for outputs DVC tracks; the run's log still names them.
@@ -135,6 +138,8 @@ def _adverse_action(job: BatchJob, matrix: np.ndarray, decision_codes: np.ndarra
     TreeSHAP runs on the declined and referred rows alone (unless the run computes reasons for all).
     """
     scorer = job.scorer
+    if not job.adverse_action:
+        return pa.nulls(len(decision_codes), pa.list_(pa.string()))
     adverse = np.flatnonzero(decision_codes > 0)
     counts = np.zeros(len(decision_codes), dtype=np.int32)
     values = np.empty(0, dtype=object)

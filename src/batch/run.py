@@ -72,7 +72,7 @@ def stable_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_job(settings: Settings, model_uri: str | None, *, top_reasons: int = 0, include_features: bool = False,
-             num_threads: int = 1, reproducible: bool = False) -> BatchJob:
+             num_threads: int = 1, reproducible: bool = False, adverse_action: bool = True) -> BatchJob:
     """The model the service would serve (or ``model_uri``) as a batch job; ``scored_at`` is now."""
     uri = model_uri or env.model_uri(settings)
     try:
@@ -89,4 +89,4 @@ def load_job(settings: Settings, model_uri: str | None, *, top_reasons: int = 0,
     return BatchJob(scorer=scorer, model_name=loaded.name, model_version=loaded.version, model_uri=uri,
                     scored_at=pd.Timestamp.now(tz="UTC").floor("us"), id_kind=None,
                     top_reasons=min(top_reasons, len(scorer.columns)), include_features=include_features,
-                    reproducible=reproducible)
+                    reproducible=reproducible, adverse_action=adverse_action)

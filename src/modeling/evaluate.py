@@ -100,6 +100,7 @@ def model_card(settings: Settings, meta: dict[str, Any], metrics: dict[str, Any]
         "",
         f"Most influential inputs (total gain): {top}.",
         "",
+        *_monitoring_plan(settings),
         "## Intended use",
         "- Ranking applicants by default risk to support, not replace, a credit officer's decision;"
         " every served decision comes with the inputs that pushed the risk up or down.",
@@ -144,6 +145,28 @@ def _fair_lending(profile: Profile, meta: dict[str, Any]) -> list[str]:
                   + "; ".join(f"{profile.features[c].label} (`{c}`) {d}" for c, d in monotone.items()) + "."
                   if monotone else "- No risk directions declared: every input may act either way.")
     return ["## Fair lending", policy, directions, ""]
+
+
+def _monitoring_plan(settings: Settings) -> list[str]:
+    """How the model is watched once it serves: what is measured, against which thresholds (params.yaml)."""
+    m, g = settings.monitoring, settings.gate
+    protected = ", ".join(settings.profile.protected) or "none in this file"
+    return [
+        "## Monitoring plan",
+        f"- Inputs and score: population stability index against the training split (`python -m src.monitoring"
+        f" drift`), drifted at PSI >= {m.psi_moderate} ({m.drift_flag_band} band and above), from"
+        f" {m.drift_min_rows} rows.",
+        f"- Outcomes: ROC-AUC, KS, Brier and calibration once defaults are known (`performance`); decay when ROC-AUC"
+        f" falls more than {m.max_auc_drop} below the test figure above, judged from {m.performance_min_rows}"
+        " labelled rows.",
+        f"- Fair lending: the same outcomes by group (`performance --by`; protected attributes: {protected}),"
+        f" approval ratios against the four-fifths rule; every retrained challenger faces the fairness floors"
+        f" (adverse-impact ratio >= {g.fairness.min_adverse_impact_ratio}, equal-opportunity gap <="
+        f" {g.fairness.max_equal_opportunity_gap}) as well as the quality floors (ROC-AUC >= {g.min_roc_auc}).",
+        "- Every answered decision, with its inputs, model version and the reason codes given, is in the"
+        " prediction log (`GET /api/v1/decisions/<id>`).",
+        "",
+    ]
 
 
 def _pct(value: float | None) -> str:

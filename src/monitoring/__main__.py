@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "prediction log the id is <request_id>:<row index in the request>)")
     perf.add_argument("--label-column", help="outcome column (default: the profile's target column)")
     perf.add_argument("--period", choices=["day", "week", "month"], help="also report per period of scoring time")
+    perf.add_argument("--by", action="append", default=[], metavar="COLUMN",
+                      help="also report per group of this column of the outcomes file (e.g. an age band held "
+                           "apart from the application); repeatable")
     perf.add_argument("--reference-auc", type=float, help="ROC-AUC to judge decay against (default: the "
                       "scoring model's logged test ROC-AUC, else metrics/test.json)")
     perf.add_argument("--markdown", nargs="?", const=True, default=None, metavar="PATH",
@@ -112,7 +115,8 @@ def cmd_performance(args: argparse.Namespace, settings: Settings) -> int:
     scored, source = _scored_rows(args, settings)
     labels = read_frame(args.labels)
     summary = run_performance(settings, scored, source, labels, args.labels, args.id_column,
-                              args.label_column or settings.profile.target_column, args.period, args.reference_auc)
+                              args.label_column or settings.profile.target_column, args.period, args.reference_auc,
+                              tuple(args.by))
     output = args.output or settings.paths.metrics / "performance.json"
     write_json(output, summary)
     o = summary["overall"]

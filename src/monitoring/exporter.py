@@ -122,8 +122,26 @@ class MonitoringCollector(Collector):
                 rate.add_metric([band], float(entry["default_rate"]))
         yield share
         yield rate
+        yield from MonitoringCollector._groups(p.get("by") or {})
         yield from _gauge("performance_last_run_timestamp_seconds", "When performance.json was written",
                           _timestamp(p.get("created_at")))
+
+
+    @staticmethod
+    def _groups(by: dict[str, list[dict[str, Any]]]) -> Iterator[Metric]:
+        """performance --by: each group's approval rate, its ratio to the most approved group, default rate, AUC."""
+        families = {key: GaugeMetricFamily(f"{PREFIX}_performance_group_{key}", doc, labels=["column", "group"])
+                    for key, doc in (("approval_rate", "Share approved, per group of a --by column"),
+                                     ("approval_ratio", "Approval rate / the most approved group's (four-fifths)"),
+                                     ("default_rate", "Observed default rate, per group"),
+                                     ("roc_auc", "ROC-AUC on labelled outcomes, per group"),
+                                     ("rows", "Labelled rows, per group"))}
+        for column, groups in by.items():
+            for entry in groups:
+                for key, family in families.items():
+                    if entry.get(key) is not None:
+                        family.add_metric([column, str(entry["group"])], float(entry[key]))
+        yield from families.values()
 
 
 def build_registry(drift_file: Path, performance_file: Path) -> CollectorRegistry:

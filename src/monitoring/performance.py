@@ -5,7 +5,9 @@ a labels file; unmatched rows on either side are counted, never silently dropped
 Reported: ROC-AUC, KS, Brier, a calibration table, applicants and defaults per
 decision band (approve / refer / decline), the same per day/week/month, and a
 decay flag when ROC-AUC falls more than ``monitoring.max_auc_drop`` below the
-model's own test ROC-AUC.
+model's own test ROC-AUC. ``--by COLUMN`` (a group column carried in the outcomes file, e.g.
+an age band or sex the lender holds apart from the application) adds the same figures per
+group, overall and per period, with each group's approval rate against the most approved one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 DECISIONS = (APPROVE, REFER, DECLINE)
 PERIODS = {"day": "D", "week": "W", "month": "M"}
 LABEL = "label"
-
+GROUP_PREFIX = "group:"  # the --by columns in the joined frame, kept apart from the scored file's own
 
 @dataclass(frozen=True)
 class Joined:
@@ -51,9 +53,11 @@ def id_keys(ids: pd.Series) -> pd.Series:
     return text.mask(as_int, numeric[as_int].astype("int64").astype("string")).astype(object)
 
 
-def read_labels(frame: pd.DataFrame, id_column: str, label_column: str, positive: Any, source: str) -> pd.DataFrame:
-    """id and 0/1 label per row of a labels table; duplicate ids and bad labels are named by row."""
-    require_columns(frame, [id_column, label_column], source)
+def read_labels(frame: pd.DataFrame, id_column: str, label_column: str, positive: Any, source: str,
+                by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """id and 0/1 label per row of a labels table (and the ``by`` group columns, as text; missing ones
+    read "missing"); duplicate ids and bad labels are named by row."""
+    require_columns(frame, [id_column, label_column, *by], source, " (named by --by)" if by else "")
     ids = id_keys(frame[id_column])
     raw = frame[label_column]
     if isinstance(positive, int | float) and not isinstance(positive, bool):
@@ -71,7 +75,10 @@ def read_labels(frame: pd.DataFrame, id_column: str, label_column: str, positive
     if duplicated:
         raise InputError(f"{source}: {len(duplicated)} id(s) appear more than once in '{id_column}', e.g. "
                          f"{', '.join(map(str, duplicated[:5]))}")
-    return pd.DataFrame({"key": ids, LABEL: label.fillna(False).astype("int8")})
+    out = pd.DataFrame({"key": ids, LABEL: label.fillna(False).astype("int8")})
+    for column in by:
+        out[f"{GROUP_PREFIX}{column}"] = frame[column].astype("string").str.strip().fillna("missing").astype(object)
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -162,7 +169,29 @@ def period_table(frame: pd.DataFrame, period: str, reference_auc: float | None,
             for key, part in frame.groupby(keys, sort=True)]
 
 
-def summarise(joined: Joined, reference: dict[str, Any], period: str | None, cfg: MonitoringSettings) -> dict[str, Any]:
+def group_tables(frame: pd.DataFrame, by: tuple[str, ...], period: str | None, reference_auc: float | None,
+                 cfg: MonitoringSettings) -> dict[str, list[dict[str, Any]]]:
+    """Per --by column: each group's figures (overall, and per period), and its approval rate's ratio to the
+    most approved group's (the four-fifths rule; groups under monitoring.performance_min_rows not compared)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for column in by:
+        rows = []
+        for group, part in frame.groupby(f"{GROUP_PREFIX}{column}", sort=True):
+            entry = {"group": str(group), **scores_summary(part, reference_auc, cfg, with_calibration=False)}
+            if period:
+                entry["periods"] = period_table(part, period, reference_auc, cfg)
+            rows.append(entry)
+        judged = [r for r in rows if r["rows"] >= cfg.performance_min_rows and r["group"] != "missing"]
+        best = max((r["approval_rate"] or 0.0 for r in judged), default=0.0)
+        for r in rows:
+            ratio = (r["approval_rate"] or 0.0) / best if r in judged and best > 0 else None
+            r["approval_ratio"] = None if ratio is None else round(ratio, 6)
+        out[column] = rows
+    return out
+
+
+def summarise(joined: Joined, reference: dict[str, Any], period: str | None, cfg: MonitoringSettings,
+              by: tuple[str, ...] = ()) -> dict[str, Any]:
     """performance.json's body: overall metrics, calibration, bands, periods, decay against the reference."""
     if joined.counts["matched"] == 0:
         raise InputError(f"no scored row has an outcome in the labels file (scored {joined.counts['scored']}, "
@@ -184,6 +213,7 @@ def summarise(joined: Joined, reference: dict[str, Any], period: str | None, cfg
         "overall": overall,
         "period": period,
         "periods": periods,
+        "by": group_tables(joined.frame, by, period, reference_auc, cfg),
         "decay": overall["decay"],
     }
 
@@ -236,14 +266,14 @@ def model_identity(scored: pd.DataFrame) -> tuple[str | None, str | None]:
 
 def run_performance(settings: Settings, scored: pd.DataFrame, source: str, labels: pd.DataFrame,
                     labels_source: str, id_column: str, label_column: str, period: str | None,
-                    reference_auc: float | None) -> dict[str, Any]:
+                    reference_auc: float | None, by: tuple[str, ...] = ()) -> dict[str, Any]:
     """Join, measure and judge; returns performance.json's content (the caller writes it)."""
     profile = settings.profile
-    label_table = read_labels(labels, id_column, label_column, profile.positive, labels_source)
+    label_table = read_labels(labels, id_column, label_column, profile.positive, labels_source, by)
     joined = join_labels(scored, label_table, source)
     name, version = model_identity(scored)
     reference = reference_metrics(settings, name, version, reference_auc)
-    body = summarise(joined, reference, period, settings.monitoring)
+    body = summarise(joined, reference, period, settings.monitoring, by)
     return {"dataset": settings.dataset, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "source": source, "labels": labels_source, "model": {"name": name, "version": version}, **body}
 
@@ -284,6 +314,11 @@ def markdown(summary: dict[str, Any]) -> str:
                   *(f"| {p['period']} | {p['rows']} | {fmt(p['roc_auc'])} | {fmt(p['ks'])} | "
                     f"{fmt(p['approval_rate'])} | {fmt(p['default_rate'])} | {'yes' if p['decay'] else 'no'} |"
                     for p in summary["periods"])]
+    for column, groups in (summary.get("by") or {}).items():
+        lines += ["", f"| {column} | rows | approval rate | vs most approved | default rate | ROC-AUC |",
+                  "|---|---|---|---|---|---|",
+                  *(f"| {g['group']} | {g['rows']} | {fmt(g['approval_rate'])} | {fmt(g['approval_ratio'])} | "
+                    f"{fmt(g['default_rate'])} | {fmt(g['roc_auc'])} |" for g in groups)]
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -50,10 +51,12 @@ def synthetic_reports(folder: Path) -> tuple[Path, Path]:
     drift_file = folder / "drift.json"
     write_json(drift_file, {"created_at": "2026-11-21T12:00:00+00:00", **drift})
     scored, labels = synthetic_scored(400)
-    joined = perf.join_labels(scored, perf.read_labels(labels, "id", "default", 1, "labels"), "scored")
+    labels = labels.assign(sex=np.where(np.arange(len(labels)) % 2 == 0, "female", "male"))  # SYNTHETIC groups
+    joined = perf.join_labels(scored, perf.read_labels(labels, "id", "default", 1, "labels", by=("sex",)), "scored")
     performance_file = folder / "performance.json"
     write_json(performance_file, {"created_at": "2026-11-21T12:00:00+00:00",
-                                  **perf.summarise(joined, {"roc_auc": 0.9}, "week", settings.monitoring)})
+                                  **perf.summarise(joined, {"roc_auc": 0.9}, "week", settings.monitoring,
+                                                   by=("sex",))})
     return drift_file, performance_file
 
 
@@ -103,6 +106,10 @@ def test_exporter_serves_the_reports_as_gauges(exporter: Exporter) -> None:
     assert samples["monitoring_drift_drifted_features"][0][1] == len(drift["drifted_features"])
     assert samples["monitoring_performance_roc_auc"][0][1] == pytest.approx(performance["overall"]["roc_auc"])
     assert samples["monitoring_performance_reference_roc_auc"][0][1] == 0.9
+    by_group = {labels["group"]: value for labels, value in samples["monitoring_performance_group_approval_rate"]
+                if labels["column"] == "sex"}
+    assert by_group == pytest.approx({g["group"]: g["approval_rate"] for g in performance["by"]["sex"]})
+    assert set(by_group) == {"female", "male"}
     assert samples["monitoring_performance_decay"][0][1] == float(performance["decay"])
     rates = {labels["band"]: value for labels, value in samples["monitoring_performance_band_default_rate"]}
     assert rates == pytest.approx({b: v["default_rate"] for b, v in performance["overall"]["bands"].items()})

@@ -128,6 +128,11 @@ def test_declined_and_referred_rows_carry_the_services_principal_reason_codes(tr
     declined = out["decision"] != "approve"
     assert declined.any() and all(given[i] for i in np.flatnonzero(declined))
     assert not any(given[i] for i in np.flatnonzero(~declined))
+    # --no-adverse-action (a backtest: nobody decided): the same scores, the column null
+    backtest = load_job(trained_project.settings, str(trained_project.model_dir), num_threads=1, adverse_action=False)
+    score(src, backtest, tmp_path / "backtest.parquet", trained_project.settings.batch)
+    quiet = read(tmp_path / "backtest.parquet")
+    assert quiet["adverse_action"].isna().all() and quiet["probability"].equals(out["probability"])
 
 
 def test_with_reasons_the_probability_comes_from_the_same_treeshap_pass(trained_project, job, monkeypatch) -> None:

@@ -97,3 +97,34 @@ def test_markdown_summary_mentions_decay_and_bands() -> None:
     body = perf.summarise(joined, {"roc_auc": 0.99, "source": "test"}, "day", CFG)
     text = perf.markdown({"dataset": "x", "created_at": "now", "source": "s", "labels": "l", **body})
     assert "**DECAY**" in text and "| approve |" in text and "| day |" in text
+
+
+def test_by_group_reports_each_groups_figures_per_period_and_its_approval_ratio() -> None:
+    """--by: a group column of the outcomes file (SYNTHETIC: every third applicant in band "young", whose
+    applications were declined; the rest keep theirs). Figures per group, overall and per week, match a
+    hand count; the approval ratio is against the most approved group; a missing group is its own group."""
+    scored, labels = synthetic_scored()
+    labels = labels.assign(age_band=np.where(np.arange(len(labels)) % 3 == 0, "young", "older"))
+    labels.loc[labels.index[1], "age_band"] = None
+    young_ids = set(labels.loc[labels["age_band"] == "young", "id"].astype(str))
+    scored = scored.copy()
+    scored.loc[scored["id"].astype(str).isin(young_ids), "decision"] = "decline"
+    table = perf.read_labels(labels, "id", "default", 1, "labels", by=("age_band",))
+    joined = perf.join_labels(scored, table, "scored")
+    body = perf.summarise(joined, {"roc_auc": 0.7, "source": "test"}, "week", CFG, by=("age_band",))
+    groups = {g["group"]: g for g in body["by"]["age_band"]}
+    assert set(groups) == {"young", "older", "missing"}
+    merged = scored.assign(key=scored["id"].astype(str)).merge(
+        labels.assign(key=labels["id"].astype(str)), on="key")
+    for name in ("young", "older"):
+        part = merged[merged["age_band"] == name]
+        assert groups[name]["rows"] == len(part)
+        assert groups[name]["approval_rate"] == round(float((part["decision"] == "approve").mean()), 6)
+        assert groups[name]["default_rate"] == round(float(part["default"].mean()), 6)
+        assert sum(p["rows"] for p in groups[name]["periods"]) == len(part)
+    assert groups["young"]["approval_rate"] == 0 and groups["young"]["approval_ratio"] == 0
+    assert groups["older"]["approval_ratio"] == 1.0
+    assert groups["missing"]["rows"] == 1 and groups["missing"]["approval_ratio"] is None  # too few to compare
+    assert "| young |" in perf.markdown({**body, "dataset": "x", "created_at": "t", "source": "s", "labels": "l"})
+    with pytest.raises(InputError, match=r"missing column\(s\) sex \(named by --by\)"):
+        perf.read_labels(labels, "id", "default", 1, "labels", by=("sex",))

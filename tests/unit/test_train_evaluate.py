@@ -248,6 +248,9 @@ def test_model_card_function_uses_its_inputs(pipeline_run):
     assert research.splitlines()[2] == ("**NOT FIT FOR LENDING DECISIONS: this research model uses protected "
                                         "attributes (sex, age) as inputs (fairness.use_protected: true).**")
     assert "**Used as model inputs**" in research
+    # how it is watched, with the thresholds of this params.yaml
+    assert "## Monitoring plan" in card and f"falls more than {settings.monitoring.max_auc_drop} below" in card
+    assert "protected attributes: sex, marriage, age" in card and "adverse-impact ratio >= 0.8" in card
 
 
 def test_evaluate_without_model(tmp_path):
