@@ -91,7 +91,7 @@ from flask_api.validation import validate_applicants  # noqa: E402
 from src.common import read_table  # noqa: E402
 from src.config import Settings, load_settings, read_params  # noqa: E402
 from src.data import ingest, split, validate  # noqa: E402
-from src.modeling import evaluate, fairness, register, registry, train  # noqa: E402
+from src.modeling import evaluate, fairness, register, registry, stability, train  # noqa: E402
 from src.modeling.pyfunc_model import example_rows  # noqa: E402
 from src.scoring.model_store import load_model  # noqa: E402
 from src.scoring.predlog import PredictionLog  # noqa: E402
@@ -171,7 +171,7 @@ def _build(root: Path, data_file: Path, params_file: Path, model_dir: Path) -> N
     settings = load_settings(params_file)
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)  # the project's embedded store, as the tests do
     try:
-        for stage in (ingest, validate, split, train, fairness, evaluate, register):
+        for stage in (ingest, validate, split, train, fairness, stability, evaluate, register):
             log.info("build: %s", stage.__name__.rsplit(".", 1)[-1])
             stage.run(settings)
         registry.export(MlflowClient(), settings.registered_model_name, "champion", model_dir)

@@ -17,7 +17,7 @@ from mlflow.tracking._tracking_service import utils as tracking_uri_state
 from flask_api import create_app
 from src.config import Settings, read_params, settings_from_dict
 from src.data import ingest, split, validate
-from src.modeling import evaluate, fairness, register, registry, train
+from src.modeling import evaluate, fairness, register, registry, stability, train
 from tests import postgres
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> TrainedProject:
     settings = make_settings("taiwan_credit", root, ingest={"sample_rows": 6000})
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
-        for stage in (ingest, validate, split, train, fairness, evaluate, register):
+        for stage in (ingest, validate, split, train, fairness, stability, evaluate, register):
             stage.run(settings)
         model_dir = registry.export(MlflowClient(), settings.registered_model_name, "champion", root / "exported")
     finally:

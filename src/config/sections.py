@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from src.config.base import Strict, empty_as_none
+from src.config.base import Strict, as_tuple, empty_as_none
 from src.config.errors import KeyProblem
 
 Seconds = float
@@ -93,6 +93,10 @@ class ThresholdSettings(Strict):
 class EvaluateSettings(Strict):
     calibration_bins: int = Field(ge=2)
     top_features: int = Field(ge=1)
+    # The stage `stability` retrains on each of these split seeds (empty: none) for the model card.
+    stability_seeds: tuple[int, ...] = (43, 44, 45, 46)
+
+    _listed = field_validator("stability_seeds", mode="before")(as_tuple)
 
 
 class MlflowSettings(Strict):

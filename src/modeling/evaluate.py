@@ -58,7 +58,8 @@ def feature_importance(pipeline: Pipeline, top: int) -> pd.Series:
 
 
 def model_card(settings: Settings, meta: dict[str, Any], metrics: dict[str, Any], quality: dict[str, Any],
-               importance: pd.Series, fairness: dict[str, Any] | None = None) -> str:
+               importance: pd.Series, fairness: dict[str, Any] | None = None,
+               stability: dict[str, Any] | None = None) -> str:
     """A short, honest description of the model for the people who will rely on it."""
     profile = settings.profile
     costs = meta["threshold_costs"]
@@ -100,6 +101,7 @@ def model_card(settings: Settings, meta: dict[str, Any], metrics: dict[str, Any]
         "",
         f"Most influential inputs (total gain): {top}.",
         "",
+        *_stability(stability, metrics, settings.split.seed),
         *_monitoring_plan(settings),
         "## Intended use",
         "- Ranking applicants by default risk to support, not replace, a credit officer's decision;"
@@ -145,6 +147,22 @@ def _fair_lending(profile: Profile, meta: dict[str, Any]) -> list[str]:
                   + "; ".join(f"{profile.features[c].label} (`{c}`) {d}" for c, d in monotone.items()) + "."
                   if monotone else "- No risk directions declared: every input may act either way.")
     return ["## Fair lending", policy, directions, ""]
+
+
+def _stability(stability: dict[str, Any] | None, metrics: dict[str, Any], seed: int) -> list[str]:
+    """Validation across splits (metrics/stability.json): is this model's test figure typical of the data?"""
+    if not stability or not stability.get("runs"):
+        return []
+    auc, approval = stability["roc_auc"], stability["approval_rate"]
+    seeds = ", ".join(str(s) for s in stability["seeds"])
+    return [
+        "## Stability across splits",
+        f"- The pipeline retrained on split seeds {seeds}, each scored on its own test split: test ROC-AUC"
+        f" {auc['mean']:.4f} ± {auc['sd']:.4f} (from {auc['min']:.4f} to {auc['max']:.4f}); this model's split"
+        f" (seed {seed}) gives {metrics['roc_auc']:.4f}. Approval rate at each split's own threshold"
+        f" {approval['mean']:.3f} ± {approval['sd']:.3f}.",
+        "",
+    ]
 
 
 def _monitoring_plan(settings: Settings) -> list[str]:
@@ -228,9 +246,13 @@ def run(settings: Settings) -> dict[str, Any]:
     if not fairness_file.exists():
         raise PipelineError(f"{fairness_file} is missing: run the fairness stage first (dvc repro)")
     fairness = json.loads(fairness_file.read_text(encoding="utf-8"))
+    stability_file = settings.paths.metrics / "stability.json"
+    if not stability_file.exists():
+        raise PipelineError(f"{stability_file} is missing: run the stability stage first (dvc repro)")
+    stability = json.loads(stability_file.read_text(encoding="utf-8"))
     card = settings.paths.reports / "model_card.md"
     card.parent.mkdir(parents=True, exist_ok=True)
-    card.write_text(model_card(settings, meta, metrics, quality, importance, fairness), encoding="utf-8")
+    card.write_text(model_card(settings, meta, metrics, quality, importance, fairness, stability), encoding="utf-8")
     log.info("wrote metrics/test.json, plots/ and %s", card.relative_to(settings.paths.root))
     return metrics
 

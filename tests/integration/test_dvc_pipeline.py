@@ -59,7 +59,7 @@ def test_switch_profile_and_compare_runs(repo: Path, dataset: str) -> None:
     assert "Running stage" not in noop.stdout, noop.stdout
     rerun = dvc(repo, "exp", "run", "-S", "train.lgbm.num_leaves=3", "-S", "train.lgbm.learning_rate=0.2")
     ran = {line.split("'")[1] for line in rerun.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "fairness", "evaluate", "register", "score"}, rerun.stdout
+    assert ran == {"train", "fairness", "stability", "evaluate", "register", "score"}, rerun.stdout
 
     metrics_diff = dvc(repo, "metrics", "diff", "--json")
     diff = json.loads(metrics_diff.stdout)

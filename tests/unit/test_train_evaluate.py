@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -18,6 +19,7 @@ from src.data.split import SPLITS, split_frame
 from src.data.validate import validate
 from src.modeling import evaluate as evaluate_mod
 from src.modeling import fairness as fairness_mod
+from src.modeling import stability as stability_mod
 from src.modeling import train as train_mod
 from src.modeling.evaluate import feature_importance, model_card, plot_data
 from src.modeling.metrics import choose_threshold, decide
@@ -31,7 +33,7 @@ META_KEYS = {"features", "threshold", "best_iteration", "versions"}
 def small_settings(root):
     lgbm = {**PARAMS["train"]["lgbm"], "n_estimators": 200, "learning_rate": 0.08, "n_jobs": 1}
     return make_settings(DATASET, root, train={"lgbm": lgbm, "early_stopping_rounds": 30, "log_every": 0},
-                         ingest={"sample_rows": 3000, "sample_seed": 1})
+                         ingest={"sample_rows": 3000, "sample_seed": 1}, evaluate={"stability_seeds": [43, 44]})
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +49,13 @@ def pipeline_run(tmp_path_factory):
     for name, part in parts.items():
         write_table(part, settings.split_table(name))
     write_json(settings.paths.metrics / "data_quality.json", checked.report)
+    write_table(checked.clean, settings.clean_table)
     trained = train_mod.run(settings)
     fairness = fairness_mod.run(settings)
+    stability = stability_mod.run(settings)
     metrics = evaluate_mod.run(settings)
     return SimpleNamespace(settings=settings, parts=parts, trained=trained, metrics=metrics, quality=checked.report,
-                           fairness=fairness)
+                           fairness=fairness, stability=stability)
 
 
 def test_sample_size(pipeline_run):
@@ -266,3 +270,26 @@ def test_train_without_splits(tmp_path):
 def test_all_split_names_written(pipeline_run):
     for name in SPLITS:
         assert pipeline_run.settings.split_table(name).exists()
+
+
+def test_stability_retrains_on_each_seed_and_the_card_reports_the_spread(pipeline_run):
+    """Each stability seed is a real retrain on its own split: the seed-43 run equals a by-hand split and train
+    with that seed, the spread is over the runs, and the model card quotes it next to this split's figure."""
+    report = pipeline_run.stability
+    settings = pipeline_run.settings
+    assert report["seeds"] == [43, 44] and [r["seed"] for r in report["runs"]] == [43, 44]
+    aucs = [r["roc_auc"] for r in report["runs"]]
+    assert report["roc_auc"]["mean"] == pytest.approx(sum(aucs) / 2, abs=1e-6)
+    assert report["roc_auc"]["min"] == min(aucs) and report["roc_auc"]["max"] == max(aucs)
+    assert len(set(aucs)) == 2  # different splits, different figures
+    clean = pd.read_parquet(settings.clean_table)
+    seeded = dataclasses.replace(settings, split=settings.split.model_copy(update={"seed": 43}),
+                                 train=settings.train.model_copy(update={"seed": 43}))
+    parts = split_frame(clean, settings.profile.feature_names, settings.profile.target_column, seeded.split)
+    by_hand = train_mod.train_model(parts["train"], parts["valid"], seeded)
+    proba = train_mod.predict_proba(by_hand.pipeline, parts["test"], settings.profile.feature_names)
+    assert report["runs"][0]["roc_auc"] == pytest.approx(roc_auc_score(parts["test"]["default"], proba), abs=1e-6)
+    card = (settings.paths.reports / "model_card.md").read_text(encoding="utf-8")
+    assert "## Stability across splits" in card
+    assert f"{report['roc_auc']['mean']:.4f} ± {report['roc_auc']['sd']:.4f}" in card
+    assert f"(seed {settings.split.seed}) gives {pipeline_run.metrics['roc_auc']:.4f}" in card
