@@ -68,7 +68,17 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
     df.to_parquet(path, index=False)
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def _require(path: Path) -> None:
     if not path.exists():
         raise PipelineError(f"{path} is missing: run the stage that produces it first (dvc repro)")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    _require(path)
     return pd.read_parquet(path)
+
+
+def read_json(path: Path) -> Any:
+    """An earlier stage's JSON output (a clear error naming it when that stage has not run)."""
+    _require(path)
+    return json.loads(path.read_text(encoding="utf-8"))

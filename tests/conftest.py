@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.tracking._model_registry import utils as registry_uri_state
 from mlflow.tracking._tracking_service import utils as tracking_uri_state
 
 from flask_api import create_app
-from src.config import Settings, read_params, settings_from_dict
+from src.config import Profile, Settings, read_params, settings_from_dict
 from src.data import ingest, split, validate
 from src.modeling import evaluate, fairness, register, registry, stability, train
 from tests import postgres
@@ -134,6 +135,12 @@ def app(trained_project: TrainedProject, tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def plain_rows(frame: pd.DataFrame, profile: Profile) -> list[dict]:
+    """The profile's inputs of each row as an API client would send them: int codes, float numbers, None."""
+    return [{k: (None if pd.isna(v) else (int(v) if profile.features[k].is_categorical else float(v)))
+             for k, v in row.items()} for row in frame[profile.feature_names].to_dict("records")]
 
 
 def default_applicant(meta: dict) -> dict:

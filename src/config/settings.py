@@ -136,6 +136,16 @@ class Settings:
         return self.paths.models / "model_meta.json"
 
     @property
+    def fairness_file(self) -> Path:
+        """The fairness stage's report (figures by group, proxy screen, the floors' verdict)."""
+        return self.paths.metrics / "fairness.json"
+
+    @property
+    def stability_file(self) -> Path:
+        """The stability stage's report (test figures over other split seeds)."""
+        return self.paths.metrics / "stability.json"
+
+    @property
     def registration_file(self) -> Path:
         """The register stage's receipt: the model bytes (sha256) now in the registry."""
         return self.paths.models / "registration.json"

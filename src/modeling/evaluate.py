@@ -6,7 +6,6 @@ train); the test split is only ever scored here, once, so its figures are honest
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -16,7 +15,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 from sklearn.pipeline import Pipeline
 
-from src.common import PipelineError, read_table, run_main, write_json
+from src.common import read_json, read_table, run_main, write_json
 from src.config import Profile, Settings, load_settings
 from src.modeling.metrics import decide, score_metrics
 from src.modeling.train import load_trained
@@ -241,15 +240,8 @@ def run(settings: Settings) -> dict[str, Any]:
             pd.DataFrame(rows).to_csv(settings.paths.plots / "confusion.csv", index=False)
         else:
             write_json(settings.paths.plots / f"{name}.json", rows)
-    quality = json.loads((settings.paths.metrics / "data_quality.json").read_text(encoding="utf-8"))
-    fairness_file = settings.paths.metrics / "fairness.json"
-    if not fairness_file.exists():
-        raise PipelineError(f"{fairness_file} is missing: run the fairness stage first (dvc repro)")
-    fairness = json.loads(fairness_file.read_text(encoding="utf-8"))
-    stability_file = settings.paths.metrics / "stability.json"
-    if not stability_file.exists():
-        raise PipelineError(f"{stability_file} is missing: run the stability stage first (dvc repro)")
-    stability = json.loads(stability_file.read_text(encoding="utf-8"))
+    quality = read_json(settings.paths.metrics / "data_quality.json")
+    fairness, stability = read_json(settings.fairness_file), read_json(settings.stability_file)
     card = settings.paths.reports / "model_card.md"
     card.parent.mkdir(parents=True, exist_ok=True)
     card.write_text(model_card(settings, meta, metrics, quality, importance, fairness, stability), encoding="utf-8")

@@ -257,7 +257,7 @@ def run(settings: Settings) -> dict[str, Any]:
     proba = pipeline.predict_proba(test[meta["features"]])[:, 1]
     report = fairness_report(test, proba, float(meta["threshold"]), profile, settings.fairness)
     report["gate"] = fairness_verdict(report, profile, settings.gate.fairness)
-    write_json(settings.paths.metrics / "fairness.json", report)
+    write_json(settings.fairness_file, report)
     plot = settings.paths.plots / "approval_by_group.csv"
     plot.parent.mkdir(parents=True, exist_ok=True)
     approval_plot_rows(report).to_csv(plot, index=False, float_format="%.6f")

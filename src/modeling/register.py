@@ -34,7 +34,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from src.common import PipelineError, read_table, run_main, write_json
+from src.common import PipelineError, read_json, read_table, run_main, write_json
 from src.config import FairnessSettings, GateSettings, Profile, Settings, load_settings
 from src.modeling.metrics import score_metrics
 from src.modeling.pyfunc_model import CreditDefaultModel, code_dir, example_rows, pip_requirements, signature_for
@@ -193,7 +193,6 @@ def _log_and_register(settings: Settings, store: Any, name: str, model_sha: str,
     root = settings.paths.root
     target = profile.target_column
     test = splits["test"]
-    fairness_file = settings.paths.metrics / "fairness.json"
     experiment_id = ensure_experiment(settings, store)
     commit = git_commit(root)
     dvc_lock = root / "dvc.lock"
@@ -224,7 +223,7 @@ def _log_and_register(settings: Settings, store: Any, name: str, model_sha: str,
             name="model",
             python_model=CreditDefaultModel(),
             artifacts={"pipeline": str(settings.model_file), "meta": str(settings.model_meta_file),
-                       "fairness": str(fairness_file)},
+                       "fairness": str(settings.fairness_file)},
             code_paths=[str(code_dir())],
             signature=signature_for(profile),
             input_example=example_rows(test, profile),
@@ -243,13 +242,10 @@ def _run(settings: Settings) -> dict[str, Any]:
     name = settings.registered_model_name
     store = connect(settings)
     client = _client()
-    meta = json.loads(settings.model_meta_file.read_text(encoding="utf-8"))
-    test_metrics = json.loads((settings.paths.metrics / "test.json").read_text(encoding="utf-8"))
-    quality = json.loads((settings.paths.metrics / "data_quality.json").read_text(encoding="utf-8"))
-    fairness_file = settings.paths.metrics / "fairness.json"
-    if not fairness_file.exists():
-        raise PipelineError(f"{fairness_file} is missing: run the fairness stage first (dvc repro)")
-    fairness = json.loads(fairness_file.read_text(encoding="utf-8"))["gate"]
+    meta = read_json(settings.model_meta_file)
+    test_metrics = read_json(settings.paths.metrics / "test.json")
+    quality = read_json(settings.paths.metrics / "data_quality.json")
+    fairness = read_json(settings.fairness_file)["gate"]
     model_sha = model_fingerprint(settings.model_file, meta)
     gate_file = settings.paths.metrics / "gate.json"
 

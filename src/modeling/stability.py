@@ -55,7 +55,7 @@ def stability(clean: pd.DataFrame, settings: Settings) -> dict[str, Any]:
 
 def run(settings: Settings) -> dict[str, Any]:
     report = stability(read_table(settings.clean_table), settings)
-    write_json(settings.paths.metrics / "stability.json", report)
+    write_json(settings.stability_file, report)
     if report["runs"]:
         log.info("test ROC-AUC over %d split seeds: %.4f +- %.4f (%.4f to %.4f)", len(report["runs"]),
                  report["roc_auc"]["mean"], report["roc_auc"]["sd"], report["roc_auc"]["min"], report["roc_auc"]["max"])

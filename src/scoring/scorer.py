@@ -267,14 +267,15 @@ class Scorer:
             proba, contrib = self.probabilities(matrix), None
         decisions = [self.decision(p) for p in proba.tolist()]
         adverse = [i for i, d in enumerate(decisions) if d != APPROVE]
-        owed = contrib if contrib is not None else (self.contributions(matrix[adverse]) if adverse else None)
-        at = {i: k for k, i in enumerate(adverse)} if contrib is None else None
+        owed: dict[int, np.ndarray] = {}  # row -> contributions, for the declined and referred rows only
+        if adverse:
+            owed = dict(zip(adverse, contrib[adverse] if contrib is not None else self.contributions(matrix[adverse]),
+                            strict=True))
         results = []
         for i, p in enumerate(proba.tolist()):
             item: dict[str, Any] = {"probability_of_default": p, "decision": decisions[i], "adverse_action": []}
-            if decisions[i] != APPROVE and owed is not None:
-                row_contrib = owed[i] if at is None else owed[at[i]]
-                item["adverse_action"] = [r.as_dict() for r in self.adverse_action(rows[i], row_contrib)]
+            if i in owed:
+                item["adverse_action"] = [r.as_dict() for r in self.adverse_action(rows[i], owed[i])]
             if contrib is not None:
                 item["reasons"] = [r.as_dict() for r in self.reasons(rows[i], contrib[i])]
             results.append(item)

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from flask_api import create_app
 from flask_api.validation import applicant_json_schema, validate_applicants
 from src.config.profile import PROTECTED_MESSAGE
-from tests.conftest import TrainedProject, default_applicant
+from tests.conftest import TrainedProject, default_applicant, plain_rows
 
 PREDICT = "/api/v1/predict"
 
@@ -354,7 +354,7 @@ def test_repayment_status_codes_read_as_words(client, app) -> None:
 
 def test_model_information_carries_the_fairness_verdict(client, trained_project) -> None:
     """The fairness floors' verdict is stored with the model, so the service shows it (warnings included)."""
-    verdict = json.loads((trained_project.settings.paths.metrics / "fairness.json").read_text())["gate"]
+    verdict = json.loads(trained_project.settings.fairness_file.read_text())["gate"]
     shown = client.get("/ready").json["model"]["fairness"]
     assert shown == {"verdict": verdict["verdict"], "warnings": verdict["warnings"], "blocking": verdict["blocking"]}
     assert shown["verdict"] in {"passed", "warned"}  # the served champion passed the gate
@@ -367,8 +367,7 @@ def test_declines_and_referrals_always_carry_their_principal_reasons(client, app
     statements of the inputs that raised the risk most, in order, with the applicant's value; an approval none."""
     test = pd.read_parquet(trained_project.settings.split_table("test")).head(200)
     scorer = app.extensions["credit_service"].model().scorer
-    rows = [{k: (None if pd.isna(v) else (int(v) if scorer.profile.features[k].is_categorical else float(v)))
-             for k, v in r.items()} for r in test[scorer.profile.feature_names].to_dict("records")]
+    rows = plain_rows(test, scorer.profile)
     codes = {spec.reason_code: (name, spec.reason) for name, spec in scorer.profile.features.items()}
     for reasons in (False, True):
         results = client.post(PREDICT, json={"applicants": rows, "reasons": reasons}).json["results"]

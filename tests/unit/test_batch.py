@@ -28,7 +28,7 @@ from src.data import schemas
 from src.data.schemas import REASON_COLUMN, ROW_COLUMN
 from src.data.validate import validate
 from src.scoring.scorer import Scorer
-from tests.conftest import ROOT, TrainedProject, make_settings
+from tests.conftest import ROOT, TrainedProject, make_settings, plain_rows
 
 # SYNTHETIC defects planted into real rows: row -> cells to set (profile column names).
 DEFECTS: dict[int, dict[str, object]] = {
@@ -120,8 +120,7 @@ def test_declined_and_referred_rows_carry_the_services_principal_reason_codes(tr
     score(src, job, tmp_path / "scored.parquet", trained_project.settings.batch)
     out = read(tmp_path / "scored.parquet")
     scorer: Scorer = job.scorer
-    plain = [{k: (None if pd.isna(v) else (int(v) if scorer.profile.features[k].is_categorical else float(v)))
-              for k, v in r.items()} for r in test[scorer.profile.feature_names].to_dict("records")]
+    plain = plain_rows(test, scorer.profile)
     served = scorer.score(plain, with_reasons=False)
     given = [list(codes) for codes in out["adverse_action"]]
     assert given == [[r["code"] for r in s["adverse_action"]] for s in served]

@@ -12,7 +12,7 @@ import pytest
 from src.batch.chunk import score_chunk
 from src.batch.run import load_job
 from src.modeling.pyfunc_model import OUTPUT_COLUMN
-from tests.conftest import TrainedProject
+from tests.conftest import TrainedProject, plain_rows
 
 APPLICANTS = 12
 STEPS = 24
@@ -25,8 +25,7 @@ def sweep(trained_project: TrainedProject):
     profile = job.scorer.profile
     summary = job.scorer.meta["feature_summary"]
     test = pd.read_parquet(trained_project.settings.split_table("test")).sample(APPLICANTS, random_state=7)
-    base = [{k: (None if pd.isna(v) else (int(v) if profile.features[k].is_categorical else float(v)))
-             for k, v in row.items()} for row in test[profile.feature_names].to_dict("records")]
+    base = plain_rows(test, profile)
     grids = {}
     for name in profile.monotone:
         spec = profile.features[name]

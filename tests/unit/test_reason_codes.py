@@ -15,7 +15,7 @@ from hypothesis.extra.numpy import arrays
 from src.config import ConfigError, settings_from_dict
 from src.modeling.train import train_model
 from src.scoring.scorer import Scorer, principal_reasons
-from tests.conftest import TrainedProject, load_params
+from tests.conftest import TrainedProject, load_params, plain_rows
 
 PARAMS = load_params()
 
@@ -76,8 +76,7 @@ def test_a_research_model_never_gives_a_protected_attribute_as_a_reason(trained_
     profile = research.profile.with_inputs(result.meta["features"])
     scorer = Scorer(result.pipeline, result.meta, profile, top_reasons=len(profile.features))
     rows = test[result.meta["features"]].head(400)
-    plain = [{k: (None if pd.isna(v) else (int(v) if profile.features[k].is_categorical else float(v)))
-              for k, v in r.items()} for r in rows.to_dict("records")]
+    plain = plain_rows(rows, profile)
     contrib = scorer.contributions(scorer.encode(plain))
     protected = [scorer.columns.index(c) for c in ("sex", "marriage", "age")]
     assert (contrib[:, protected] > 0).any(), "the protected inputs never raised the risk: the test proves nothing"
