@@ -73,6 +73,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     svc = Service(settings=settings, models=ModelHolder(settings, app.config["MODEL_URI"]),
                   predlog=predlog, metrics=metrics, reload_marker=Path(marker) if marker else None)
     app.extensions["credit_service"] = svc
+    if svc.reload_marker is not None:  # several workers (gunicorn.conf.py): follow the others' reloads
+        svc.watch_reloads()
 
     csrf = CSRFProtect(app)
     csrf.exempt(api.bp)

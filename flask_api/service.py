@@ -53,6 +53,18 @@ class Service:
         self.reload_marker.write_text(str(os.getpid()), encoding="utf-8")
         self._seen_generation = self.reload_marker.stat().st_mtime_ns
 
+    def watch_reloads(self) -> threading.Thread:
+        """Check the shared marker every RELOAD_CHECK_SECONDS from a thread of this worker's own, so a worker
+        that gets no request still takes up an announced reload (requests check it too, see below)."""
+        def watch() -> None:
+            while True:
+                time.sleep(RELOAD_CHECK_SECONDS)
+                self.follow_reloads()
+
+        watcher = threading.Thread(target=watch, name="reload-watcher", daemon=True)
+        watcher.start()
+        return watcher
+
     def follow_reloads(self) -> None:
         """At most every RELOAD_CHECK_SECONDS, one stat(): if another worker announced a reload, reload.
 

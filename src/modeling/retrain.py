@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = env.ADMIN_TOKEN  # the service's bearer token for POST /admin/reload (flask_api/ops.py)
 
 Runner = Callable[[Sequence[str]], int]
-CONFIRMATIONS = 8  # /ready answers in a row that must report the new champion after a reload
+CONFIRMATIONS = 8  # /ready answers in a row that must report the new champion after a reload...
+SETTLE_SECONDS = 3.0  # ...over at least this long: every worker's watcher has taken the reload up by then
 
 
 class RetrainError(RuntimeError):
@@ -125,13 +126,18 @@ def reload_service(url: str, token: str | None, model_name: str, champion: str |
                                      f"{body.get('error', body)}; the previous model keeps serving")
     # The answering worker reloads at once, the others on their next request, in the background:
     # done when several probes in a row (new connections, spread over the workers) see the champion.
+    # Probes may all land on one worker; the others take the reload up from their own watcher thread
+    # within a check interval and a model load, so the streak must also last SETTLE_SECONDS.
     deadline = time.monotonic() + timeout
-    streak = 0
+    streak, since = 0, time.monotonic()
     while time.monotonic() < deadline:
         status, body = _http_json(f"{url}/ready", timeout=min(timeout, 5.0))
         served = str((body.get("model") or {}).get("version")) if status == 200 else None
-        streak = streak + 1 if served == champion else 0
-        if streak >= CONFIRMATIONS:
+        if served != champion:
+            streak, since = 0, time.monotonic()
+        else:
+            streak += 1
+        if streak >= CONFIRMATIONS and time.monotonic() - since >= SETTLE_SECONDS:
             return f"reloaded: {url} serves version {served}"
         time.sleep(0.2)
     raise RetrainError("reload", f"{url}/ready still reports version {served}, expected {champion}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -419,3 +420,29 @@ def test_a_logged_decision_can_be_looked_up_by_an_admin(client, app, monkeypatch
     unknown = client.get("/api/v1/decisions/01234567-89ab-7cde-8f01-23456789abcd", headers=auth)
     assert unknown.status_code == 404 and "no decision" in unknown.json["error"]
     assert client.get("/api/v1/decisions/not-an-id", headers=auth).status_code == 404
+
+
+def test_a_worker_with_no_traffic_still_takes_up_an_announced_reload(trained_project, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two apps sharing a reload marker stand in for two gunicorn workers: one reloads and announces it; the
+    other, which gets no request at all, swaps in a freshly loaded model from its own watcher thread."""
+    monkeypatch.setenv("RELOAD_MARKER_FILE", str(tmp_path / "reload.marker"))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    apps = []
+    for name in ("a", "b"):
+        monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / f'{name}.db'}")
+        apps.append(create_app({"SETTINGS": trained_project.settings, "MODEL_URI": str(trained_project.model_dir),
+                                "MODEL_LOADING": "sync", "TESTING": True}))
+    announcer, idle = (app.extensions["credit_service"] for app in apps)
+    try:
+        before = idle.models.current
+        announcer.reload()
+        announcer.announce_reload()
+        deadline = time.monotonic() + 30
+        while idle.models.current is before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert idle.models.current is not before, "the idle worker never took up the announced reload"
+        assert idle.models.current.version == before.version
+    finally:
+        for svc in (announcer, idle):
+            svc.predlog.dispose()
