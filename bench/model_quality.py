@@ -1,24 +1,30 @@
-"""Model-quality benchmark: our pipeline against the reference projects' models, same split.
+"""Model-quality benchmark: our pipeline against strong and weak reference models, same splits.
 
-For each real dataset the project's own code prepares the data exactly as ``dvc repro``
-does (read_raw -> ingest -> validate -> split_frame, with a parquet round trip between
-stages, params from params.yaml), so train/valid/test are the very rows the pipeline
-uses. On that split it scores, on the TEST rows:
+For each labelled real dataset the project's own code prepares the data exactly as ``dvc repro``
+does (read_raw -> ingest -> validate -> split_frame, with a parquet round trip between stages,
+params from params.yaml), so train/valid/test are the very rows the pipeline uses. On every
+split seed (five by default) it scores, on the TEST rows:
 
-* ours         : ``train_model`` with the params.yaml settings (early-stopped on valid);
-* lgbm-default : ``LGBMClassifier()`` with default parameters;
+* ours         : ``train_model`` with the params.yaml settings, exactly as the train stage runs it;
+* catboost     : CatBoost with its native categorical handling, early-stopped on valid;
+* lgbm-native  : LightGBM with native categoricals (pandas category dtype), early-stopped on valid;
+* lgbm-default : ``LGBMClassifier()`` with default parameters, on our encodings, train only;
 * rf-100       : ``RandomForestClassifier(n_estimators=100)``, as in the reference projects;
-* xgb-ref      : the reference XGBoost (100 rounds, max_depth 5, eta 0.2, gamma 4,
-                 min_child_weight 6, subsample 0.8, binary:logistic).
+* xgb-ref      : the reference projects' XGBoost (100 rounds, max_depth 5, eta 0.2, gamma 4,
+                 min_child_weight 6, subsample 0.8), on our encodings.
 
-The reference models get the same encoded features as ours: the project's own
-preprocessor (cross-fitted target encoding + ordinal encoding + numeric passthrough),
-fitted on the train split. They train on train only and never see valid.
+The two strong references take the same inputs as ours (the profile's features; protected
+attributes are no model's input) raw, the way a tabular practitioner would feed them; the three
+weak ones get our encodings (cross-fitted TargetEncoder, OrdinalEncoder, numeric passthrough).
+It reports mean +- sd of test ROC-AUC, PR-AUC, KS, Brier and expected calibration error, and says
+per dataset whether ours is at least as good as the best reference on mean test ROC-AUC.
 
-    python bench/model_quality.py                       # all real datasets, params.yaml seed
+    python bench/model_quality.py                         # 3 datasets x 5 split seeds x 6 models
     python bench/model_quality.py --datasets credit_risk --seeds 3
-    python bench/model_quality.py --params /tmp/candidate.yaml   # try other hyperparameters
+    python bench/model_quality.py --judge --params /tmp/candidate.yaml   # judge a candidate, test unused
 
+Choices (params) are judged with ``--judge`` only: the validation split is scored as if it were the
+test split, train is cut again into train and valid, and the test rows are never read.
 Progress goes to stderr (logging); the Markdown tables go to stdout.
 """
 
@@ -38,33 +44,43 @@ from typing import Any
 import lightgbm
 import numpy as np
 import pandas as pd
+from catboost import CatBoostClassifier
 from lightgbm import LGBMClassifier
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from xgboost import XGBClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from src.config import Settings, read_params, settings_from_dict  # noqa: E402
+from src.config import Profile, Settings, read_params, settings_from_dict  # noqa: E402
 from src.data.ingest import ingest, read_raw  # noqa: E402
-from src.data.split import split_frame  # noqa: E402
+from src.data.split import group_folds, split_frame  # noqa: E402
 from src.data.validate import validate  # noqa: E402
 from src.modeling.features import build_preprocessor  # noqa: E402
-from src.modeling.metrics import ks_statistic  # noqa: E402
+from src.modeling.metrics import expected_calibration_error, ks_statistic  # noqa: E402
 from src.modeling.train import predict_proba, train_model  # noqa: E402
 from tests.conftest import REAL_DATASETS, shared_data_dir  # noqa: E402
 
 log = logging.getLogger("bench.model_quality")
 
 OURS = "ours"
-REFERENCES = ("lgbm-default", "rf-100", "xgb-ref")
+STRONG = ("catboost", "lgbm-native")
+WEAK = ("lgbm-default", "rf-100", "xgb-ref")
+REFERENCES = (*STRONG, *WEAK)
+MODELS = (OURS, *REFERENCES)
+EARLY_STOPPING = 200  # rounds without a better validation ROC-AUC, for both strong references
 MODEL_NOTES = {
-    OURS: "train_model(), params.yaml train.* (LightGBM, early-stopped on valid)",
-    "lgbm-default": "LGBMClassifier() default params",
-    "rf-100": "RandomForestClassifier(n_estimators=100, n_jobs=2)",
-    "xgb-ref": "XGBClassifier(100 rounds, max_depth=5, eta=0.2, gamma=4, min_child_weight=6, subsample=0.8)",
+    OURS: "train_model(), params.yaml train.* (LightGBM, the profile's encodings and risk directions)",
+    "catboost": f"CatBoostClassifier(learning_rate=0.05, depth 6, native categoricals), best of up to 5000 "
+                f"rounds on valid ROC-AUC ({EARLY_STOPPING} patience)",
+    "lgbm-native": f"LGBMClassifier(learning_rate=0.05, otherwise defaults, categoricals as pandas categories), "
+                   f"best of up to 5000 rounds on valid ROC-AUC ({EARLY_STOPPING} patience)",
+    "lgbm-default": "LGBMClassifier() default params, our encodings, train only",
+    "rf-100": "RandomForestClassifier(n_estimators=100, n_jobs=2), our encodings, train only",
+    "xgb-ref": "XGBClassifier(100 rounds, max_depth=5, eta=0.2, gamma=4, min_child_weight=6, subsample=0.8), "
+               "our encodings, train only",
 }
 
 
@@ -77,6 +93,8 @@ class Score:
     test_auc: float
     test_pr_auc: float
     test_ks: float
+    test_brier: float
+    test_ece: float
     fit_seconds: float
 
 
@@ -121,7 +139,7 @@ def prepare_splits(settings: Settings, data_dir: Path) -> dict[str, pd.DataFrame
     return {name: _roundtrip(part) for name, part in parts.items()}
 
 
-def _reference_models(seed: int) -> dict[str, Callable[[], Any]]:
+def _weak_models(seed: int) -> dict[str, Callable[[], Any]]:
     return {
         "lgbm-default": lambda: LGBMClassifier(verbose=-1),  # verbose only silences; all else default
         "rf-100": lambda: RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=2),
@@ -132,123 +150,209 @@ def _reference_models(seed: int) -> dict[str, Callable[[], Any]]:
     }
 
 
-def _score(*, dataset: str, split_seed: int, model: str, y_valid: np.ndarray, p_valid: np.ndarray,
-           y_test: np.ndarray, p_test: np.ndarray, seconds: float) -> Score:
+def _raw_inputs(profile: Profile, frames: list[pd.DataFrame]) -> tuple[list[pd.DataFrame], list[str]]:
+    """The profile's features as a practitioner would feed them: numbers as float, categories as strings."""
+    categorical = [n for n, f in profile.features.items() if f.is_categorical]
+    out = []
+    for frame in frames:
+        x = pd.DataFrame(index=frame.index)
+        for name in profile.feature_names:
+            if name in categorical:
+                x[name] = frame[name].astype(object).where(frame[name].notna(), None).map(
+                    lambda v: "NA" if v is None else str(v))
+            else:
+                x[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+        out.append(x)
+    return out, categorical
+
+
+def _fit_catboost(profile: Profile, seed: int, train: pd.DataFrame, valid: pd.DataFrame,
+                  test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    target = profile.target_column
+    (x_train, x_valid, x_test), categorical = _raw_inputs(profile, [train, valid, test])
+    model = CatBoostClassifier(iterations=5000, learning_rate=0.05, eval_metric="AUC", random_seed=seed,
+                               thread_count=2, early_stopping_rounds=EARLY_STOPPING, use_best_model=True,
+                               cat_features=categorical, verbose=False, allow_writing_files=False)
+    model.fit(x_train, train[target], eval_set=(x_valid, valid[target]))
+    return model.predict_proba(x_valid)[:, 1], model.predict_proba(x_test)[:, 1]
+
+
+def _fit_lgbm_native(profile: Profile, seed: int, train: pd.DataFrame, valid: pd.DataFrame,
+                     test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    target = profile.target_column
+    (x_train, x_valid, x_test), categorical = _raw_inputs(profile, [train, valid, test])
+    for name in categorical:
+        levels = sorted(x_train[name].unique())
+        for x in (x_train, x_valid, x_test):
+            x[name] = pd.Categorical(x[name], categories=levels)
+    model = LGBMClassifier(n_estimators=5000, learning_rate=0.05, random_state=seed, n_jobs=2, verbose=-1)
+    model.fit(x_train, train[target], eval_set=[(x_valid, valid[target])], eval_metric="auc",
+              categorical_feature=categorical or "auto",
+              callbacks=[lightgbm.early_stopping(EARLY_STOPPING, first_metric_only=True, verbose=False)])
+    return model.predict_proba(x_valid)[:, 1], model.predict_proba(x_test)[:, 1]
+
+
+STRONG_FITS = {"catboost": _fit_catboost, "lgbm-native": _fit_lgbm_native}
+
+
+def _score(*, dataset: str, split_seed: int, model: str, valid_auc: float, y_test: np.ndarray,
+           p_test: np.ndarray, seconds: float) -> Score:
     return Score(
-        dataset=dataset, split_seed=split_seed, model=model,
-        valid_auc=float(roc_auc_score(y_valid, p_valid)),
+        dataset=dataset, split_seed=split_seed, model=model, valid_auc=valid_auc,
         test_auc=float(roc_auc_score(y_test, p_test)),
         test_pr_auc=float(average_precision_score(y_test, p_test)),
         test_ks=ks_statistic(y_test, p_test),
+        test_brier=float(brier_score_loss(y_test, p_test)),
+        test_ece=expected_calibration_error(y_test, p_test),
         fit_seconds=seconds,
     )
 
 
-def evaluate_dataset(settings: Settings, data_dir: Path, with_references: bool = True) -> list[Score]:
-    """Score ours (and the references) on one dataset and split seed."""
+def judging_splits(parts: dict[str, pd.DataFrame], settings: Settings) -> dict[str, pd.DataFrame]:
+    """For judging choices: the validation split plays the test split, and train is cut again into
+    train and valid in the pipeline's proportions. The test rows are not used at all."""
+    profile = settings.profile
+    folds = max(2, round((1 - settings.split.test_size) / settings.split.valid_size))
+    fit_rows, held_rows = group_folds(parts["train"], profile.feature_names, profile.target_column, folds,
+                                      settings.split.seed)[0]
+    return {"train": parts["train"].iloc[fit_rows].reset_index(drop=True),
+            "valid": parts["train"].iloc[held_rows].reset_index(drop=True), "test": parts["valid"]}
+
+
+def evaluate_dataset(settings: Settings, data_dir: Path, models: tuple[str, ...] = MODELS,
+                     judge: bool = False) -> list[Score]:
+    """Score the chosen models on one dataset and split seed (with ``judge``, on its validation split)."""
     profile = settings.profile
     features, target = profile.feature_names, profile.target_column
     seed = settings.split.seed
     parts = prepare_splits(settings, data_dir)
+    if judge:
+        parts = judging_splits(parts, settings)
     train, valid, test = parts["train"], parts["valid"], parts["test"]
     y_valid, y_test = valid[target].to_numpy(), test[target].to_numpy()
     log.info("%s split seed %d: train %d / valid %d / test %d rows", settings.dataset, seed,
              len(train), len(valid), len(test))
-
+    common = {"dataset": settings.dataset, "split_seed": seed, "y_test": y_test}
     scores = []
-    started = time.perf_counter()
-    result = train_model(train, valid, settings)
-    seconds = time.perf_counter() - started
-    scores.append(_score(dataset=settings.dataset, split_seed=seed, model=OURS,
-                         y_valid=y_valid, p_valid=predict_proba(result.pipeline, valid, features),
-                         y_test=y_test, p_test=predict_proba(result.pipeline, test, features), seconds=seconds))
-    log.info("  %-12s best iteration %d, valid AUC %.4f, test AUC %.4f (%.1f s)", OURS,
-             result.meta["best_iteration"], scores[-1].valid_auc, scores[-1].test_auc, seconds)
-    if not with_references:
-        return scores
 
-    # The same preprocessing as ours, fitted on train (fit_transform cross-fits the TargetEncoder).
-    pre = build_preprocessor(profile, settings.train.target_encoder.model_dump(), settings.train.seed)
-    x_train = pre.fit_transform(train[features], train[target])
-    x_valid, x_test = pre.transform(valid[features]), pre.transform(test[features])
-    for name, factory in _reference_models(settings.train.seed).items():
-        model = factory()
+    def done(model: str, started: float) -> None:
+        log.info("  %-12s valid ROC-AUC %.4f, test ROC-AUC %.4f (%.1f s)", model, scores[-1].valid_auc,
+                 scores[-1].test_auc, time.perf_counter() - started)
+
+    if OURS in models:
         started = time.perf_counter()
-        model.fit(x_train, train[target])
+        result = train_model(train, valid, settings)
         seconds = time.perf_counter() - started
-        scores.append(_score(dataset=settings.dataset, split_seed=seed, model=name,
-                             y_valid=y_valid, p_valid=model.predict_proba(x_valid)[:, 1],
-                             y_test=y_test, p_test=model.predict_proba(x_test)[:, 1], seconds=seconds))
-        log.info("  %-12s valid AUC %.4f, test AUC %.4f (%.1f s)", name, scores[-1].valid_auc,
-                 scores[-1].test_auc, seconds)
+        scores.append(_score(**common, model=OURS, valid_auc=float(result.meta["valid_metrics"]["roc_auc"]),
+                             p_test=predict_proba(result.pipeline, test, features), seconds=seconds))
+        done(OURS, started)
+
+    for name in STRONG:
+        if name in models:
+            started = time.perf_counter()
+            p_valid, p_test = STRONG_FITS[name](profile, settings.train.seed, train, valid, test)
+            scores.append(_score(**common, model=name, valid_auc=float(roc_auc_score(y_valid, p_valid)),
+                                 p_test=p_test, seconds=time.perf_counter() - started))
+            done(name, started)
+
+    weak = {name: factory for name, factory in _weak_models(settings.train.seed).items() if name in models}
+    if weak:
+        # The same preprocessing as ours, fitted on train (fit_transform cross-fits the TargetEncoder).
+        pre = build_preprocessor(profile, settings.train.target_encoder.model_dump(), settings.train.seed)
+        x_train = pre.fit_transform(train[features], train[target])
+        x_valid, x_test = pre.transform(valid[features]), pre.transform(test[features])
+        for name, factory in weak.items():
+            started = time.perf_counter()
+            model = factory()
+            model.fit(x_train, train[target])
+            seconds = time.perf_counter() - started
+            scores.append(_score(**common, model=name,
+                                 valid_auc=float(roc_auc_score(y_valid, model.predict_proba(x_valid)[:, 1])),
+                                 p_test=model.predict_proba(x_test)[:, 1], seconds=seconds))
+            done(name, started)
     return scores
 
 
-def ours_beats_refs(scores: list[Score]) -> bool | None:
-    ours = [s.test_auc for s in scores if s.model == OURS]
-    refs = [s.test_auc for s in scores if s.model in REFERENCES]
-    if not ours or not refs:
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
+
+
+def verdict(scores: list[Score], dataset: str) -> str | None:
+    """Whether ours is at least as good as the best reference on mean test ROC-AUC, in words, with the
+    paired difference's standard error over the split seeds (how much of the gap the splits alone explain)."""
+    rows = [s for s in scores if s.dataset == dataset]
+    by_model: dict[str, dict[int, float]] = {}
+    for s in rows:
+        by_model.setdefault(s.model, {})[s.split_seed] = s.test_auc
+    means = {m: statistics.fmean(v.values()) for m, v in by_model.items()}
+    refs = {m: v for m, v in means.items() if m in REFERENCES}
+    if OURS not in means or not refs:
         return None
-    return ours[0] >= max(refs)
+    best = max(refs, key=refs.__getitem__)
+    diff = means[OURS] - refs[best]
+    paired = [by_model[OURS][k] - by_model[best][k] for k in by_model[OURS] if k in by_model[best]]
+    se = statistics.stdev(paired) / len(paired) ** 0.5 if len(paired) > 1 else float("nan")
+    word = "**yes**" if diff >= 0 else "**no**"
+    return (f"{dataset}: ours {means[OURS]:.4f} vs best reference {best} {refs[best]:.4f} "
+            f"({diff:+.4f}, paired standard error {se:.4f} over {len(paired)} seeds): at least as good: {word}")
 
 
-def main_table(scores: list[Score]) -> str:
+def summary_table(scores: list[Score]) -> str:
     lines = [
-        "| dataset | model | valid ROC-AUC | test ROC-AUC | test PR-AUC | test KS | fit s | ours >= all refs |",
-        "|---|---|---:|---:|---:|---:|---:|:---:|",
-    ]
-    for dataset in dict.fromkeys(s.dataset for s in scores):
-        rows = [s for s in scores if s.dataset == dataset]
-        verdict = ours_beats_refs(rows)
-        for s in rows:
-            mark = ""
-            if s.model == OURS and verdict is not None:
-                mark = "yes" if verdict else "**no**"
-            lines.append(f"| {dataset} | {s.model} | {s.valid_auc:.4f} | {s.test_auc:.4f} | {s.test_pr_auc:.4f} "
-                         f"| {s.test_ks:.4f} | {s.fit_seconds:.1f} | {mark} |")
-    return "\n".join(lines)
-
-
-def seeds_table(scores: list[Score]) -> str:
-    lines = [
-        "| dataset | model | split seeds | test ROC-AUC mean | sd | min | max | valid ROC-AUC mean |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| dataset | model | split seeds | test ROC-AUC | test PR-AUC | test KS | test Brier | test ECE "
+        "| valid ROC-AUC | fit s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for dataset in dict.fromkeys(s.dataset for s in scores):
         for model in dict.fromkeys(s.model for s in scores if s.dataset == dataset):
             rows = [s for s in scores if s.dataset == dataset and s.model == model]
-            aucs = [s.test_auc for s in rows]
-            sd = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
             seeds = ", ".join(str(s.split_seed) for s in rows)
-            lines.append(f"| {dataset} | {model} | {seeds} | {statistics.fmean(aucs):.4f} | {sd:.4f} "
-                         f"| {min(aucs):.4f} | {max(aucs):.4f} | {statistics.fmean(s.valid_auc for s in rows):.4f} |")
-    wins = []
+            name = f"**{model}**" if model == OURS else model
+            lines.append(
+                f"| {dataset} | {name} | {seeds} | {_mean_sd([s.test_auc for s in rows])} "
+                f"| {_mean_sd([s.test_pr_auc for s in rows])} | {_mean_sd([s.test_ks for s in rows])} "
+                f"| {_mean_sd([s.test_brier for s in rows])} | {_mean_sd([s.test_ece for s in rows])} "
+                f"| {_mean_sd([s.valid_auc for s in rows])} | {statistics.fmean(s.fit_seconds for s in rows):.1f} |")
+    verdicts = [v for d in dict.fromkeys(s.dataset for s in scores) if (v := verdict(scores, d))]
+    return "\n".join(lines) + ("\n\n" + "\n".join(f"- {v}" for v in verdicts) if verdicts else "")
+
+
+def seeds_table(scores: list[Score]) -> str:
+    """Test ROC-AUC per split seed: how much of a difference the split alone makes."""
+    seeds = list(dict.fromkeys(s.split_seed for s in scores))
+    lines = ["| dataset | model | " + " | ".join(str(k) for k in seeds) + " |",
+             "|---|---|" + "---:|" * len(seeds)]
     for dataset in dict.fromkeys(s.dataset for s in scores):
-        seeds = dict.fromkeys(s.split_seed for s in scores if s.dataset == dataset)
-        verdicts = [ours_beats_refs([s for s in scores if s.dataset == dataset and s.split_seed == seed])
-                    for seed in seeds]
-        counted = [v for v in verdicts if v is not None]
-        if counted:
-            wins.append(f"{dataset}: ours >= all refs on {sum(counted)} of {len(counted)} split seeds")
-    return "\n".join(lines) + ("\n\n" + "; ".join(wins) + "." if wins else "")
+        for model in dict.fromkeys(s.model for s in scores if s.dataset == dataset):
+            by_seed = {s.split_seed: s.test_auc for s in scores if s.dataset == dataset and s.model == model}
+            lines.append(f"| {dataset} | {model} | "
+                         + " | ".join(f"{by_seed[k]:.4f}" if k in by_seed else "" for k in seeds) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(REAL_DATASETS), choices=list(REAL_DATASETS),
                         help="real datasets to score (risk_flag has no labelled file)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="models to score (default: all)")
     parser.add_argument("--seed", type=int, default=None,
-                        help="split.seed, train.seed and the references' random_state (default: params.yaml)")
-    parser.add_argument("--seeds", type=int, default=0, metavar="N",
-                        help="also run every model on N further split seeds (seed+1 ... seed+N) to show variance")
-    parser.add_argument("--no-refs-on-seeds", action="store_true",
-                        help="with --seeds, run only our pipeline on the extra seeds (faster)")
+                        help="first split seed; also train.seed and the references' random_state "
+                             "(default: params.yaml's split.seed; train.seed stays params.yaml's)")
+    parser.add_argument("--seeds", type=int, default=5, metavar="N",
+                        help="split seeds seed, seed+1, ..., seed+N-1 (default 5)")
+    parser.add_argument("--judge", action="store_true",
+                        help="judge choices without the test split: the validation split is scored as the test "
+                             "split, and train is cut again into train and valid")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml",
                         help="params file to take split/train settings from (default: the repo's params.yaml)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder holding <dataset>/<file> (default: $SHARED_DATA or ../shared/data)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show LightGBM's per-iteration log")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -259,30 +363,25 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     data_dir = (args.data_dir or shared_data_dir()).resolve()
     base_seed = args.seed if args.seed is not None else int(params["split"]["seed"])
+    models = tuple(m for m in MODELS if m in args.models)
 
+    started = time.perf_counter()
     scores: list[Score] = []
-    extra: list[Score] = []
     for dataset in args.datasets:
-        settings = make_settings(params, dataset, args.seed, args.seed)
-        scores += evaluate_dataset(settings, data_dir)
-        for k in range(1, args.seeds + 1):
-            seeded = make_settings(params, dataset, base_seed + k, args.seed)
-            extra += evaluate_dataset(seeded, data_dir, with_references=not args.no_refs_on_seeds)
+        for k in range(args.seeds):
+            settings = make_settings(params, dataset, base_seed + k, args.seed)
+            scores += evaluate_dataset(settings, data_dir, models, args.judge)
+    minutes = (time.perf_counter() - started) / 60
 
-    lgbm = params["train"]["lgbm"]
-    print(f"## Model quality on the pipeline's own split (split.seed {base_seed}, params: {args.params.name})\n")
-    print(main_table(scores))
-    print("\nAll models are scored on the same test rows. The references use the project's own preprocessor"
-          " (cross-fitted TargetEncoder for the target_encode columns, OrdinalEncoder for other categoricals,"
-          " numeric passthrough) fitted on the train split, so categorical handling is identical to ours;"
-          " they train on train only. `ours` early-stops on valid, so its valid ROC-AUC is optimistic.")
-    print("\n" + "\n".join(f"- `{m}`: {note}" for m, note in MODEL_NOTES.items()))
-    print(f"- ours' LightGBM: learning_rate {lgbm.get('learning_rate')}, num_leaves {lgbm.get('num_leaves')},"
-          f" min_child_samples {lgbm.get('min_child_samples')}, colsample_bytree {lgbm.get('colsample_bytree')},"
-          f" reg_lambda {lgbm.get('reg_lambda')}, early_stopping_rounds {params['train']['early_stopping_rounds']}")
-    if extra:
-        print(f"\n## Variance over split seeds {base_seed} ... {base_seed + args.seeds}\n")
-        print(seeds_table(scores + extra))
+    seeds = f"{base_seed}-{base_seed + args.seeds - 1}" if args.seeds > 1 else str(base_seed)
+    scored = "VALIDATION split (--judge: test rows unused)" if args.judge else "test split"
+    print(f"## Model quality over split seeds {seeds} on the {scored} (params: {args.params.name}; "
+          f"{minutes:.1f} min)\n")
+    print("Mean ± sd over the split seeds; every model is scored on the same test rows of each split.\n")
+    print(summary_table(scores))
+    print("\n" + "\n".join(f"- `{m}`: {note}" for m, note in MODEL_NOTES.items() if m in models))
+    print("\n### Test ROC-AUC per split seed\n")
+    print(seeds_table(scores))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from src.common import PipelineError, run_main
 from src.config import load_settings
 
-TEST_KEYS = ("roc_auc", "pr_auc", "ks", "gini", "brier", "log_loss", "threshold",
+TEST_KEYS = ("roc_auc", "pr_auc", "ks", "gini", "brier", "ece", "log_loss", "threshold",
              "precision", "recall", "f1", "approval_rate", "default_rate_approved")
 
 

@@ -138,9 +138,10 @@ def client(app):
 
 
 def plain_rows(frame: pd.DataFrame, profile: Profile) -> list[dict]:
-    """The profile's inputs of each row as an API client would send them: int codes, float numbers, None."""
-    return [{k: (None if pd.isna(v) else (int(v) if profile.features[k].is_categorical else float(v)))
-             for k, v in row.items()} for row in frame[profile.feature_names].to_dict("records")]
+    """The profile's inputs of each row as an API client would send them: codes (int or str), floats, None."""
+    kinds = {k: (f.value_kind if f.is_categorical else float) for k, f in profile.features.items()}
+    return [{k: (None if pd.isna(v) else kinds[k](v)) for k, v in row.items()}
+            for row in frame[profile.feature_names].to_dict("records")]
 
 
 def default_applicant(meta: dict) -> dict:

@@ -218,6 +218,11 @@ class Profile(Strict):
     # fairness by group; never a model input (unless fairness.use_protected), never asked for.
     # Required (``{}`` when the file has none), so every profile states its policy.
     protected: dict[str, ProtectedSpec]
+    # Ordinal-encoded categoricals LightGBM splits natively (on sets of values, not on their order).
+    # Required, like lgbm (``[]``, ``{}``): what the model makes of a dataset is stated per profile.
+    native_categorical: tuple[str, ...]
+    # LightGBM parameters for this dataset, over train.lgbm (chosen on validation data).
+    lgbm: dict[str, Any]
 
     @model_validator(mode="before")
     @classmethod
@@ -233,6 +238,8 @@ class Profile(Strict):
             raw["protected"] = {}
         for key in ("drop", "target_encode"):
             raw[key] = as_tuple(raw.get(key) or ())
+        if isinstance(raw.get("native_categorical"), list):
+            raw["native_categorical"] = as_tuple(raw["native_categorical"])
         raw["clean"] = raw.get("clean") or {}
         if isinstance(raw.get("rename"), dict):
             raw["rename"] = {str(k): v for k, v in raw["rename"].items()}
@@ -265,6 +272,18 @@ class Profile(Strict):
                 raise KeyProblem(f"features.{col}.monotone", "cannot apply to a target-encoded column (its "
                                                              "codes have no order); give it for numeric or "
                                                              "ordinal columns")
+        for col in self.native_categorical:
+            spec = self.features.get(col)
+            if spec is None or not spec.is_categorical or col in self.target_encode:
+                raise KeyProblem("native_categorical", f"names '{col}', which is not a categorical feature outside "
+                                                       "target_encode")
+            if spec.monotone is not None:
+                raise KeyProblem("native_categorical", f"names '{col}', which has a risk direction (monotone): "
+                                                       "LightGBM constrains only ordered splits")
+        for key in ("monotone_constraints", "monotone_constraint", "mc", "categorical_feature", "cat_feature"):
+            if key in self.lgbm:
+                raise KeyProblem(f"lgbm.{key}", "is set per input in the profile (features.<column>.monotone, "
+                                                "native_categorical)")
         codes = [f.reason_code for f in self.features.values()]
         repeated = sorted({c for c in codes if codes.count(c) > 1})
         if repeated:

@@ -71,17 +71,28 @@ class TargetEncoderSettings(Strict):
 class TrainSettings(Strict):
     seed: int
     target_encoder: TargetEncoderSettings
+    # k-fold cross-validation on train+valid: early stopping per fold, the threshold on the
+    # out-of-fold predictions, the served model refit on all of train+valid. 0: off (early stopping
+    # and the threshold on the validation split alone).
+    cv_folds: int = Field(ge=0)
     early_stopping_rounds: int = Field(ge=1)
     log_every: int = Field(100, ge=0)  # 0: no per-iteration log lines
     lgbm: dict[str, Any]  # LightGBM's own parameters, passed to LGBMClassifier as they are
 
+    @field_validator("cv_folds")
+    @classmethod
+    def _folds(cls, value: int) -> int:
+        if value == 1:
+            raise KeyProblem("", "is 1; it must be 0 (off) or at least 2 folds")
+        return value
+
     @field_validator("lgbm")
     @classmethod
     def _directions_in_profile(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in ("monotone_constraints", "monotone_constraint", "mc"):
+        for key in ("monotone_constraints", "monotone_constraint", "mc", "categorical_feature", "cat_feature"):
             if key in value:
                 raise KeyProblem(key, "is set per input in the profile: profiles.<dataset>.features.<column>."
-                                      "monotone: increasing | decreasing")
+                                      "monotone: increasing | decreasing, or profiles.<dataset>.native_categorical")
         return value
 
 
@@ -94,7 +105,7 @@ class EvaluateSettings(Strict):
     calibration_bins: int = Field(ge=2)
     top_features: int = Field(ge=1)
     # The stage `stability` retrains on each of these split seeds (empty: none) for the model card.
-    stability_seeds: tuple[int, ...] = (43, 44, 45, 46)
+    stability_seeds: tuple[int, ...]
 
     _listed = field_validator("stability_seeds", mode="before")(as_tuple)
 

@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from src.common import PipelineError, read_table, run_main, write_table
 from src.config import Settings, SplitSettings, load_settings
@@ -47,6 +47,28 @@ def split_frame(df: pd.DataFrame, feature_cols: list[str], target: str,
     for name, chosen in zip(SPLITS, (train_g, valid_g, test_g), strict=True):
         mask = np.isin(keys, chosen)
         out[name] = df.loc[mask].reset_index(drop=True)
+    return out
+
+
+def group_folds(df: pd.DataFrame, feature_cols: list[str], target: str, folds: int,
+                seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified, seeded, group-aware k-fold: (fit rows, held-out rows) positions per fold.
+
+    Exact feature repeats stay in one fold, as :func:`split_frame` keeps them in one split,
+    so no fold is judged on rows its model has memorised.
+    """
+    keys = duplicate_groups(df[feature_cols])
+    groups = pd.Series(df[target].to_numpy(), index=keys).groupby(level=0).max()
+    counts = groups.value_counts()
+    if len(counts) < 2 or counts.min() < folds:  # a fold without defaults cannot be judged
+        raise PipelineError(f"cannot cut {len(df)} rows ({counts.to_dict()} groups per class) into {folds} "
+                            f"folds: each class needs at least {folds} groups")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    chosen = [groups.index.to_numpy()[held] for _, held in splitter.split(groups.index, groups.to_numpy())]
+    out = []
+    for held_keys in chosen:
+        held = np.isin(keys, held_keys)
+        out.append((np.flatnonzero(~held), np.flatnonzero(held)))
     return out
 
 

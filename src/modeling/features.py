@@ -87,6 +87,16 @@ def build_classifier(lgbm_params: dict[str, Any], seed: int, monotone: list[int]
     return LGBMClassifier(random_state=seed, **lgbm_params, **extra)
 
 
+def classifier_params(train_lgbm: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    """LightGBM's parameters for this profile: ``train.lgbm`` with the profile's own ``lgbm`` over it."""
+    return {**train_lgbm, **profile.lgbm}
+
+
+def fit_options(profile: Profile) -> dict[str, Any]:
+    """Keyword arguments of ``LGBMClassifier.fit``: the columns LightGBM splits as categories."""
+    return {"categorical_feature": list(profile.native_categorical)} if profile.native_categorical else {}
+
+
 def assemble(preprocessor: Pipeline, classifier: LGBMClassifier) -> Pipeline:
     """The fitted preprocessor and classifier as the single served Pipeline."""
     return Pipeline([("preprocess", preprocessor), ("model", classifier)])

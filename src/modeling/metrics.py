@@ -28,6 +28,18 @@ def ks_statistic(y_true: np.ndarray, proba: np.ndarray) -> float:
     return float(np.max(np.abs(tpr - fpr)))
 
 
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
+    """ECE: over equal-width probability bins, the row-weighted gap between mean predicted and observed rate."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(proba, dtype=float)
+    if len(p) == 0:
+        raise ValueError("no rows to measure calibration on")
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    rows = np.bincount(index, minlength=bins)
+    gap = np.abs(np.bincount(index, weights=p, minlength=bins) - np.bincount(index, weights=y, minlength=bins))
+    return float(gap[rows > 0].sum() / len(p))
+
+
 def decide(proba: np.ndarray, threshold: float) -> np.ndarray:
     """1 = decline (predicted default) when the probability reaches the threshold."""
     return (np.asarray(proba) >= threshold).astype(int)
@@ -45,6 +57,7 @@ def score_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> di
         "ks": ks_statistic(y_true, proba),
         "gini": float(2 * auc - 1),
         "brier": float(brier_score_loss(y_true, proba)),
+        "ece": expected_calibration_error(y_true, proba),
         "log_loss": float(log_loss(y_true, proba, labels=[0, 1])),
         "threshold": float(threshold),
         "precision": float(precision_score(y_true, pred, zero_division=0)),

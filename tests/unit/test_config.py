@@ -63,13 +63,17 @@ def test_every_profile_builds(dataset, tmp_path):
 @pytest.mark.parametrize("dataset", PROFILES)
 def test_target_encode_columns_are_categorical_features(dataset, tmp_path):
     profile = make_settings(dataset, tmp_path).profile
-    assert profile.target_encode, f"{dataset} target-encodes nothing"
+    categorical = [n for n, f in profile.features.items() if f.is_categorical]
+    assert categorical, f"{dataset} has no categorical input"
     for col in profile.target_encode:
         assert col in profile.features
         assert profile.features[col].is_categorical
     # every categorical that is not target-encoded has a closed, non-empty value set
     for col in profile.ordinal_features:
         assert profile.features[col].values
+    # each categorical is target-encoded or ordinal-encoded (then perhaps split as categories), never both
+    assert sorted([*profile.target_encode, *profile.ordinal_features]) == sorted(categorical)
+    assert set(profile.native_categorical) <= set(profile.ordinal_features)
 
 
 @pytest.mark.parametrize("dataset", PROFILES)

@@ -176,6 +176,8 @@ def _synthetic_params() -> dict:
                      "district": {"type": "categorical", "values": {i: f"district {i}" for i in range(10)},
                                   "reason_code": "S2", "reason": "District"}},
         "protected": {"group": {"type": "categorical", "values": {0: "a", 1: "b"}}},
+        "native_categorical": [],
+        "lgbm": {},
     }
     params["train"]["lgbm"] = {**params["train"]["lgbm"], "n_estimators": 200, "n_jobs": 1}
     params["train"]["early_stopping_rounds"] = 20

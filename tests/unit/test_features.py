@@ -146,6 +146,8 @@ NOISE_PROFILE = {
                   "reason": "Grade"},
     },
     "protected": {},
+    "native_categorical": [],
+    "lgbm": {},
 }
 
 
@@ -232,7 +234,7 @@ def test_naive_encoding_lets_a_model_memorise_noise(noise_train, tmp_path):
 
 
 def test_encoder_settings_reach_the_target_encoder(tmp_path):
-    profile = make_settings("credit_risk", tmp_path).profile
+    profile = make_settings("lending_club", tmp_path).profile
     pre = build_preprocessor(profile, {"cv": 3, "smooth": 7.0}, seed=9)
     encoder = {name: t for name, t, _ in pre.named_steps["encode"].transformers}["target"]
     assert isinstance(encoder, TargetEncoder)

@@ -99,9 +99,9 @@ def test_bands_are_for_numeric_attributes(tmp_path):
 
 
 def test_monotone_rules(tmp_path):
-    params = _params("credit_risk")
-    params["profiles"]["credit_risk"]["features"]["loan_grade"]["monotone"] = "increasing"  # target-encoded
-    with pytest.raises(ConfigError, match=r"features\.loan_grade\.monotone.*target-encoded"):
+    params = _params("lending_club")
+    params["profiles"]["lending_club"]["features"]["purpose"]["monotone"] = "increasing"  # target-encoded
+    with pytest.raises(ConfigError, match=r"features\.purpose\.monotone.*target-encoded"):
         _settings(params, tmp_path)
     params = _params("credit_risk")
     params["profiles"]["credit_risk"]["features"]["loan_amnt"]["monotone"] = "up"
@@ -114,6 +114,31 @@ def test_monotone_rules(tmp_path):
     params = _params("credit_risk")
     params["train"]["lgbm"]["monotone_constraints"] = [1, 0]
     with pytest.raises(ConfigError, match=r"train\.lgbm\.monotone_constraints.*monotone: increasing"):
+        _settings(params, tmp_path)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"native_categorical": ["loan_grade"], "target_encode": ["loan_grade"]},
+     r"native_categorical.*'loan_grade'.*outside target_encode"),
+    ({"native_categorical": ["loan_amnt"]}, r"native_categorical.*'loan_amnt'.*not a categorical"),
+    ({"features.loan_grade.monotone": "increasing"}, r"native_categorical.*'loan_grade'.*risk direction"),
+    ({"lgbm": {"monotone_constraints": [1]}}, r"profiles\.credit_risk\.lgbm\.monotone_constraints"),
+    ({"lgbm": {"categorical_feature": [0]}}, r"profiles\.credit_risk\.lgbm\.categorical_feature"),
+    ({"native_categorical": None}, r"profiles\.credit_risk\.native_categorical"),
+    ({"drop:lgbm": None}, r"missing key 'profiles\.credit_risk\.lgbm'"),
+])
+def test_native_categoricals_and_profile_lgbm_are_checked(tmp_path, change, message):
+    params = _params("credit_risk")
+    profile = params["profiles"]["credit_risk"]
+    for key, value in change.items():
+        if key.startswith("drop:"):
+            del profile[key.removeprefix("drop:")]
+        elif key.startswith("features."):
+            _, column, field = key.split(".")
+            profile["features"][column][field] = value
+        else:
+            profile[key] = value
+    with pytest.raises(ConfigError, match=message):
         _settings(params, tmp_path)
 
 

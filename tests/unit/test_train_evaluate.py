@@ -31,8 +31,11 @@ META_KEYS = {"features", "threshold", "best_iteration", "versions"}
 
 
 def small_settings(root):
+    """Early stopping and the threshold on the validation split (cv_folds 0); cross-validation has
+    its own tests (test_cross_validation.py) and is the default every integration test trains with."""
     lgbm = {**PARAMS["train"]["lgbm"], "n_estimators": 200, "learning_rate": 0.08, "n_jobs": 1}
-    return make_settings(DATASET, root, train={"lgbm": lgbm, "early_stopping_rounds": 30, "log_every": 0},
+    return make_settings(DATASET, root, train={"lgbm": lgbm, "early_stopping_rounds": 30, "log_every": 0,
+                                               "cv_folds": 0},
                          ingest={"sample_rows": 3000, "sample_seed": 1}, evaluate={"stability_seeds": [43, 44]})
 
 
