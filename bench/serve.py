@@ -170,6 +170,7 @@ def _build(root: Path, data_file: Path, params_file: Path, model_dir: Path) -> N
     params_file.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
     settings = load_settings(params_file)
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)  # the project's embedded store, as the tests do
+    lightgbm.register_logger(logging.getLogger("lightgbm"))  # its per-iteration lines off stdout (the report)
     try:
         for stage in (ingest, validate, split, train, fairness, stability, evaluate, register):
             log.info("build: %s", stage.__name__.rsplit(".", 1)[-1])
