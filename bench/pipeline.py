@@ -331,13 +331,18 @@ def table(results: list[Result], repeat: int) -> str:
         if r.error or not r.full:
             lines.append(f"| {name} | {r.rows or ''} | failed: {r.error} | | " + " | " * (len(stages) + 2) + " |")
             continue
-        stage_cells = [f"{statistics.median(s.get(st, float('nan')) for s in r.stages):.1f}" for st in stages]
+        stage_cells = [_stage_cell([s[st] for s in r.stages if st in s]) for st in stages]
         auc = f"{r.test_auc:.4f}" + (" (synthetic)" if r.profile == SYNTHETIC else "") if r.test_auc else ""
         full = f"{statistics.median(r.full):.1f}" + (f" (min {min(r.full):.1f})" if len(r.full) > 1 else "")
         noop = f"{statistics.median(r.noop):.2f}" + (f" (max {max(r.noop):.2f})" if len(r.noop) > 1 else "")
         lines.append(f"| {name} | {r.rows:,} | {full} | {noop} | "
                      + " | ".join(stage_cells) + f" | {auc} | {statistics.median(r.other_cpu):.0f} | {_target(r)} |")
     return "\n".join(lines)
+
+
+def _stage_cell(seconds: list[float]) -> str:
+    """A stage's median time, or "skipped" when DVC ran it in no run (its inputs and outputs unchanged)."""
+    return f"{statistics.median(seconds):.1f}" if seconds else "skipped"
 
 
 def main(argv: list[str] | None = None) -> None:
