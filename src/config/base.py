@@ -13,6 +13,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, protected_namespaces=())
 
 
+# LightGBM parameters the profile sets per input (features.<column>.monotone, native_categorical):
+# never under train.lgbm nor a profile's lgbm, where they would silently disagree with the columns.
+PER_INPUT_LGBM_KEYS = ("monotone_constraints", "monotone_constraint", "mc", "categorical_feature", "cat_feature")
+
+
 def empty_as_none(value: Any) -> Any:
     """``0``, ``""`` and null all mean "not set" (e.g. ingest.sample_rows: 0 = every row)."""
     return value or None

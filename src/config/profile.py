@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from src.config.base import Strict, as_tuple
+from src.config.base import PER_INPUT_LGBM_KEYS, Strict, as_tuple
 from src.config.errors import ConfigError, KeyProblem, config_error
 
 FeatureType = Literal["numeric", "categorical"]
@@ -280,7 +280,7 @@ class Profile(Strict):
             if spec.monotone is not None:
                 raise KeyProblem("native_categorical", f"names '{col}', which has a risk direction (monotone): "
                                                        "LightGBM constrains only ordered splits")
-        for key in ("monotone_constraints", "monotone_constraint", "mc", "categorical_feature", "cat_feature"):
+        for key in PER_INPUT_LGBM_KEYS:
             if key in self.lgbm:
                 raise KeyProblem(f"lgbm.{key}", "is set per input in the profile (features.<column>.monotone, "
                                                 "native_categorical)")

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from src.config.base import Strict, as_tuple, empty_as_none
+from src.config.base import PER_INPUT_LGBM_KEYS, Strict, as_tuple, empty_as_none
 from src.config.errors import KeyProblem
 
 Seconds = float
@@ -89,7 +89,7 @@ class TrainSettings(Strict):
     @field_validator("lgbm")
     @classmethod
     def _directions_in_profile(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in ("monotone_constraints", "monotone_constraint", "mc", "categorical_feature", "cat_feature"):
+        for key in PER_INPUT_LGBM_KEYS:
             if key in value:
                 raise KeyProblem(key, "is set per input in the profile: profiles.<dataset>.features.<column>."
                                       "monotone: increasing | decreasing, or profiles.<dataset>.native_categorical")

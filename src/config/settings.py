@@ -142,7 +142,7 @@ class Settings:
 
     @property
     def stability_file(self) -> Path:
-        """The stability stage's report (test figures over other split seeds)."""
+        """The stability stage's report (the training's folds' held-out ROC-AUC; retrains on other split seeds)."""
         return self.paths.metrics / "stability.json"
 
     @property

@@ -27,13 +27,20 @@ def duplicate_groups(features: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(features, index=False).to_numpy()
 
 
+def _groups(df: pd.DataFrame, feature_cols: list[str], target: str) -> tuple[np.ndarray, pd.Series]:
+    """Each row's group key, and per group whether it defaulted (stratification's label).
+
+    A group counts as a default if any of its rows defaulted; groups are almost all single rows,
+    so the stratification is as good as row-level.
+    """
+    keys = duplicate_groups(df[feature_cols])
+    return keys, pd.Series(df[target].to_numpy(), index=keys).groupby(level=0).max()
+
+
 def split_frame(df: pd.DataFrame, feature_cols: list[str], target: str,
                 settings: SplitSettings) -> dict[str, pd.DataFrame]:
     """Stratified, seeded, group-aware three-way split."""
-    keys = duplicate_groups(df[feature_cols])
-    # A group counts as a default if any of its rows defaulted; groups are almost
-    # all single rows, so the stratification is as good as row-level.
-    groups = pd.Series(df[target].to_numpy(), index=keys).groupby(level=0).max()
+    keys, groups = _groups(df, feature_cols, target)
     holdout = settings.valid_size + settings.test_size
     try:
         train_g, rest_g = train_test_split(groups.index.to_numpy(), test_size=holdout,
@@ -57,8 +64,7 @@ def group_folds(df: pd.DataFrame, feature_cols: list[str], target: str, folds: i
     Exact feature repeats stay in one fold, as :func:`split_frame` keeps them in one split,
     so no fold is judged on rows its model has memorised.
     """
-    keys = duplicate_groups(df[feature_cols])
-    groups = pd.Series(df[target].to_numpy(), index=keys).groupby(level=0).max()
+    keys, groups = _groups(df, feature_cols, target)
     counts = groups.value_counts()
     if len(counts) < 2 or counts.min() < folds:  # a fold without defaults cannot be judged
         raise PipelineError(f"cannot cut {len(df)} rows ({counts.to_dict()} groups per class) into {folds} "
