@@ -17,11 +17,11 @@ from typing import Any
 import lightgbm
 import pandas as pd
 
-from src.common import read_table, run_main, write_json
+from src.common import read_json, read_table, run_main, write_json
 from src.config import Settings, load_settings
 from src.data.split import split_frame
 from src.modeling.metrics import score_metrics
-from src.modeling.train import load_trained, predict_proba, train_model
+from src.modeling.train import predict_proba, train_model
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def stability(clean: pd.DataFrame, settings: Settings, meta: dict[str, Any]) -> 
 
 
 def run(settings: Settings) -> dict[str, Any]:
-    _, meta = load_trained(settings)
+    meta = read_json(settings.model_meta_file)  # the folds' figures only: the model itself is not needed
     report = stability(read_table(settings.clean_table), settings, meta)
     write_json(settings.stability_file, report)
     if "folds" in report:
