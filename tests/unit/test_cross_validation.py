@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from src.common import PipelineError
-from src.config import settings_from_dict
+from src.config import ConfigError, settings_from_dict
 from src.data.ingest import ingest, read_raw
 from src.data.split import group_folds, split_frame
 from src.data.validate import validate
@@ -77,6 +77,18 @@ def test_group_folds_refuse_too_few_defaults_naming_the_counts() -> None:
     frame = pd.DataFrame({"a": range(20), "y": [1, 1] + [0] * 18})
     with pytest.raises(PipelineError, match=r"into 5 folds"):
         group_folds(frame, ["a"], "y", 5, seed=0)
+
+
+@pytest.mark.parametrize(("folds", "message"), [
+    (1, r"'train\.cv_folds' is 1; it must be 0 \(off\) or at least 2 folds"),
+    (-2, r"train\.cv_folds"),
+    ("5", r"train\.cv_folds"),
+])
+def test_a_bad_fold_count_is_an_error_naming_the_key(folds, message, tmp_path) -> None:
+    params = _params(0)
+    params["train"]["cv_folds"] = folds
+    with pytest.raises(ConfigError, match=message):
+        settings_from_dict(params, tmp_path)
 
 
 def test_cross_validation_trains_on_train_and_valid_and_says_so(parts, cross_validated) -> None:
