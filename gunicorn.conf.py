@@ -233,11 +233,15 @@ def post_worker_init(worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """In the worker as it stops (SIGHUP restart, SIGTERM, max requests): sync and close its spool segment."""
+    """In the worker as it stops (SIGHUP restart, SIGTERM, max requests): publish its last metrics, then sync
+    and close its spool segment."""
     extensions = getattr(worker.wsgi, "extensions", None) or {}
     service = extensions.get("credit_service")
     if service is not None:
-        service.predlog.close()
+        try:
+            service.metrics.flush()
+        finally:
+            service.predlog.close()
 
 
 def child_exit(server: Any, worker: Any) -> None:

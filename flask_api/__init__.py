@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 from flask_api import api, ops, views
 from flask_api.fastpath import FastPredict
 from flask_api.jsonio import OrjsonProvider
-from flask_api.metrics import Metrics
+from flask_api.metrics import Metrics, multiprocess_mode
 from flask_api.service import Service, incident
 from src.config import Settings, env, load_settings
 from src.scoring.model_store import ModelHolder
@@ -73,8 +73,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     svc = Service(settings=settings, models=ModelHolder(settings, app.config["MODEL_URI"]),
                   predlog=predlog, metrics=metrics, reload_marker=Path(marker) if marker else None)
     app.extensions["credit_service"] = svc
-    if svc.reload_marker is not None:  # several workers (gunicorn.conf.py): follow the others' reloads
-        svc.watch_reloads()
+    if svc.reload_marker is not None or multiprocess_mode():  # several workers (gunicorn.conf.py)
+        svc.watch()
 
     csrf = CSRFProtect(app)
     csrf.exempt(api.bp)

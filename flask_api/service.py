@@ -20,7 +20,8 @@ from src.scoring.predlog import PredictionLog, new_request_id
 
 log = logging.getLogger(__name__)
 
-# How often a worker looks for a reload another worker announced (a stat() per request was ~3 % of one).
+# How often a worker looks for a reload another worker announced (a stat() per request was ~3 % of one)
+# and publishes its metrics.
 RELOAD_CHECK_SECONDS = 0.25
 
 
@@ -53,15 +54,20 @@ class Service:
         self.reload_marker.write_text(str(os.getpid()), encoding="utf-8")
         self._seen_generation = self.reload_marker.stat().st_mtime_ns
 
-    def watch_reloads(self) -> threading.Thread:
-        """Check the shared marker every RELOAD_CHECK_SECONDS from a thread of this worker's own, so a worker
-        that gets no request still takes up an announced reload (requests check it too, see below)."""
+    def watch(self) -> threading.Thread:
+        """This worker's housekeeping thread, every RELOAD_CHECK_SECONDS: take up a reload another worker
+        announced (so a worker that gets no request still does; requests check too, see below) and turn
+        the metrics noted since last time into samples the other workers' /metrics can read."""
         def watch() -> None:
             while True:
                 time.sleep(RELOAD_CHECK_SECONDS)
-                self.follow_reloads()
+                try:
+                    self.follow_reloads()
+                    self.metrics.flush()
+                except Exception:  # never let housekeeping die quietly: say so, and go on next time
+                    log.exception("worker housekeeping failed; retrying in %s s", RELOAD_CHECK_SECONDS)
 
-        watcher = threading.Thread(target=watch, name="reload-watcher", daemon=True)
+        watcher = threading.Thread(target=watch, name="housekeeping", daemon=True)
         watcher.start()
         return watcher
 

@@ -183,10 +183,16 @@ def test_metrics_are_aggregated_across_workers(gunicorn_server: GunicornServer, 
     assert set(served) == workers, f"requests per worker pid: {dict(served)}; workers {workers}"
     assert sum(served.values()) == sent
 
-    after = scrape(server.base_url)
-
     def delta(name: str, **labels: str) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)
+
+    # Each worker publishes its counts every quarter second (flask_api/metrics.py): a scrape served by one
+    # worker may lag the other by that much, never more.
+    deadline = time.monotonic() + 5
+    after = scrape(server.base_url)
+    while delta("rows_scored_total", source="api") < rows and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = scrape(server.base_url)
 
     assert delta("http_requests_total", endpoint=PREDICT, method="POST", status="200") == sent
     assert delta("http_request_duration_seconds_count", endpoint=PREDICT) == sent

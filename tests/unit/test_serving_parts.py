@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import math
 import re
+import threading
+import time
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +22,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import multiprocess as mp
 from prometheus_client import values as prom_values
 
-from flask_api.metrics import PROBABILITY_BUCKETS, observe_many
+from flask_api.metrics import PROBABILITY_BUCKETS, Metrics, observe_many
 from flask_api.validation import FieldError, check_value, validate_applicants
 from src.config import Profile, build_profile
 from src.server import worker as gunicorn_worker
@@ -147,6 +149,121 @@ def test_observe_many_equals_observe_one_by_one(values: list[float], multiproces
     for key, value in one_by_one.items():
         assert batched[key] == pytest.approx(value, abs=1e-9), key
     assert one_by_one['p_count'] == len(values)
+
+
+# --- metrics noted per request, published by flush() ----------------------------------------------------------
+
+
+@pytest.fixture
+def multiprocess_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What a gunicorn worker has: prometheus_client writing samples to files in a shared directory."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    prom_values.ValueClass = prom_values.get_value_class()
+    yield tmp_path
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    prom_values.ValueClass = prom_values.get_value_class()
+
+
+def other_workers_view(directory: Any) -> dict[str, float]:
+    """/metrics as another worker serves it: the samples in the shared files, not this process's notes."""
+    registry = CollectorRegistry()
+    mp.MultiProcessCollector(registry, path=str(directory))
+    out: dict[str, float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def served(decision: str, probability: float) -> list[dict[str, Any]]:
+    return [{"probability_of_default": probability, "decision": decision}]
+
+
+def test_metrics_noted_by_requests_reach_the_shared_files_at_flush(multiprocess_dir: Any) -> None:
+    """A request only notes its counts; flush() publishes exactly them (counters, latency and probability
+    histograms, decisions) for the other workers' scrapes, and a second flush adds nothing twice."""
+    metrics = Metrics()
+    metrics.count_request("/api/v1/predict", "POST", 200, 0.002)
+    metrics.count_request("/api/v1/predict", "POST", 422, 0.0004)
+    metrics.count_request("/ready", "GET", 200, None)
+    metrics.count_scored("api", served("approve", 0.08))
+    metrics.count_scored("api", served("decline", 0.9) + served("approve", 0.12))
+    before = other_workers_view(multiprocess_dir)
+    assert before.get("http_requests_total{endpoint=/api/v1/predict,method=POST,status=200}", 0) == 0
+    assert before.get("rows_scored_total{source=api}", 0) == 0
+
+    metrics.flush()
+    metrics.flush()
+    after = other_workers_view(multiprocess_dir)
+    assert after["http_requests_total{endpoint=/api/v1/predict,method=POST,status=200}"] == 1
+    assert after["http_requests_total{endpoint=/api/v1/predict,method=POST,status=422}"] == 1
+    assert after["http_requests_total{endpoint=/ready,method=GET,status=200}"] == 1
+    assert after["http_request_duration_seconds_count{endpoint=/api/v1/predict}"] == 2
+    assert after["http_request_duration_seconds_sum{endpoint=/api/v1/predict}"] == pytest.approx(0.0024)
+    assert after["http_request_duration_seconds_bucket{endpoint=/api/v1/predict,le=0.001}"] == 1
+    assert after.get("http_request_duration_seconds_count{endpoint=/ready}", 0) == 0  # untimed: counted only
+    assert after["rows_scored_total{source=api}"] == 3
+    assert after["decisions_total{decision=approve}"] == 2 and after["decisions_total{decision=decline}"] == 1
+    assert after["predicted_probability_of_default_count{}"] == 3
+    assert after["predicted_probability_of_default_sum{}"] == pytest.approx(1.1)
+
+
+def test_exposition_publishes_this_workers_notes_first() -> None:
+    """The worker that serves /metrics includes what it noted a moment ago (no wait for its housekeeping)."""
+    metrics = Metrics()
+    metrics.count_scored("form", served("refer", 0.3))
+    text = metrics.exposition()[0].decode()
+    assert 'rows_scored_total{source="form"} 1.0' in text
+    assert 'decisions_total{decision="refer"} 1.0' in text
+
+
+def test_no_count_is_lost_while_threads_note_and_flush_runs(multiprocess_dir: Any) -> None:
+    """Requests note from several threads while flush() runs again and again: every note is published once."""
+    metrics = Metrics()
+    per_thread, threads = 5_000, 4
+    done = threading.Event()
+
+    def flush_until_done() -> None:
+        while not done.is_set():
+            metrics.flush()
+
+    def note() -> None:
+        for _ in range(per_thread):
+            metrics.count_request("/api/v1/predict", "POST", 200, 0.001)
+            metrics.count_scored("api", served("approve", 0.1))
+
+    flusher = threading.Thread(target=flush_until_done)
+    flusher.start()
+    workers = [threading.Thread(target=note) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    done.set()
+    flusher.join()
+    metrics.flush()
+    view = other_workers_view(multiprocess_dir)
+    assert view["http_requests_total{endpoint=/api/v1/predict,method=POST,status=200}"] == per_thread * threads
+    assert view["http_request_duration_seconds_count{endpoint=/api/v1/predict}"] == per_thread * threads
+    assert view["rows_scored_total{source=api}"] == per_thread * threads
+
+
+def test_a_workers_housekeeping_publishes_its_metrics_without_a_scrape(multiprocess_dir: Any) -> None:
+    """Under gunicorn a worker's notes reach the shared files on their own, so a scrape served by another
+    worker sees them within a fraction of a second."""
+    from flask_api.service import RELOAD_CHECK_SECONDS, Service  # noqa: PLC0415
+
+    metrics = Metrics()
+    svc = Service(settings=SimpleNamespace(), models=SimpleNamespace(), predlog=SimpleNamespace(),  # type: ignore[arg-type]
+                  metrics=metrics, reload_marker=None)
+    svc.watch()
+    metrics.count_request("/api/v1/predict", "POST", 200, 0.001)
+    deadline = time.monotonic() + 20 * RELOAD_CHECK_SECONDS
+    key = "http_requests_total{endpoint=/api/v1/predict,method=POST,status=200}"
+    while other_workers_view(multiprocess_dir).get(key, 0) != 1 and time.monotonic() < deadline:
+        time.sleep(RELOAD_CHECK_SECONDS / 5)
+    assert other_workers_view(multiprocess_dir).get(key, 0) == 1
 
 
 # --- the keep-alive worker's setting -------------------------------------------------------------------------
