@@ -227,6 +227,15 @@ class MonitoringSettings(Strict):
     psi_significant: float = 0.25  # at or above -> significant
     drift_flag_band: Literal["moderate", "significant"] = "moderate"  # at or above this band counts as drifted
     drift_min_rows: int = Field(100, ge=1)  # fewer batch rows: PSI is mostly noise; logged as a warning
+    # The second test per feature (KS for numbers, chi-square for codes; src/monitoring/stats.py) fires when its
+    # p-value is below drift_alpha shared by all of a run's tests (Bonferroni) and its effect reaches the floor.
+    drift_alpha: float = Field(0.01, gt=0, lt=1)
+    ks_min_statistic: float = Field(0.05, ge=0, le=1)  # KS D: the largest gap between the two CDFs
+    js_min_distance: float = Field(0.05, ge=0, le=1)  # Jensen-Shannon distance (base 2) of the category shares
+    # With outcomes in the batch: a category's default rate differs from the reference's by at least this
+    # (and significantly, at drift_alpha over all categories tested); categories with fewer rows are skipped.
+    default_rate_min_difference: float = Field(0.03, gt=0, lt=1)
+    default_rate_min_rows: int = Field(30, ge=1)
     calibration_bins: int = Field(10, ge=2)  # performance: quantile bins of the predicted probability
     max_auc_drop: float = Field(0.05, ge=0, lt=1)  # decay: ROC-AUC below the model's test ROC-AUC minus this
     performance_min_rows: int = Field(100, ge=1)  # fewer labelled rows (overall or in a period): decay not judged

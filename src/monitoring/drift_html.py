@@ -1,8 +1,9 @@
 """The drift report as one self-contained HTML page, rendered from drift.json's own numbers.
 
 The page and ``metrics/drift.json`` cannot disagree on which features drifted: the page
-is drawn from that summary (same PSI, same bins, same bands and flag), with no second
-method, sample or threshold. No scripts, no external assets: it opens anywhere.
+is drawn from that summary (same PSI, bins and bands, the same tests and which of them
+fired, the same flag), with no method, sample or threshold of its own. No scripts, no
+external assets: it opens anywhere.
 """
 
 from __future__ import annotations
@@ -45,10 +46,38 @@ def _bins(bins: list[dict[str, Any]]) -> str:
             + "".join(rows) + "</table>")
 
 
+def _test(entry: dict[str, Any]) -> str:
+    """The second test's figures: 'KS D 0.139, p 4e-63' or 'chi-square JS 0.112, p 3e-53'."""
+    test = entry.get("test") or {}
+    if test.get("statistic") is None:
+        return "not testable" if test else ""
+    effect = f"D {test['statistic']:.3f}" if test["name"] == "ks" else f"JS {test['js_distance']:.3f}"
+    return escape(f"{'KS' if test['name'] == 'ks' else test['name']} {effect}, p {test['p_value']:.2g}")
+
+
 def _row(name: str, entry: dict[str, Any], drifted: bool) -> str:
     return (f'<tr><td>{escape(name)}</td><td>{escape(entry["type"])}</td>'
             f'<td class="num">{entry["psi"]:.4f}</td><td>{_band(entry["band"])}</td>'
+            f'<td>{_test(entry)}</td><td>{escape(", ".join(entry.get("fired_by", [])))}</td>'
             f'<td>{"drifted" if drifted else ""}</td></tr>')
+
+
+def _default_rates(summary: dict[str, Any]) -> list[str]:
+    """Per categorical feature with outcomes: each code's default rate, reference against batch."""
+    outcomes = summary.get("outcomes")
+    if not outcomes:
+        return []
+    parts = [f"<h2>Default rates per category ({outcomes['rows']:,} batch rows with outcomes)</h2>",
+             "<table><tr><th>feature</th><th>category</th><th>reference rate</th><th>batch rate</th>"
+             "<th>rows (reference / batch)</th><th>p</th><th></th></tr>"]
+    for name, entry in summary["features"].items():
+        for c in (entry.get("default_rate") or {}).get("categories", []):
+            parts.append(f'<tr><td>{escape(name)}</td><td>{escape(c["category"])}</td>'
+                         f'<td class="num">{c["reference_rate"]:.3f}</td><td class="num">{c["batch_rate"]:.3f}</td>'
+                         f'<td class="num">{c["reference_rows"]:,} / {c["batch_rows"]:,}</td>'
+                         f'<td class="num">{c["p_value"]:.2g}</td><td>{"moved" if c["fired"] else ""}</td></tr>')
+    parts.append("</table>")
+    return parts
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -73,13 +102,20 @@ def render(summary: dict[str, Any]) -> str:
         f"<tr><th>created</th><td>{escape(str(summary.get('created_at', '')))}</td></tr>",
         f"<tr><th>method</th><td>PSI over {t['bins']} reference quantile bins (categories: one bin each), "
         f"shares floored at {t['epsilon']:g}; bands: moderate &ge; {t['moderate']:g}, significant &ge; "
-        f"{t['significant']:g}; a feature at or above <b>{escape(t['flag_band'])}</b> counts as drifted</td></tr>",
+        f"{t['significant']:g}; a feature at or above <b>{escape(t['flag_band'])}</b> counts as drifted. "
+        + (f"Also Kolmogorov-Smirnov (numbers) or chi-square (codes), firing at p &lt; {t['alpha']:g} over all "
+           f"{t['tests']} tests (Bonferroni) with D &ge; {t['ks_min_statistic']:g} or Jensen-Shannon distance "
+           f"&ge; {t['js_min_distance']:g}; with outcomes, default rates per category "
+           f"(&ge; {t['default_rate_min_difference']:g} apart, significant)" if "alpha" in t else "")
+        + "</td></tr>",
         "</table>",
-        "<h2>Population stability per feature</h2>",
-        "<table><tr><th>feature</th><th>type</th><th>PSI</th><th>band</th><th></th></tr>",
+        "<h2>Drift per feature</h2>",
+        "<table><tr><th>feature</th><th>type</th><th>PSI</th><th>band</th><th>second test</th><th>fired</th>"
+        "<th></th></tr>",
         _row("score (probability of default)", summary["score"], summary["score_drifted"]),
         *(_row(name, summary["features"][name], name in drifted) for name in order),
         "</table>",
+        *_default_rates(summary),
         "<h2>Distributions (shares of rows per bin)</h2>",
         f"<details open><summary>score: PSI {summary['score']['psi']:.4f}</summary>"
         f"{_bins(summary['score']['bins'])}</details>",

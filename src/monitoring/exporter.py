@@ -80,8 +80,14 @@ class MonitoringCollector(Collector):
         yield from _gauge("drift_score_psi", "PSI of the predicted probability vs the reference scores",
                           score.get("psi"))
         yield from _gauge("drift_flag", "1 when the last drift run was flagged", float(bool(d.get("flag"))))
-        yield from _gauge("drift_drifted_features", "Features at or above the flag band",
-                          len(d.get("drifted_features", [])))
+        yield from _gauge("drift_drifted_features", "Features flagged by any test (PSI band, KS or chi-square, "
+                          "default rate)", len(d.get("drifted_features", [])))
+        fired = GaugeMetricFamily(f"{PREFIX}_drift_test_fired", "1 for each test that flagged a feature (or the "
+                                  "score) in the last drift run", labels=["feature", "test"])
+        for name, entry in [*d.get("features", {}).items(), ("score", d.get("score", {}))]:
+            for test in entry.get("fired_by", []):
+                fired.add_metric([name, str(test)], 1.0)
+        yield fired
         rows = GaugeMetricFamily(f"{PREFIX}_drift_rows", "Rows compared", labels=["set"])
         rows.add_metric(["reference"], float(d.get("n_reference", 0)))
         rows.add_metric(["batch"], float(d.get("n_batch", 0)))

@@ -28,6 +28,7 @@ from src.config import MonitoringSettings, Settings
 from src.modeling.metrics import ks_statistic
 from src.modeling.tracking import connect
 from src.monitoring.sources import SCORE_COLUMN, InputError, check_scores, require_columns
+from src.monitoring.stats import outcome_labels
 from src.scoring.scorer import APPROVE, DECLINE, REFER
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,7 @@ def read_labels(frame: pd.DataFrame, id_column: str, label_column: str, positive
     require_columns(frame, [id_column, label_column, *by], source, " (named by --by)" if by else "")
     ids = id_keys(frame[id_column])
     raw = frame[label_column]
-    if isinstance(positive, int | float) and not isinstance(positive, bool):
-        numeric = pd.to_numeric(raw, errors="coerce")
-        valid, label = numeric.isin([0, 1, positive]), numeric == positive
-    else:  # a textual target ("Y"): any non-empty value, positive when it equals the profile's value
-        text = raw.astype("string").str.strip()
-        valid, label = text.notna() & (text != ""), text == str(positive)
+    valid, label = outcome_labels(raw, positive)
     bad = raw.isna() | ids.isna() | ~valid.fillna(False).astype(bool)
     if bad.any():
         rows = ", ".join(f"row {i} ({_plain(raw[i])!r})" for i in frame.index[bad][:5])

@@ -40,6 +40,8 @@ class PsiResult:
     labels: tuple[str, ...]
     reference_share: tuple[float, ...]
     batch_share: tuple[float, ...]
+    reference_counts: tuple[float, ...] = ()  # rows per bin (for the chi-square test: src/monitoring/stats.py)
+    batch_counts: tuple[float, ...] = ()
 
     def bins(self) -> list[dict[str, Any]]:
         return [{"bin": label, "reference": round(r, 6), "batch": round(b, 6)}
@@ -135,4 +137,5 @@ def _result(labels: list[str], ref_counts: np.ndarray, cur_counts: np.ndarray, e
     value = psi_from_counts(ref_counts, cur_counts, epsilon)
     return PsiResult(psi=value, labels=tuple(labels),
                      reference_share=tuple((ref_counts / ref_counts.sum()).tolist()),
-                     batch_share=tuple((cur_counts / cur_counts.sum()).tolist()))
+                     batch_share=tuple((cur_counts / cur_counts.sum()).tolist()),
+                     reference_counts=tuple(ref_counts.tolist()), batch_counts=tuple(cur_counts.tolist()))

@@ -7,7 +7,9 @@ The shift: credit limits +30 % (richer applicants), September payments cut to
 30 %, and half of the graduates now university-educated (model inputs only:
 protected attributes are not scored, so not monitored for drift). Nothing else
 changes, so no other feature may be flagged, and the untouched test split must
-show no drift at all.
+show no drift at all, by any test. Two more shifts that PSI alone barely notices: a
+heavy-tailed amount scaled by 1.6, and two common education codes swapped (caught by
+the distribution test, and by the default rates per code when outcomes are known).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,14 +29,15 @@ import yaml
 from src.config import Settings, load_settings
 from src.data import ingest, split, validate
 from src.monitoring.__main__ import main
-from src.monitoring.drift import compare
+from src.monitoring.drift import compare, outcomes_of
 from src.monitoring.sources import Model, load_model
 from src.scoring.predlog import PredictionLog
 from tests.conftest import load_params, shared_data_dir
 from tests.synthetic_monitoring import synthetic_score, synthetic_taiwan_applicants
 
 SHIFTED = {"limit_bal", "pay_amt1", "education"}
-UNIVERSITY = 2  # education code for "university"
+GRADUATE, UNIVERSITY = 1, 2  # education codes for "graduate school" and "university"
+SCALED = "bill_amt3"  # a heavy-tailed amount
 
 
 def population_shift(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -45,6 +49,16 @@ def population_shift(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     flip = np.random.default_rng(seed).choice(graduates, size=len(graduates) // 2, replace=False)
     out.loc[flip, "education"] = UNIVERSITY
     return out
+
+
+def scaled_amount(frame: pd.DataFrame, factor: float = 1.6) -> pd.DataFrame:
+    """One heavy-tailed amount scaled (a currency or reporting change): PSI on ten quantile bins ~0.1."""
+    return frame.assign(**{SCALED: (frame[SCALED] * factor).round()})
+
+
+def swapped_codes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Graduate school and university swap codes (a mapping bug upstream): PSI ~0.07."""
+    return frame.assign(education=frame["education"].replace({GRADUATE: UNIVERSITY, UNIVERSITY: GRADUATE}))
 
 
 @dataclass(frozen=True)
@@ -90,18 +104,56 @@ def _scores(scorer: Model | None, frame: pd.DataFrame) -> pd.Series:
     return scorer.predict(frame) if scorer is not None else synthetic_score(frame)
 
 
-def _compare(drill: Drill, scorer: Model | None, batch: pd.DataFrame) -> dict:
+def _compare(drill: Drill, scorer: Model | None, batch: pd.DataFrame, outcomes: bool = False) -> dict:
+    target = drill.settings.profile.target_column
     return compare(drill.train, _scores(scorer, drill.train), batch, _scores(scorer, batch),
-                   drill.settings.profile, drill.settings.monitoring)
+                   drill.settings.profile, drill.settings.monitoring,
+                   outcomes_of(drill.train, target, 1) if outcomes else None,
+                   outcomes_of(batch, target, 1) if outcomes else None)
 
 
-def test_untouched_test_split_shows_no_drift(drill: Drill, scorer: Model | None) -> None:
-    result = _compare(drill, scorer, drill.test)
+@pytest.mark.parametrize("outcomes", [False, True])
+def test_untouched_test_split_shows_no_drift(drill: Drill, scorer: Model | None, outcomes: bool) -> None:
+    result = _compare(drill, scorer, drill.test, outcomes)
     worst = max(f["psi"] for f in result["features"].values())
     assert worst < drill.settings.monitoring.psi_moderate, result["features"]
     assert result["drifted_features"] == [] and result["flag"] is False
-    assert result["score"]["band"] == "none"
+    assert result["score"]["band"] == "none" and result["score"]["fired_by"] == []
+    fired = {n: f["fired_by"] for n, f in result["features"].items() if f["fired_by"] or f["test"]["fired"]}
+    assert fired == {}
     assert result["n_batch"] == len(drill.test) and result["n_reference"] == len(drill.train)
+    if outcomes:  # every code with enough rows was compared, and none differs
+        assert result["outcomes"]["rows"] == len(drill.test) and result["outcomes"]["categories_compared"] >= 3
+        assert not any(f["default_rate"]["fired"] for f in result["features"].values() if "default_rate" in f)
+    else:
+        assert result["outcomes"] is None
+
+
+@pytest.mark.parametrize(("shift", "feature", "test"), [(scaled_amount, SCALED, "ks"),
+                                                        (swapped_codes, "education", "chi-square")])
+def test_shifts_psi_barely_sees_are_caught_by_the_second_test(drill: Drill, scorer: Model | None, shift: Any,
+                                                               feature: str, test: str) -> None:
+    result = _compare(drill, scorer, shift(drill.test), outcomes=True)
+    assert result["drifted_features"] == [feature] and result["flag"] is True
+    entry = result["features"][feature]
+    assert entry["psi"] < drill.settings.monitoring.psi_significant  # PSI alone: at most "moderate"
+    assert test in entry["fired_by"] and entry["test"]["name"] == test and entry["test"]["fired"] is True
+    untouched = {n: f["fired_by"] for n, f in result["features"].items() if n != feature and f["fired_by"]}
+    assert untouched == {}
+    if feature == "education" and drill.real:  # SYNTHETIC outcomes do not depend on education
+        assert "default-rate" in entry["fired_by"]
+        moved = {c["category"] for c in entry["default_rate"]["categories"] if c["fired"]}
+        assert moved == {str(GRADUATE), str(UNIVERSITY)}
+
+
+def test_a_small_unshifted_sample_stays_quiet_and_a_small_shifted_one_is_judged_by_its_size(
+        drill: Drill, scorer: Model | None) -> None:
+    """200 rows: the tests' p-values account for the sample size, so noise does not fire them."""
+    small = drill.test.sample(200, random_state=7)
+    quiet = _compare(drill, scorer, small, outcomes=True)
+    assert not any(f["test"]["fired"] for f in quiet["features"].values())
+    loud = _compare(drill, scorer, scaled_amount(small, 3.0), outcomes=True)
+    assert loud["features"][SCALED]["test"]["fired"] is True
 
 
 def test_population_shift_flags_exactly_the_shifted_features(drill: Drill, scorer: Model | None) -> None:

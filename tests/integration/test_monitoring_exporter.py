@@ -104,6 +104,11 @@ def test_exporter_serves_the_reports_as_gauges(exporter: Exporter) -> None:
     assert samples["monitoring_drift_score_psi"][0][1] == pytest.approx(drift["score"]["psi"])
     assert samples["monitoring_drift_flag"][0][1] == 1.0 and "limit_bal" in drift["drifted_features"]
     assert samples["monitoring_drift_drifted_features"][0][1] == len(drift["drifted_features"])
+    fired = {(labels["feature"], labels["test"]) for labels, value in samples["monitoring_drift_test_fired"]
+             if value == 1.0}
+    assert fired == {(n, t) for n, f in [*drift["features"].items(), ("score", drift["score"])]
+                     for t in f["fired_by"]}
+    assert ("limit_bal", "ks") in fired
     assert samples["monitoring_performance_roc_auc"][0][1] == pytest.approx(performance["overall"]["roc_auc"])
     assert samples["monitoring_performance_reference_roc_auc"][0][1] == 0.9
     by_group = {labels["group"]: value for labels, value in samples["monitoring_performance_group_approval_rate"]
