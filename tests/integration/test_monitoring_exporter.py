@@ -10,89 +10,23 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import boto3
-import numpy as np
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry
 
 from flask_api.metrics import Metrics
-from src.common import write_json
 from src.config import load_settings
-from src.data import ingest, validate
-from src.monitoring import performance as perf
-from src.monitoring.drift import compare
 from src.monitoring.sources import read_frame
-from tests.conftest import ROOT, make_settings
-from tests.integration.conftest import free_port, stop_process_group, tool_env, wait_http
-from tests.synthetic_monitoring import synthetic_score, synthetic_scored, synthetic_taiwan_applicants
+from src.scoring.shipper import ShipperMetrics
+from tests.conftest import ROOT
+from tests.integration.exporting import Exporter, exporter_fixture  # noqa: F401  (registers the fixture)
+from tests.synthetic_monitoring import synthetic_scored
 
 GRAFANA = ROOT / "monitoring" / "grafana"
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
                 "offset", "le", "inf", "nan"}
-
-
-def synthetic_reports(folder: Path) -> tuple[Path, Path]:
-    """drift.json and performance.json from the real functions on SYNTHETIC rows (with some drift)."""
-    settings = make_settings("taiwan_credit", ROOT)
-    raw = synthetic_taiwan_applicants(3000, seed=1)
-    clean = validate.validate(ingest.ingest(raw, settings.profile), settings.profile).clean
-    reference, batch = clean.iloc[:2000], clean.iloc[2000:].copy()
-    batch["limit_bal"] = (batch["limit_bal"] * 2.0).round(-4)
-    drift = compare(reference, synthetic_score(reference), batch, synthetic_score(batch), settings.profile,
-                    settings.monitoring)
-    drift_file = folder / "drift.json"
-    write_json(drift_file, {"created_at": "2026-11-21T12:00:00+00:00", **drift})
-    scored, labels = synthetic_scored(400)
-    labels = labels.assign(sex=np.where(np.arange(len(labels)) % 2 == 0, "female", "male"))  # SYNTHETIC groups
-    joined = perf.join_labels(scored, perf.read_labels(labels, "id", "default", 1, "labels", by=("sex",)), "scored")
-    performance_file = folder / "performance.json"
-    write_json(performance_file, {"created_at": "2026-11-21T12:00:00+00:00",
-                                  **perf.summarise(joined, {"roc_auc": 0.9}, "week", settings.monitoring,
-                                                   by=("sex",))})
-    return drift_file, performance_file
-
-
-@dataclass
-class Exporter:
-    url: str
-    drift_file: Path
-    performance_file: Path
-
-    def scrape(self) -> dict[str, list]:
-        """{sample name: [(labels, value), ...]} of one real scrape."""
-        with urllib.request.urlopen(self.url, timeout=10) as resp:
-            text = resp.read().decode()
-        samples: dict[str, list] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-        return samples
-
-
-@pytest.fixture(scope="module")
-def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
-    folder = tmp_path_factory.mktemp("exporter")
-    drift_file, performance_file = synthetic_reports(folder)
-    port = free_port()
-    log = (folder / "exporter.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "src.monitoring", "exporter", "--bind", f"127.0.0.1:{port}",
-                             "--drift-file", str(drift_file), "--performance-file", str(performance_file)],
-                            cwd=ROOT, env=tool_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/metrics"
-    try:
-        wait_http(url, timeout=120, proc=proc)
-        yield Exporter(url=url, drift_file=drift_file, performance_file=performance_file)
-    finally:
-        stop_process_group(proc)
-        log.close()
 
 
 def test_exporter_serves_the_reports_as_gauges(exporter: Exporter) -> None:
@@ -144,8 +78,13 @@ def test_exporter_rereads_files_at_each_scrape(exporter: Exporter) -> None:
 
 def app_metric_names() -> set[str]:
     """Every sample name the service's /metrics can expose (from its own registry, so renames are caught)."""
+    return registry_names(Metrics().registry)
+
+
+def registry_names(registry: CollectorRegistry) -> set[str]:
+    """Every sample name a registry's metrics expose (counters' _total, histograms' _bucket/_sum/_count)."""
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    for family in registry.collect():
         suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
                     "gauge": ("",)}.get(family.type, ("",))
         names |= {family.name + s for s in suffixes}
@@ -185,6 +124,26 @@ def test_grafana_dashboard_uses_only_exposed_metrics(exporter: Exporter) -> None
         assert needed in used, needed
     assert len(set(p["id"] for p in dashboard["panels"])) == len(dashboard["panels"])
     assert promql_metric_names('histogram_quantile(0.95, sum by (le) (rate(x_bucket{a="b"}[5m])))') == {"x_bucket"}
+
+
+def alert_rules() -> list[dict]:
+    rules = yaml.safe_load((ROOT / "monitoring" / "prometheus" / "alerts.yml").read_text())
+    return [rule for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_use_only_exposed_metrics(exporter: Exporter) -> None:
+    """Every series an alert watches is one the service, its log shipper, the exporter or Prometheus exposes:
+    a renamed metric would otherwise leave its alert silent for ever."""
+    shipper = CollectorRegistry()
+    ShipperMetrics(shipper)
+    exposed = app_metric_names() | registry_names(shipper) | set(exporter.scrape()) | {"up"}
+    used = {rule["alert"]: promql_metric_names(rule["expr"]) for rule in alert_rules()}
+    assert all(used.values()), used
+    unknown = {alert: sorted(names - exposed) for alert, names in used.items() if names - exposed}
+    assert unknown == {}, f"alerts watch metrics nobody exposes: {unknown}"
+    assert {r["alert"] for r in alert_rules()} >= {
+        "HighErrorRate", "PredictionLatencyOverSLO", "ServiceNotReady", "DecisionsNotRecorded", "DriftFlagged",
+        "ModelPerformanceDecay", "FairnessFloorBreached"}
 
 
 def test_provisioning_and_scrape_config_point_at_the_service_and_exporter() -> None:
