@@ -20,6 +20,7 @@ from src.config import Profile, Settings, read_params, settings_from_dict
 from src.data import ingest, split, validate
 from src.modeling import evaluate, fairness, register, registry, stability, train
 from tests import postgres
+from tests.webhook import Receiver, receiving
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATASETS = ("taiwan_credit", "credit_risk", "lending_club")
@@ -164,3 +165,11 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     """A fresh database of its own on the session's PostgreSQL server."""
     with postgres.fresh_database(postgres_server) as url:
         yield url
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    """A real local HTTP receiver, and $NOTIFY_WEBHOOK_URL pointing at it (for this process and its children)."""
+    with receiving() as receiver:
+        monkeypatch.setenv("NOTIFY_WEBHOOK_URL", receiver.url)
+        yield receiver

@@ -26,6 +26,7 @@ from src.config.sections import (
     IngestSettings,
     MlflowSettings,
     MonitoringSettings,
+    NotifySettings,
     RetrainSettings,
     ServeSettings,
     SplitSettings,
@@ -39,7 +40,7 @@ from src.config.yaml12 import read_params
 __all__ = [
     "PARAMS_FILE", "BatchSettings", "CleanRule", "ConfigError", "DeploySettings", "DownloadSpec",
     "EvaluateSettings", "FairnessSettings", "FeatureSpec", "FeatureType", "GateSettings", "IngestSettings",
-    "MlflowSettings", "MonitoringSettings", "Paths", "Profile", "ProtectedSpec", "RetrainSettings",
+    "MlflowSettings", "MonitoringSettings", "NotifySettings", "Paths", "Profile", "ProtectedSpec", "RetrainSettings",
     "ServeSettings", "Settings", "SourceSpec", "SplitSettings", "TargetSpec", "ThresholdSettings",
     "TrainSettings", "ValidateSettings", "build_profile", "deploy_settings", "load_settings", "read_params",
     "settings_from_dict",

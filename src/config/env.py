@@ -34,6 +34,7 @@ PREDLOG_SPOOL_DIR = "PREDLOG_SPOOL_DIR"  # the prediction log's spool (else serv
 PREDLOG_SHIPPER = "PREDLOG_SHIPPER"    # "external": another process ships the spool (gunicorn.conf.py sets it)
 GUNICORN_PIDFILE = "GUNICORN_PIDFILE"
 GUNICORN_CONTROL_SOCKET = "GUNICORN_CONTROL_SOCKET"
+NOTIFY_WEBHOOK_URL = "NOTIFY_WEBHOOK_URL"  # where notifications go (a secret: a Slack webhook embeds a token)
 
 
 def text(name: str, default: str | None = None) -> str | None:

@@ -268,3 +268,14 @@ class BatchSettings(Strict):
     example_output: str = "data/scored/test_scored.parquet"  # ...scored as a "new batch" into this file
     example_rejects: str = "data/scored/test_scored.rejects.parquet"  # ...its rejected rows here
     example_summary: str = "metrics/score_summary.json"  # ...and its counts here
+
+
+class NotifySettings(Strict):
+    """Notifications to a webhook (src/notify.py) when something needs a person: drift flagged, decay, a gate
+    blocking a challenger, a batch rejecting too many rows, a flow failing. The URL is a secret (a Slack
+    webhook embeds its token), so it comes from $NOTIFY_WEBHOOK_URL only; unset, notifications are off."""
+
+    format: Literal["json", "slack"] = "json"  # json: event, severity, title, text, where, details; slack: text
+    timeout_seconds: float = Field(5.0, gt=0, le=60)  # per delivery attempt
+    attempts: int = Field(3, ge=1, le=10)  # a failed POST (network, 5xx) is retried, with backoff
+    batch_reject_share: float = Field(0.05, ge=0, le=1)  # a batch run rejecting more than this share notifies

@@ -25,6 +25,7 @@ from src.config.sections import (
     IngestSettings,
     MlflowSettings,
     MonitoringSettings,
+    NotifySettings,
     PathsSection,
     RetrainSettings,
     ServeSettings,
@@ -57,6 +58,7 @@ class ParamsFile(Strict):
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     profiles: dict[str, Any]
 
 
@@ -93,6 +95,7 @@ class Settings:
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
     fairness: FairnessSettings = field(default_factory=FairnessSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
     def registered_model_name(self) -> str:
@@ -177,7 +180,7 @@ def settings_from_dict(params: Any, root: Path) -> Settings:
         ingest=parsed.ingest, validate=parsed.validate_, split=parsed.split, train=parsed.train,
         threshold=parsed.threshold, evaluate=parsed.evaluate, mlflow=parsed.mlflow, gate=parsed.gate,
         serve=parsed.serve, raw=params, deploy=parsed.deploy, retrain=parsed.retrain,
-        monitoring=parsed.monitoring, batch=parsed.batch, fairness=parsed.fairness,
+        monitoring=parsed.monitoring, batch=parsed.batch, fairness=parsed.fairness, notify=parsed.notify,
     )
 
 

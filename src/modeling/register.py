@@ -34,6 +34,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from src import notify
 from src.common import PipelineError, read_json, read_table, run_main, write_json
 from src.config import FairnessSettings, GateSettings, Profile, Settings, load_settings
 from src.modeling.metrics import score_metrics
@@ -315,6 +316,13 @@ def _run(settings: Settings) -> dict[str, Any]:
     else:
         log.warning("v%s failed the quality gate; champion stays v%s: %s", version, champion_version,
                     "; ".join(decision.reasons))
+        notify.send(notify.Event(
+            "gate_blocked", "warning", f"Quality gate blocked {name} v{version}",
+            f"{name} v{version} failed the quality gate, so the champion stays "
+            f"{'v' + str(champion_version) if champion_version else 'unset'}: {'; '.join(decision.reasons)}.",
+            where=[str(settings.paths.metrics / "gate.json"), f"MLflow: {name} v{version}, tags gate.*"],
+            details={"version": int(version), "champion": champion_version, "reasons": decision.reasons},
+            dataset=settings.dataset), settings.notify)
     log.info("gate: v%s %s: %s", version, report["decision"], "; ".join(decision.reasons))
     for warning in decision.warnings:
         log.warning("gate: v%s fairness warning: %s", version, warning)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from src import notify
 from src.common import PipelineError, setup_logging, write_json
 from src.config import ConfigError, Settings, load_settings
-from src.monitoring.drift import describe, run_drift
+from src.monitoring.drift import describe, drift_event, run_drift
 from src.monitoring.exporter import serve
 from src.monitoring.performance import run_performance, write_markdown
 from src.monitoring.sources import (
@@ -108,6 +109,8 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     result = run_drift(settings, batch, model, output, html)
     print(describe(result))
     print(f"wrote {output}" + (f" and {html}" if html else ""))
+    if result.flag:
+        notify.send(drift_event(result, settings.dataset, source, output, html), settings.notify)
     return EXIT_FLAGGED if (result.flag and args.fail_on_drift) else EXIT_OK
 
 
@@ -124,9 +127,19 @@ def cmd_performance(args: argparse.Namespace, settings: Settings) -> int:
           f"Brier {o['brier']}, approval rate {o['approval_rate']}; matched {summary['counts']['matched']} of "
           f"{summary['counts']['scored']} scored rows; {'DECAY' if summary['decay'] else 'no decay'}")
     print(f"wrote {output}")
+    report = None
     if args.markdown is not None:
-        path = settings.paths.reports / "performance.md" if args.markdown is True else Path(args.markdown)
-        print(f"wrote {write_markdown(summary, path)}")
+        report = settings.paths.reports / "performance.md" if args.markdown is True else Path(args.markdown)
+        print(f"wrote {write_markdown(summary, report)}")
+    if summary["decay"]:
+        notify.send(notify.Event(
+            "performance_decay", "critical", f"Model decay on {settings.dataset}: ROC-AUC {o['roc_auc']}",
+            f"On {summary['counts']['matched']} scored rows with matured outcomes from {source}, ROC-AUC is "
+            f"{o['roc_auc']} against the model's test ROC-AUC {summary['reference']['roc_auc']} (allowed drop "
+            f"monitoring.max_auc_drop = {settings.monitoring.max_auc_drop}). Consider `make retrain`.",
+            where=[str(output), *([str(report)] if report else [])],
+            details={"roc_auc": o["roc_auc"], "reference_roc_auc": summary["reference"]["roc_auc"],
+                     "matched": summary["counts"]["matched"]}, dataset=settings.dataset), settings.notify)
     return EXIT_FLAGGED if (summary["decay"] and args.fail_on_decay) else EXIT_OK
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from src import notify
 from src.common import read_table, write_json
 from src.config import MonitoringSettings, Profile, Settings
 from src.monitoring import drift_html, stats
@@ -210,3 +211,18 @@ def test_line(entry: dict[str, Any]) -> str:
         second = f"KS D {test['statistic']:.3f}, p {test['p_value']:.2g}"
     fired = ", ".join(entry["fired_by"]) or "nothing"
     return f"PSI {entry['psi']:.3f} {entry['band']}; {second}; fired: {fired}"
+
+
+def drift_event(result: DriftResult, dataset: str, source: str, output: Path, html: Path | None) -> notify.Event:
+    """The notification for a flagged drift run: what drifted, by which test, and where the report is."""
+    s = result.summary
+    drifted = [f"{name} ({', '.join(s['features'][name]['fired_by'])})" for name in result.drifted_features]
+    if s["score_drifted"]:
+        drifted.append(f"the score ({', '.join(s['score']['fired_by'])})")
+    return notify.Event(
+        "drift_flagged", "warning", f"Drift flagged on {dataset}: {', '.join(result.drifted_features) or 'the score'}",
+        f"{s['n_batch']:,} rows of {source} against the {s['n_reference']:,} training rows: drifted "
+        f"{'; '.join(drifted)}.", where=[str(output), *([str(html)] if html else [])],
+        details={"drifted_features": result.drifted_features, "score_drifted": s["score_drifted"],
+                 "fired_by": {n: s["features"][n]["fired_by"] for n in result.drifted_features},
+                 "n_batch": s["n_batch"]}, dataset=dataset)

@@ -34,6 +34,7 @@ from src.monitoring.sources import Model, load_model
 from src.scoring.predlog import PredictionLog
 from tests.conftest import load_params, shared_data_dir
 from tests.synthetic_monitoring import synthetic_score, synthetic_taiwan_applicants
+from tests.webhook import Receiver
 
 SHIFTED = {"limit_bal", "pay_amt1", "education"}
 GRADUATE, UNIVERSITY = 1, 2  # education codes for "graduate school" and "university"
@@ -166,7 +167,8 @@ def test_population_shift_flags_exactly_the_shifted_features(drill: Drill, score
 
 
 def test_cli_drift_on_a_shifted_file_writes_json_and_html(drill: Drill, scorer: Model | None,
-                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          webhook: Receiver) -> None:
     if scorer is None:
         pytest.skip("needs the real taiwan_credit file (the trained project's model)")
     batch = tmp_path / "batch"
@@ -194,6 +196,10 @@ def test_cli_drift_on_a_shifted_file_writes_json_and_html(drill: Drill, scorer: 
     for name in SHIFTED:
         assert f"{summary['features'][name]['psi']:.4f}" in report
     assert "FLAGGED" in capsys.readouterr().out
+    [event] = webhook.events("drift_flagged")  # the webhook names what drifted, by which test, and the report
+    assert event["where"] == [str(out), str(html)] and set(event["details"]["drifted_features"]) == SHIFTED
+    assert event["details"]["fired_by"] == {n: summary["features"][n]["fired_by"] for n in SHIFTED}
+    assert all(name in event["title"] for name in SHIFTED) and "(psi, ks)" in event["text"]
     # without --fail-on-drift the same drift is reported but the exit code stays 0
     assert main(["--params", str(drill.params_file), "drift", str(batch), "--model-uri", scorer.uri,
                  "--output", str(out), "--no-html"]) == 0
@@ -268,7 +274,7 @@ def _scored_file(drill: Drill, scorer: Model, path: Path) -> pd.DataFrame:
 
 def test_cli_performance_joins_outcomes_and_flags_decay(drill: Drill, scorer: Model | None, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch,
-                                                        request: pytest.FixtureRequest) -> None:
+                                                        request: pytest.FixtureRequest, webhook: Receiver) -> None:
     if scorer is None:
         pytest.skip("needs the real taiwan_credit file (the trained project's model)")
     project = request.getfixturevalue("trained_project")
@@ -290,9 +296,15 @@ def test_cli_performance_joins_outcomes_and_flags_decay(drill: Drill, scorer: Mo
     assert [p["period"] for p in summary["periods"]] == ["2026-10", "2026-11"]
     assert sum(b["rows"] for b in summary["overall"]["bands"].values()) == len(outcomes)
     assert "no decay" in md.read_text()
+    assert webhook.received == []  # no decay, no notification
     # outcomes that no longer follow the scores: ROC-AUC ~0.5, far below the model's test ROC-AUC
     shuffled = outcomes.assign(default=outcomes["default"].sample(frac=1, random_state=1).to_numpy())
     shuffled.to_csv(tmp_path / "labels.csv", index=False)
     assert main([*args, "--fail-on-decay"]) == 1
-    assert json.loads(out.read_text())["decay"] is True
+    decayed = json.loads(out.read_text())
+    assert decayed["decay"] is True
+    [event] = webhook.events("performance_decay")  # the webhook is told, naming the figures and the report
+    assert event["severity"] == "critical" and event["where"] == [str(out)]
+    assert event["details"]["roc_auc"] == decayed["overall"]["roc_auc"] and event["dataset"] == "taiwan_credit"
+    assert f"ROC-AUC is {decayed['overall']['roc_auc']}" in event["text"]
     assert main(args) == 0  # decay is reported, but only --fail-on-decay makes it an exit code

@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 
 from src.modeling.register import registration
 from tests.integration.conftest import dvc, free_port, link_data, read_json, sh
+from tests.webhook import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -69,9 +70,9 @@ def store(request: pytest.FixtureRequest) -> str:
 
 
 def test_champion_challenger_gate_rollback_export(repo: Path, store: str, request: pytest.FixtureRequest,
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, webhook: Receiver) -> None:
     server_uri = request.getfixturevalue("mlflow_server") if store == "server" else None
-    env = {"MLOPS_ACTOR": "pytest"}
+    env = {"MLOPS_ACTOR": "pytest", "NOTIFY_WEBHOOK_URL": webhook.url}
     if server_uri:
         env["MLFLOW_TRACKING_URI"] = server_uri
     link_data(repo, "taiwan_credit")
@@ -105,6 +106,11 @@ def test_champion_challenger_gate_rollback_export(repo: Path, store: str, reques
     assert aliases(client) == {"champion": "1", "challenger": "2"}
     v2 = client.get_model_version(MODEL, "2")
     assert v2.tags["gate.decision"] == "failed" and "trails the champion" in v2.tags["gate.reasons"]
+    # the blocked challenger was notified (version 1 passing was not): which version, why, where to look
+    [blocked] = webhook.events()
+    assert blocked["event"] == "gate_blocked" and blocked["details"]["version"] == 2
+    assert blocked["details"]["champion"] == "1" and blocked["details"]["reasons"] == gate2["reasons"]
+    assert blocked["where"][0].endswith("metrics/gate.json") and "champion stays v1" in blocked["text"]
 
     # 3. A better model passes and takes the champion alias.
     dvc(repo, "exp", "run", *BETTER, "-S", "gate.fail_pipeline=false", env=env)

@@ -262,13 +262,17 @@ def test_reproducible_runs_write_identical_bytes(trained_project, raw_rows, tmp_
     assert summary["rows_in"] == summary["scored"] + summary["rejected"] == len(raw_rows)
 
 
-def test_rejects_are_the_validate_stage_rejects_with_reasons(trained_project, raw_rows, tmp_path) -> None:
+def test_rejects_are_the_validate_stage_rejects_with_reasons(trained_project, raw_rows, tmp_path, webhook) -> None:
     bad = typed_defects(raw_rows)
     src = tmp_path / "batch.parquet"
     bad.drop(columns=["default"]).to_parquet(src)
     summary_file = tmp_path / "summary.json"
+    params = cli_params(tmp_path)
+    text = params.read_text(encoding="utf-8")
+    assert "batch_reject_share: 0.05" in text
+    params.write_text(text.replace("batch_reject_share: 0.05", "batch_reject_share: 0.01"), encoding="utf-8")
     batch_main([str(src), "--output", str(tmp_path / "s.parquet"), "--model-uri", str(trained_project.model_dir),
-                  "--summary", str(summary_file), "--params", str(cli_params(tmp_path))])
+                  "--summary", str(summary_file), "--params", str(params)])
     rejects = read(tmp_path / "s.rejects.parquet")
     scored = read(tmp_path / "s.parquet")
     summary = json.loads(summary_file.read_text())
@@ -286,6 +290,14 @@ def test_rejects_are_the_validate_stage_rejects_with_reasons(trained_project, ra
     assert summary["scored"] == len(scored) and summary["rejected"] == len(rejects) == len(DEFECTS)
     assert summary["rejected_per_reason"] == stage.report["rejected_per_reason"]
     assert scored["id"].tolist() == raw_rows.drop(index=sorted(DEFECTS))["id"].tolist()
+
+    # more than notify.batch_reject_share rejected: the webhook is told how many, why, and where they are
+    assert summary["reject_share"] > 0.01  # 5 of 300
+    [event] = webhook.events("batch_rejects")
+    assert event["where"] == [str(tmp_path / "s.rejects.parquet"), str(tmp_path / "s.parquet")]
+    assert event["details"]["rejected"] == len(DEFECTS) and event["details"]["rows_in"] == len(bad)
+    top_reason = next(iter(summary["rejected_per_reason"]))
+    assert top_reason in event["text"] and f"{summary['reject_share']:.1%}" in event["title"]
 
 
 def test_csv_rejects_match_the_stage_reading_the_same_csv(trained_project, job, raw_rows, tmp_path) -> None:
