@@ -17,7 +17,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 PIPENV := $(PYTHON) -m pipenv
 
 .DEFAULT_GOAL := help
-.PHONY: help run test docs pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check retrain image score
+.PHONY: help run test docs pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check retrain image score demo-db snapshot
 
 help:  ## list the targets (this)
 	@echo "make run   and   make test   are all a new user needs; the others:"
@@ -52,6 +52,14 @@ data:  ## link ../shared/data into data/external/
 
 data-download: install  ## fetch the original UCI file by URL (sha256-checked)
 	$(PIPENV) run python -m src.data.ingest --download
+
+TAIWAN_DB_URL ?= sqlite:///data/demo/lender.db
+demo-db: install data  ## the taiwan_db demo: applicants into a database ($$TAIWAN_DB_URL, default a SQLite file), payments into a CSV, snapshot
+	@mkdir -p data/demo
+	TAIWAN_DB_URL='$(TAIWAN_DB_URL)' $(PIPENV) run python -m src.data.demo_db
+
+snapshot: install  ## copy the current profile's SQL source into its raw file (what `dvc repro` then reads)
+	TAIWAN_DB_URL='$(TAIWAN_DB_URL)' $(PIPENV) run python -m src.data.snapshot
 
 repro:  ## dvc repro: run what changed
 	$(PIPENV) run dvc repro

@@ -115,3 +115,13 @@ def ships_elsewhere() -> bool:
 def serve_bind(settings: Settings) -> str:
     """$SERVE_BIND, else serve.bind."""
     return text(SERVE_BIND) or settings.serve.bind
+
+
+def safe_url(url: str) -> str:
+    """A database URL as SQLAlchemy renders it with the password masked (for logs and messages)."""
+    import sqlalchemy as sa  # noqa: PLC0415  (only when a URL is shown: config stays light to import)
+
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return "<unparsable database URL>"

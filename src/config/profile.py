@@ -167,6 +167,33 @@ class DownloadSpec(Strict):
     read_options: dict[str, Any] = Field(default_factory=dict)
 
 
+class SqlSource(Strict):
+    """A table or a query in a database, which ``python -m src.data.snapshot`` copies into ``source.file`` (a
+    Parquet file under data/external/<dataset>/), so the pipeline reads a tracked file and DVC sees a change."""
+
+    url_env: str  # the environment variable holding the SQLAlchemy URL (it holds a password: never in params)
+    table: str | None = None
+    query: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SqlSource:
+        if (self.table is None) == (self.query is None):
+            raise KeyProblem("", "needs exactly one of 'table' and 'query'")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.url_env):
+            raise KeyProblem("url_env", f"is {self.url_env!r}; it must name an environment variable")
+        return self
+
+
+class JoinSpec(Strict):
+    """A second file joined to the source on a key column, one row each (a payment history kept apart from
+    the applicant table, as lenders keep them). A key on one side only is an error, never a lost row."""
+
+    file: str
+    on: str  # the key column, as both sides spell it (a raw column name)
+    format: RawFormat = "csv"
+    read_options: dict[str, Any] = Field(default_factory=dict)
+
+
 class SourceSpec(Strict):
     file: str
     format: RawFormat = "csv"
@@ -175,6 +202,14 @@ class SourceSpec(Strict):
     homepage: str = ""
     instructions: str = ""
     download: DownloadSpec | None = None
+    sql: SqlSource | None = None  # the file is a snapshot of this table or query
+    join: JoinSpec | None = None  # ...joined with this file
+
+    @model_validator(mode="after")
+    def _snapshot_format(self) -> SourceSpec:
+        if self.sql is not None and self.format != "parquet":
+            raise KeyProblem("format", f"is {self.format!r}; a sql source's snapshot is written as parquet")
+        return self
 
 
 class CleanRule(Strict):

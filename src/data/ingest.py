@@ -93,6 +93,33 @@ def read_raw(path: Path, fmt: str, read_options: dict[str, Any]) -> pd.DataFrame
     return df
 
 
+def join_on_key(left: pd.DataFrame, right: pd.DataFrame, key: str, left_name: str, right_name: str,
+                ) -> pd.DataFrame:
+    """One row per key from both sides (left's order); a key missing from a side, repeated, or absent is an
+    error naming the keys, never a row silently lost."""
+    for frame, name in ((left, left_name), (right, right_name)):
+        if key not in frame.columns:
+            raise PipelineError(f"{name} has no column '{key}' to join on (source.join.on); it has "
+                                f"{', '.join(map(str, frame.columns))}")
+        repeated = frame[key][frame[key].duplicated()].unique().tolist()
+        if repeated:
+            raise PipelineError(f"{name}: {len(repeated)} value(s) of '{key}' appear more than once, e.g. "
+                                f"{', '.join(map(str, repeated[:5]))}: the join needs one row per key on each side")
+    shared = [c for c in right.columns if c != key and c in left.columns]
+    if shared:
+        raise PipelineError(f"{left_name} and {right_name} both have column(s) {', '.join(shared)}: "
+                            "each column must come from one side")
+    merged = left.merge(right, on=key, how="outer", indicator=True, sort=False)
+    lost = {"left_only": f"in {left_name} but not {right_name}", "right_only": f"in {right_name} but not {left_name}"}
+    problems = [f"{int((merged['_merge'] == side).sum())} {key}(s) {words}, e.g. "
+                f"{', '.join(map(str, merged.loc[merged['_merge'] == side, key].head(5)))}"
+                for side, words in lost.items() if (merged["_merge"] == side).any()]
+    if problems:
+        raise PipelineError(f"joining {left_name} and {right_name} on {key} would lose rows: {'; '.join(problems)}")
+    log.info("joined %s and %s on %s: %d rows", left_name, right_name, key, len(merged))
+    return merged.drop(columns="_merge")
+
+
 def conform_columns(df: pd.DataFrame, profile: Profile, source: str = "raw file") -> pd.DataFrame:
     """Rename raw columns to the profile's names; fail naming missing and unexpected columns."""
     unexpected = [c for c in df.columns if c not in profile.rename]
@@ -204,6 +231,13 @@ def run(settings: Settings) -> pd.DataFrame:
         if got != expected:
             log.warning("%s has sha256 %s, not the reference copy's %s: figures may differ from the docs",
                         path.name, got, expected)
+    join = settings.profile.source.join
+    if join is not None:
+        other = settings.external_dir / join.file
+        if not other.is_file():
+            raise PipelineError(f"no file {other.relative_to(settings.paths.root)} to join on {join.on} (source.join "
+                                f"of profile '{settings.dataset}'). {settings.profile.source.instructions}")
+        raw = join_on_key(raw, read_raw(other, join.format, join.read_options), join.on, path.name, other.name)
     table = ingest(raw, settings.profile, settings.ingest.sample_rows, settings.ingest.sample_seed,
                    source=str(path.relative_to(settings.paths.root)))
     write_table(table, settings.raw_table)

@@ -22,8 +22,9 @@ from mlflow.exceptions import MlflowException
 
 from src.common import PipelineError
 from src.config import Profile, Settings, env
+from src.config.env import safe_url
 from src.data.schemas import build_schema, normalise, schema_failures
-from src.scoring.logdb import make_engine, predictions, safe_url
+from src.scoring.logdb import make_engine, predictions
 from src.scoring.model_store import load_model as load_served
 
 log = logging.getLogger(__name__)

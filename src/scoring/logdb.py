@@ -181,14 +181,6 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError | OSError)
 
 
-def safe_url(url: str) -> str:
-    """The URL as SQLAlchemy renders it with the password masked (for logs and messages)."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except (sa.exc.ArgumentError, ValueError):
-        return "<unparsable database URL>"
-
-
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

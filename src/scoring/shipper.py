@@ -30,13 +30,13 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.engine import Engine
 
+from src.config.env import safe_url
 from src.scoring.logdb import (
     Entry,
     FastInsert,
     create_tables,
     first_line,
     make_engine,
-    safe_url,
     shipped_offsets,
     spool_offsets,
     transient,

@@ -30,7 +30,8 @@ def _build(params: dict, tmp_path: Path):
 
 
 def test_all_datasets_in_conftest_are_profiles(params):
-    assert set(ALL_DATASETS) == set(params["profiles"])
+    # taiwan_db is taiwan_credit read from a database (tests/integration/test_sql_source.py)
+    assert set(ALL_DATASETS) | {"taiwan_db"} == set(params["profiles"])
 
 
 @pytest.mark.parametrize("dataset", PROFILES)
@@ -260,6 +261,26 @@ def test_build_profile_directly_reports_profile_name():
     raw["features"]["fico"]["min"] = 900
     with pytest.raises(ConfigError, match=re.escape("profiles.my_copy.features.fico")):
         build_profile("my_copy", raw)
+
+
+@pytest.mark.parametrize(("sql", "fmt", "message"), [
+    ({"url_env": "DB_URL"}, "parquet", "'profiles.taiwan_db.source.sql' needs exactly one of 'table' and 'query'"),
+    ({"url_env": "DB_URL", "table": "t", "query": "select 1"}, "parquet", "exactly one of 'table' and 'query'"),
+    ({"url_env": "postgresql://u:p@h/db", "table": "t"}, "parquet", "source.sql.url_env"),
+    ({"url_env": "DB_URL", "table": "t"}, "csv", "source.format"),
+])
+def test_a_bad_sql_source_is_an_error_naming_its_key(sql, fmt, message):
+    raw = copy.deepcopy(PARAMS["profiles"]["taiwan_db"])
+    raw["source"] = {**raw["source"], "sql": sql, "format": fmt}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_profile("taiwan_db", raw)
+
+
+def test_the_demo_profile_is_taiwan_credit_read_from_a_table_and_a_file():
+    demo, plain = (build_profile(name, PARAMS["profiles"][name]) for name in ("taiwan_db", "taiwan_credit"))
+    assert demo.source.sql.table == "applicants" and demo.source.sql.url_env == "TAIWAN_DB_URL"
+    assert demo.source.join.file == "payments.csv" and demo.source.join.on == "ID"
+    assert demo.model_dump(exclude={"name", "title", "source"}) == plain.model_dump(exclude={"name", "title", "source"})
 
 
 # --- YAML 1.2 reading (DVC rewrites params.yaml without quotes) --------------------------------------

@@ -275,3 +275,33 @@ def test_risk_flag_real_unlabeled_file_reports_missing_target(tmp_path):
     raw = read_raw(real_file("risk_flag"), "csv", {})
     with pytest.raises(PipelineError, match="missing columns: Risk_Flag"):
         ingest(raw, profile)
+
+
+# --- a source joined with a second file on a key (source.join) ---------------------------------------------
+
+
+def _sides() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """SYNTHETIC applicant profiles and payment histories, keyed by ID (the payments in another order)."""
+    left = pd.DataFrame({"ID": [1, 2, 3, 4], "LIMIT_BAL": [1e4, 2e4, 3e4, 4e4]})
+    right = pd.DataFrame({"ID": [3, 1, 4, 2], "PAY_0": [0, -1, 2, 1]})
+    return left, right
+
+
+def test_join_keeps_the_left_order_and_one_row_per_key() -> None:
+    left, right = _sides()
+    joined = ingest_mod.join_on_key(left, right, "ID", "applicants", "payments.csv")
+    assert joined.to_dict("list") == {"ID": [1, 2, 3, 4], "LIMIT_BAL": [1e4, 2e4, 3e4, 4e4], "PAY_0": [-1, 1, 0, 2]}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda left, r: (left, r[r["ID"] != 4]), "1 ID(s) in applicants but not payments.csv, e.g. 4"),
+    (lambda left, r: (left[left["ID"] > 2], r), "2 ID(s) in payments.csv but not applicants, e.g. 1, 2"),
+    (lambda left, r: (left, pd.concat([r, r.head(1)])),
+     "payments.csv: 1 value(s) of 'ID' appear more than once, e.g. 3"),
+    (lambda left, r: (left, r.rename(columns={"ID": "id"})), "payments.csv has no column 'ID' to join on"),
+    (lambda left, r: (left, r.assign(LIMIT_BAL=1.0)), "both have column(s) LIMIT_BAL"),
+])
+def test_a_join_that_would_lose_or_invent_rows_is_an_error_naming_the_keys(change, message) -> None:
+    left, right = change(*_sides())
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        ingest_mod.join_on_key(left, right, "ID", "applicants", "payments.csv")

@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from src.config.env import default_spool_dir
+from src.config.env import default_spool_dir, safe_url
 from src.scoring import spool as spool_module
-from src.scoring.logdb import COLUMNS, FastInsert, create_tables, make_engine, predictions, safe_url, transient
+from src.scoring.logdb import COLUMNS, FastInsert, create_tables, make_engine, predictions, transient
 from src.scoring.predlog import PredictionLog, new_request_id
 from src.scoring.shipper import REJECTED, Shipper
 from src.scoring.spool import SUFFIX, SpoolWriter, encode
