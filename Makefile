@@ -17,7 +17,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 PIPENV := $(PYTHON) -m pipenv
 
 .DEFAULT_GOAL := help
-.PHONY: help run test docs pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check retrain image score demo-db snapshot
+.PHONY: help run test docs pipenv install install-dev data data-download repro metrics lint bench clean mlflow-ui registry serve checkov infra-check retrain image score demo-db snapshot flows
 
 help:  ## list the targets (this)
 	@echo "make run   and   make test   are all a new user needs; the others:"
@@ -60,6 +60,10 @@ demo-db: install data  ## the taiwan_db demo: applicants into a database ($$TAIW
 
 snapshot: install  ## copy the current profile's SQL source into its raw file (what `dvc repro` then reads)
 	TAIWAN_DB_URL='$(TAIWAN_DB_URL)' $(PIPENV) run python -m src.data.snapshot
+
+PREFECT_PORT ?= 4200
+flows: install  ## a local Prefect server (SQLite under .prefect/, UI on PREFECT_PORT) serving the scheduled flows
+	PREFECT_HOME='$(CURDIR)/.prefect' $(PIPENV) run python -m src.flows serve --with-server --port $(PREFECT_PORT)
 
 repro:  ## dvc repro: run what changed
 	$(PIPENV) run dvc repro

@@ -279,3 +279,26 @@ class NotifySettings(Strict):
     timeout_seconds: float = Field(5.0, gt=0, le=60)  # per delivery attempt
     attempts: int = Field(3, ge=1, le=10)  # a failed POST (network, 5xx) is retried, with backoff
     batch_reject_share: float = Field(0.05, ge=0, le=1)  # a batch run rejecting more than this share notifies
+
+
+class FlowsSettings(Strict):
+    """The scheduled flows (``python -m src.flows``, Prefect): where new applicants land, where each day's scores
+    go, where matured outcomes arrive, and when each flow runs."""
+
+    inbox: str = "data/inbox"  # new applicant files (CSV/Parquet) land here: a folder or an s3:// prefix
+    outbox: str = "data/daily"  # <outbox>/<run date>/...: each day's scores, rejects and drift; <outbox>/_ledger
+    outcomes: str | None = None  # matured outcomes (id + the profile's target) for the monitor flow; None: none yet
+    log_window_hours: float = Field(24.0, gt=0)  # the monitor flow's prediction-log window, ending at the run
+    batch_cron: str = "0 2 * * *"  # daily batch (the monitor flow runs right after each)
+    retrain_cron: str = "0 3 * * 1"  # weekly retrain
+    timezone: str = "UTC"
+    task_retries: int = Field(2, ge=0, le=10)  # tasks that touch a store or the network: retried this often
+    task_retry_seconds: float = Field(10.0, ge=0)
+    task_timeout_seconds: float = Field(3600.0, gt=0)
+
+    @field_validator("batch_cron", "retrain_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a cron expression (five fields: minute hour day month weekday)")
+        return value

@@ -21,6 +21,7 @@ from src.config.sections import (
     DeploySettings,
     EvaluateSettings,
     FairnessSettings,
+    FlowsSettings,
     GateSettings,
     IngestSettings,
     MlflowSettings,
@@ -59,6 +60,7 @@ class ParamsFile(Strict):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    flows: FlowsSettings = Field(default_factory=FlowsSettings)
     profiles: dict[str, Any]
 
 
@@ -96,6 +98,7 @@ class Settings:
     batch: BatchSettings = field(default_factory=BatchSettings)
     fairness: FairnessSettings = field(default_factory=FairnessSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    flows: FlowsSettings = field(default_factory=FlowsSettings)
 
     @property
     def registered_model_name(self) -> str:
@@ -181,6 +184,7 @@ def settings_from_dict(params: Any, root: Path) -> Settings:
         threshold=parsed.threshold, evaluate=parsed.evaluate, mlflow=parsed.mlflow, gate=parsed.gate,
         serve=parsed.serve, raw=params, deploy=parsed.deploy, retrain=parsed.retrain,
         monitoring=parsed.monitoring, batch=parsed.batch, fairness=parsed.fairness, notify=parsed.notify,
+        flows=parsed.flows,
     )
 
 
