@@ -29,7 +29,7 @@ import yaml
 
 from src.config import load_settings
 from src.flows import daily
-from tests.conftest import ROOT, TrainedProject, load_params
+from tests.conftest import ROOT, TrainedProject, load_params, plain_rows
 from tests.integration.conftest import tool_env
 from tests.integration.test_drift_drill import SHIFTED, population_shift
 from tests.net import free_port
@@ -214,3 +214,26 @@ def test_make_flows_serves_the_scheduled_deployments_on_a_local_server(tmp_path:
     assert proc.returncode is not None
     with pytest.raises(requests.RequestException):
         requests.post(url, json={}, timeout=2)
+
+
+def test_monitor_checks_the_prediction_log_window_of_its_day(project: Path, trained_project: TrainedProject) -> None:
+    """Decisions the service logged today are compared with the reference too (metrics/drift_log.json)."""
+    from src.flows.flows import monitor, today  # noqa: PLC0415
+    from src.scoring.model_store import load_model as load_served  # noqa: PLC0415
+    from src.scoring.predlog import PredictionLog, new_request_id  # noqa: PLC0415
+
+    settings = trained_project.settings
+    served = load_served(str(trained_project.model_dir), settings)
+    rows = plain_rows(applicants(project), settings.profile)
+    log = PredictionLog(f"sqlite:///{project / 'predictions.db'}", project / "spool")
+    for start in range(0, len(rows), 50):
+        batch = rows[start:start + 50]
+        log.submit(new_request_id(), "api", served.name, served.version, batch, served.scorer.score(batch))
+    assert log.flush()
+    log.dispose()
+
+    result = monitor(run_date=today(), params=str(project / "params.yaml"))
+    assert result["batch_drift"] is None  # no batch that day
+    assert result["log_drift"]["rows"] == len(rows) and result["log_drift"]["flag"] is False
+    written = json.loads((project / "metrics" / "drift_log.json").read_text())
+    assert written["n_batch"] == len(rows) and written["batch"]["scores_from"] == "batch"

@@ -1,6 +1,7 @@
 """The retraining loop end to end: real DVC, the embedded MLflow registry, a real gunicorn to reload.
 
-One scenario on a fresh copy of the project (4,000 real taiwan_credit rows):
+One scenario on a fresh copy of the project (4,000 real taiwan_credit rows), its last two passes
+run as the Prefect retrain flow (src/flows):
 first pass registers the first champion with no service running; a running service
 pinned to the champion alias is then moved to each new champion by the next passes;
 a wrong token fails the pass at the reload step (previous model keeps serving) and the
@@ -32,9 +33,13 @@ def set_param(repo: Path, key: str, value: object) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def retrain(repo: Path, *args: str, token: str | None = None) -> tuple[subprocess.CompletedProcess[str], Any]:
+def retrain(repo: Path, *args: str, token: str | None = None, flow: bool = False,
+            ) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """One pass: ``python -m src.modeling.retrain`` (what `make retrain` runs), or with ``flow`` the retrain
+    flow (``python -m src.flows run retrain``, what the schedule and the GitHub workflow run): one loop."""
     env = {"ADMIN_TOKEN": token} if token else {}
-    proc = sh(repo, sys.executable, "-m", "src.modeling.retrain", *args, check=False, env=env)
+    command = ["-m", "src.flows", "run", "retrain"] if flow else ["-m", "src.modeling.retrain"]
+    proc = sh(repo, sys.executable, *command, *args, check=False, env=env)
     summary = json.loads(proc.stdout) if proc.returncode == 0 else None
     return proc, summary
 
@@ -74,7 +79,8 @@ def test_retrain_loop_promotes_pushes_and_reloads(repo: Path, tmp_path: Path) ->
         assert served_version(url) == "1"
 
         # 3. Nothing new to train: repro is a no-op, yet the service is brought onto the champion.
-        proc, again = retrain(repo, "--no-pull", "--no-push", "--reload-url", url, token=server.token)
+        #    (This pass and the next run as the Prefect retrain flow: the same loop, the same summary.)
+        proc, again = retrain(repo, "--no-pull", "--no-push", "--reload-url", url, token=server.token, flow=True)
         assert proc.returncode == 0, proc.stderr
         assert not again["promoted"] and again["champion_before"] == again["champion_after"] == "2"
         assert again["reload"] == f"reloaded: {url} serves version 2"
@@ -83,7 +89,7 @@ def test_retrain_loop_promotes_pushes_and_reloads(repo: Path, tmp_path: Path) ->
         # 4. New data that fails the gate (an impossible AUC floor): registered, not promoted, not served.
         set_param(repo, "sample_seed", 11)
         set_param(repo, "min_roc_auc", 0.99)
-        proc, failed = retrain(repo, "--no-pull", "--no-push", "--reload-url", url, token=server.token)
+        proc, failed = retrain(repo, "--no-pull", "--no-push", "--reload-url", url, token=server.token, flow=True)
         assert proc.returncode == 0, proc.stderr
         assert failed["gate"]["decision"] == "failed" and failed["gate"]["version"] == 3
         assert not failed["promoted"] and failed["champion_after"] == "2"
