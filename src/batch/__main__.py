@@ -22,9 +22,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from src import notify
 from src.batch.inputs import InputError
-from src.batch.run import load_job, score_batch, stable_summary
+from src.batch.run import load_job, rejects_event, score_batch, stable_summary
 from src.common import PipelineError, setup_logging, write_json
-from src.config import ConfigError, Settings, load_settings
+from src.config import ConfigError, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +95,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if summary["reject_share"] > settings.notify.batch_reject_share:
         notify.send(rejects_event(summary, settings), settings.notify)
     return summary
-
-
-def rejects_event(summary: dict[str, Any], settings: Settings) -> notify.Event:
-    """A batch that rejected more than notify.batch_reject_share of its rows: how many, why, and where they are."""
-    reasons = "; ".join(f"{reason} ({count:,})" for reason, count in list(summary["rejected_per_reason"].items())[:5])
-    return notify.Event(
-        "batch_rejects", "warning",
-        f"Batch rejected {summary['reject_share']:.1%} of {summary['input']}",
-        f"{summary['rejected']:,} of {summary['rows_in']:,} rows failed validation (more than "
-        f"notify.batch_reject_share = {settings.notify.batch_reject_share:g}) and were not scored: {reasons}.",
-        where=[summary["rejects"], summary["output"]],
-        details={key: summary[key] for key in ("rows_in", "scored", "rejected", "reject_share",
-                                               "rejected_per_reason")}, dataset=settings.dataset)
 
 
 def write_summary(url: str, summary: dict[str, Any]) -> None:

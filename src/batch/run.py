@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from src import notify
 from src.batch.chunk import BatchJob
 from src.batch.engine_pandas import default_rejects, run_pandas
 from src.batch.inputs import InputError, plan_inputs
@@ -90,3 +91,16 @@ def load_job(settings: Settings, model_uri: str | None, *, top_reasons: int = 0,
                     scored_at=pd.Timestamp.now(tz="UTC").floor("us"), id_kind=None,
                     top_reasons=min(top_reasons, len(scorer.columns)), include_features=include_features,
                     reproducible=reproducible, adverse_action=adverse_action)
+
+
+def rejects_event(summary: dict[str, Any], settings: Settings) -> notify.Event:
+    """A batch that rejected more than notify.batch_reject_share of its rows: how many, why, and where they are."""
+    reasons = "; ".join(f"{reason} ({count:,})" for reason, count in list(summary["rejected_per_reason"].items())[:5])
+    return notify.Event(
+        "batch_rejects", "warning",
+        f"Batch rejected {summary['reject_share']:.1%} of {summary['input']}",
+        f"{summary['rejected']:,} of {summary['rows_in']:,} rows failed validation (more than "
+        f"notify.batch_reject_share = {settings.notify.batch_reject_share:g}) and were not scored: {reasons}.",
+        where=[summary["rejects"], summary["output"]],
+        details={key: summary[key] for key in ("rows_in", "scored", "rejected", "reject_share",
+                                               "rejected_per_reason")}, dataset=settings.dataset)

@@ -125,6 +125,7 @@ def score_file(url: str, run_date: str, inbox: str, outbox: str, job: BatchJob, 
         raise RuntimeError(f"{url}: rows do not reconcile: {summary['rows_in']} != "
                            f"{summary['scored']} + {summary['rejected']}")
     record.update(status=DONE, rows_in=summary["rows_in"], scored=summary["scored"], rejected=summary["rejected"],
+                  reject_share=summary["reject_share"], rejected_per_reason=summary["rejected_per_reason"],
                   model={"name": job.model_name, "version": job.model_version},
                   done_at=datetime.now(UTC).isoformat(timespec="seconds"))
     write_record(outbox, record)

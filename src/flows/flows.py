@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from src import notify
 from src.batch.chunk import BatchJob
-from src.batch.run import load_job
+from src.batch.run import load_job, rejects_event
 from src.common import write_json
 from src.config import BatchSettings, Settings, env, load_settings
 from src.flows import daily
@@ -130,8 +130,10 @@ def daily_batch(run_date: str | None = None, params: str = "params.yaml", monito
     if todo:
         job = load_job(settings, None)
         for url in todo:
-            daily.add(result, _with_retries(score_one, settings)(url, day, f.inbox, f.outbox, job, settings.batch,
-                                                                 ledger))
+            record = _with_retries(score_one, settings)(url, day, f.inbox, f.outbox, job, settings.batch, ledger)
+            daily.add(result, record)
+            if record["reject_share"] > settings.notify.batch_reject_share:
+                notify.send(rejects_event({**record, "input": url}, settings), settings.notify)
     summary = result.as_dict()
     log.info("daily batch %s: %d file(s) scored (%d rows in, %d scored, %d rejected); %d already scored",
              day, summary["files_scored"], result.rows_in, result.rows_scored, result.rows_rejected,

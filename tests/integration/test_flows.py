@@ -73,10 +73,13 @@ def land(project: Path, name: str, rows: pd.DataFrame) -> str:
     return f"file://{path}"
 
 
-def test_the_daily_batch_scores_every_file_exactly_once_over_three_days(project: Path) -> None:
+def test_the_daily_batch_scores_every_file_exactly_once_over_three_days(project: Path, webhook: Receiver) -> None:
     from src.flows.flows import daily_batch  # noqa: PLC0415
 
     params = str(project / "params.yaml")
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["notify"]["batch_reject_share"] = 0.02  # c.csv below rejects 1 of its 41 rows
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     rows = applicants(project)
     defect = rows.iloc[[200]].assign(pay_0=15)  # outside [-2, 9]: rejected, with its reason
     a = land(project, "a.csv", rows.iloc[:100].drop(columns=["default"]))
@@ -106,6 +109,9 @@ def test_the_daily_batch_scores_every_file_exactly_once_over_three_days(project:
     assert by_input[d]["run_date"] == "2026-12-01"  # its claimed day: the partial output is replaced
     assert by_input[c]["rejected"] == 1 and by_input[c]["scored"] == 40
     assert day2["rows_in"] == 60 + 41 + 30 == day2["scored"] + day2["rejected"]
+    [rejects] = webhook.events("batch_rejects")  # the one file over notify.batch_reject_share
+    assert rejects["title"] == f"Batch rejected 2.4% of {c}" and "pay_0" in rejects["text"]
+    assert rejects["where"] == [by_input[c]["rejects"], by_input[c]["output"]]
 
     day3 = daily_batch(run_date="2026-12-03", params=params, monitor_after=False)
     assert day3["files_scored"] == 0 and day3["rows_in"] == 0
