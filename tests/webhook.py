@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.net import HOST, free_port
+from tests.net import HOST, free_port, serving
 
 
 @dataclass
@@ -62,11 +62,5 @@ def receiving() -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:  # quiet
             return
 
-    server = ThreadingHTTPServer((HOST, port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(ThreadingHTTPServer((HOST, port), Handler)):
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()

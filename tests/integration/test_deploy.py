@@ -30,6 +30,7 @@ from werkzeug.serving import make_server
 
 from tests.conftest import ROOT
 from tests.integration.conftest import sh
+from tests.net import serving
 
 pytestmark = pytest.mark.integration
 
@@ -176,15 +177,9 @@ def stand_in(healthy: set[str], broken: str = "not-ready") -> Iterator[StandIn]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as server:
+        state.url = f"http://127.0.0.1:{server.server_address[1]}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # --- ensure-registry ----------------------------------------------------------------------------------
