@@ -243,3 +243,32 @@ def test_monitor_checks_the_prediction_log_window_of_its_day(project: Path, trai
     assert result["log_drift"]["rows"] == len(rows) and result["log_drift"]["flag"] is False
     written = json.loads((project / "metrics" / "drift_log.json").read_text())
     assert written["n_batch"] == len(rows) and written["batch"]["scores_from"] == "batch"
+
+
+def test_the_daily_batch_reads_and_records_on_s3(project: Path, moto_server: str) -> None:
+    """Inbox, outputs and ledger as s3:// prefixes (a real moto S3 server): each file scored once there too."""
+    import boto3  # noqa: PLC0415
+
+    from src.flows.flows import daily_batch  # noqa: PLC0415
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="lender")
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["flows"].update({"inbox": "s3://lender/inbox", "outbox": "s3://lender/daily"})
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    rows = applicants(project).drop(columns=["default"])
+    for name, part in (("north.csv", rows.iloc[:80]), ("south.csv", rows.iloc[80:200])):
+        s3.put_object(Bucket="lender", Key=f"inbox/{name}", Body=part.to_csv(index=False).encode())
+
+    first = daily_batch(run_date="2026-12-07", params=str(project / "params.yaml"), monitor_after=False)
+    assert first["files_scored"] == 2 and first["rows_in"] == first["scored"] == 200
+    again = daily_batch(run_date="2026-12-08", params=str(project / "params.yaml"), monitor_after=False)
+    assert again["files_scored"] == 0
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="lender", Prefix="daily/")["Contents"])
+    assert [k for k in keys if k.startswith("daily/2026-12-07/")] == [
+        "daily/2026-12-07/north.parquet", "daily/2026-12-07/north.rejects.parquet",
+        "daily/2026-12-07/south.parquet", "daily/2026-12-07/south.rejects.parquet"]
+    assert len([k for k in keys if k.startswith("daily/_ledger/")]) == 2
+    ledger = daily.read_ledger("s3://lender/daily")
+    assert {r["scored"] for r in ledger.values()} == {80, 120}
+    assert all(r["status"] == daily.DONE for r in ledger.values())
