@@ -33,6 +33,7 @@ from src.batch.run import load_job, rejects_event
 from src.common import write_json
 from src.config import BatchSettings, Settings, env, load_settings
 from src.flows import daily
+from src.modeling.fairness import groups_of
 from src.modeling.retrain import TOKEN_ENV, retrain
 from src.monitoring.drift import drift_event, run_drift
 from src.monitoring.performance import run_performance
@@ -173,15 +174,33 @@ def monitor(run_date: str | None = None, params: str = "params.yaml") -> dict[st
 
 
 def performance_check(settings: Settings, outcomes: str) -> dict[str, Any]:
-    """Every scored day's rows joined with the matured outcomes: ROC-AUC against the model's, decay notified."""
+    """Every scored day's rows joined with the matured outcomes: ROC-AUC against the model's and approval rates by
+    protected group against the four-fifths floor; decay and a breached floor are notified."""
     records = [r for r in daily.read_ledger(settings.flows.outbox).values() if r["status"] == daily.DONE]
     if not records:
         return {"skipped": "nothing scored yet"}
     scored = pd.concat([read_frame(r["output"]) for r in records], ignore_index=True)
-    summary = run_performance(settings, scored, settings.flows.outbox, read_frame(outcomes), outcomes, "id",
-                              settings.profile.target_column, None, None, ())
+    labels = read_frame(outcomes)
+    # Protected attributes the outcomes file holds (as lenders keep them, apart from the application): the
+    # approval rate of each group (numeric ones in the profile's bands) against the most approved group's.
+    by = [name for name in settings.profile.protected if name in labels.columns]
+    for name in by:
+        labels[name] = groups_of(labels[name], settings.profile.protected[name])
+    summary = run_performance(settings, scored, settings.flows.outbox, labels, outcomes, "id",
+                              settings.profile.target_column, None, None, tuple(by))
     output = settings.paths.metrics / "performance.json"
     write_json(output, summary)
+    floor = settings.gate.fairness.min_adverse_impact_ratio
+    breaches = [{"column": column, "group": g["group"], "approval_ratio": g["approval_ratio"]}
+                for column, groups in (summary.get("by") or {}).items() for g in groups
+                if g.get("approval_ratio") is not None and g["approval_ratio"] < floor]
+    if breaches:
+        named = "; ".join(f"{b['column']} = {b['group']}: {b['approval_ratio']:.2f}" for b in breaches)
+        notify.send(notify.Event(
+            "fairness_floor", "critical", f"Approval rates below four fifths on {settings.dataset}",
+            f"On matured outcomes, these groups are approved at less than {floor:g} of the most approved group's "
+            f"rate (gate.fairness.min_adverse_impact_ratio): {named}.", where=[str(output), "docs/fairness.md"],
+            details={"floor": floor, "breaches": breaches}, dataset=settings.dataset), settings.notify)
     if summary["decay"]:
         o = summary["overall"]
         notify.send(notify.Event(
@@ -191,7 +210,7 @@ def performance_check(settings: Settings, outcomes: str) -> dict[str, Any]:
             details={"roc_auc": o["roc_auc"], "reference_roc_auc": summary["reference"]["roc_auc"]},
             dataset=settings.dataset), settings.notify)
     return {"decay": summary["decay"], "roc_auc": summary["overall"]["roc_auc"],
-            "matched": summary["counts"]["matched"]}
+            "matched": summary["counts"]["matched"], "fairness_breaches": breaches}
 
 
 @flow(name="retrain", on_failure=[notify_failure])

@@ -135,7 +135,10 @@ def test_monitor_after_the_batch_is_quiet_on_the_test_split_and_flags_a_shift(pr
     params = str(project / "params.yaml")
     rows = applicants(project)
     outcomes = project / "outcomes.csv"
-    rows[["id", "default"]].to_csv(outcomes, index=False)
+    # SYNTHETIC group labels (sex, held apart from the application as lenders keep it): the riskiest third of
+    # the applicants are "female", so that group's approval rate falls under four fifths of the other's
+    risky = rows["pay_0"].rank(method="first") > len(rows) * 2 / 3
+    rows.assign(sex=risky.map({True: 2, False: 1}))[["id", "default", "sex"]].to_csv(outcomes, index=False)
     settings_file = project / "params.yaml"
     raw = yaml.safe_load(settings_file.read_text())
     raw["flows"]["outcomes"] = "outcomes.csv"
@@ -148,6 +151,10 @@ def test_monitor_after_the_batch_is_quiet_on_the_test_split_and_flags_a_shift(pr
     assert monitor["log_drift"] is None  # nothing served: the log window is skipped
     assert monitor["performance"]["matched"] == len(rows) and monitor["performance"]["roc_auc"] > 0.65
     assert webhook.events("drift_flagged") == []
+    [breach] = monitor["performance"]["fairness_breaches"]
+    assert breach["column"] == "sex" and breach["group"] == "female" and breach["approval_ratio"] < 0.8
+    [fairness] = webhook.events("fairness_floor")
+    assert "sex = female" in fairness["text"] and fairness["details"]["floor"] == 0.8
     metrics = project / "metrics"
     assert json.loads((metrics / "drift.json").read_text())["flag"] is False
     assert json.loads((metrics / "performance.json").read_text())["counts"]["matched"] == len(rows)
