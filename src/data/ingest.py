@@ -109,15 +109,17 @@ def join_on_key(left: pd.DataFrame, right: pd.DataFrame, key: str, left_name: st
     if shared:
         raise PipelineError(f"{left_name} and {right_name} both have column(s) {', '.join(shared)}: "
                             "each column must come from one side")
-    merged = left.merge(right, on=key, how="outer", indicator=True, sort=False)
-    lost = {"left_only": f"in {left_name} but not {right_name}", "right_only": f"in {right_name} but not {left_name}"}
-    problems = [f"{int((merged['_merge'] == side).sum())} {key}(s) {words}, e.g. "
-                f"{', '.join(map(str, merged.loc[merged['_merge'] == side, key].head(5)))}"
-                for side, words in lost.items() if (merged["_merge"] == side).any()]
+    problems = []
+    for keys, others, words in ((left[key], right[key], f"in {left_name} but not {right_name}"),
+                                (right[key], left[key], f"in {right_name} but not {left_name}")):
+        alone = keys[~keys.isin(others)]
+        if len(alone):
+            problems.append(f"{len(alone)} {key}(s) {words}, e.g. {', '.join(map(str, alone.head(5)))}")
     if problems:
         raise PipelineError(f"joining {left_name} and {right_name} on {key} would lose rows: {'; '.join(problems)}")
+    merged = left.merge(right, on=key, how="left", validate="one_to_one")  # the left side's row order
     log.info("joined %s and %s on %s: %d rows", left_name, right_name, key, len(merged))
-    return merged.drop(columns="_merge")
+    return merged
 
 
 def conform_columns(df: pd.DataFrame, profile: Profile, source: str = "raw file") -> pd.DataFrame:

@@ -70,12 +70,12 @@ def write_record(outbox: str, record: dict[str, Any]) -> None:
 
 
 def output_name(url: str, inbox: str) -> str:
-    """The input's path under the inbox, flattened: ``2026/12/a.csv`` -> ``2026__12__a``."""
+    """The input's path under the inbox, flattened and whole (``2026/12/a.csv`` -> ``2026__12__a.csv``), so
+    two inputs never share an output (a.csv and a.parquet)."""
     _, root = fsspec.core.url_to_fs(inbox)
     _, path = fsspec.core.url_to_fs(url)
     relative = PurePosixPath(path).relative_to(root) if path != root else PurePosixPath(PurePosixPath(path).name)
-    stem = str(relative).split(".")[0]
-    return stem.replace("/", "__")
+    return str(relative).replace("/", "__")
 
 
 @dataclass

@@ -99,8 +99,8 @@ def test_the_daily_batch_scores_every_file_exactly_once_over_three_days(project:
     d = land(project, "d.csv", rows.iloc[300:330].drop(columns=["default"]))
     outbox = str(project / "daily")
     daily.write_record(outbox, {"input": d, "run_date": "2026-12-01", "status": daily.CLAIMED,
-                                "output": f"{outbox}/2026-12-01/d.parquet"})
-    (project / "daily" / "2026-12-01" / "d.parquet").write_bytes(b"half a parquet file")
+                                "output": f"{outbox}/2026-12-01/d.csv.parquet"})
+    (project / "daily" / "2026-12-01" / "d.csv.parquet").write_bytes(b"half a parquet file")
 
     day2 = daily_batch(run_date="2026-12-02", params=params, monitor_after=False)
     assert sorted(f["input"] for f in day2["files"]) == sorted([late, c, d])
@@ -273,8 +273,8 @@ def test_the_daily_batch_reads_and_records_on_s3(project: Path, moto_server: str
     assert again["files_scored"] == 0
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="lender", Prefix="daily/")["Contents"])
     assert [k for k in keys if k.startswith("daily/2026-12-07/")] == [
-        "daily/2026-12-07/north.parquet", "daily/2026-12-07/north.rejects.parquet",
-        "daily/2026-12-07/south.parquet", "daily/2026-12-07/south.rejects.parquet"]
+        "daily/2026-12-07/north.csv.parquet", "daily/2026-12-07/north.csv.rejects.parquet",
+        "daily/2026-12-07/south.csv.parquet", "daily/2026-12-07/south.csv.rejects.parquet"]
     assert len([k for k in keys if k.startswith("daily/_ledger/")]) == 2
     ledger = daily.read_ledger("s3://lender/daily")
     assert {r["scored"] for r in ledger.values()} == {80, 120}

@@ -282,7 +282,7 @@ def test_risk_flag_real_unlabeled_file_reports_missing_target(tmp_path):
 
 def _sides() -> tuple[pd.DataFrame, pd.DataFrame]:
     """SYNTHETIC applicant profiles and payment histories, keyed by ID (the payments in another order)."""
-    left = pd.DataFrame({"ID": [1, 2, 3, 4], "LIMIT_BAL": [1e4, 2e4, 3e4, 4e4]})
+    left = pd.DataFrame({"ID": [2, 1, 3, 4], "LIMIT_BAL": [2e4, 1e4, 3e4, 4e4]})
     right = pd.DataFrame({"ID": [3, 1, 4, 2], "PAY_0": [0, -1, 2, 1]})
     return left, right
 
@@ -290,7 +290,7 @@ def _sides() -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_join_keeps_the_left_order_and_one_row_per_key() -> None:
     left, right = _sides()
     joined = ingest_mod.join_on_key(left, right, "ID", "applicants", "payments.csv")
-    assert joined.to_dict("list") == {"ID": [1, 2, 3, 4], "LIMIT_BAL": [1e4, 2e4, 3e4, 4e4], "PAY_0": [-1, 1, 0, 2]}
+    assert joined.to_dict("list") == {"ID": [2, 1, 3, 4], "LIMIT_BAL": [2e4, 1e4, 3e4, 4e4], "PAY_0": [1, -1, 0, 2]}
 
 
 @pytest.mark.parametrize(("change", "message"), [
