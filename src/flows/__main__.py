@@ -56,7 +56,7 @@ def run_flow(args: argparse.Namespace) -> dict:
         try:
             date.fromisoformat(args.date)
         except ValueError:
-            raise ConfigError(f"--date must be YYYY-MM-DD, got {args.date!r}") from None
+            raise ConfigError(f"--date must be YYYY-MM-DD, got {args.date!r}") from None  # before Prefect starts
     if args.flow == "daily-batch":
         return daily_batch(run_date=args.date, params=args.params, monitor_after=not args.no_monitor)
     if args.flow == "monitor":

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -132,17 +132,6 @@ def score_file(url: str, run_date: str, inbox: str, outbox: str, job: BatchJob, 
     log.info("scored %s: %d rows in, %d scored, %d rejected -> %s", url, summary["rows_in"], summary["scored"],
              summary["rejected"], record["output"])
     return record
-
-
-def run_day(run_date: date | str, inbox: str, outbox: str, job: BatchJob, batch: BatchSettings) -> DayResult:
-    """Score what is pending, in inbox order (the plain-Python day; the flow runs the same steps as tasks)."""
-    day = str(run_date)
-    todo, ledger = pending(inbox, outbox)
-    result = DayResult(run_date=day, already_scored=sorted(u for u, r in ledger.items()
-                                                            if r.get("status") == DONE and r["run_date"] == day))
-    for url in todo:
-        add(result, score_file(url, day, inbox, outbox, job, batch, ledger))
-    return result
 
 
 def add(result: DayResult, record: dict[str, Any]) -> None:

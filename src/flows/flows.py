@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import asdict, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from src import notify
 from src.batch.chunk import BatchJob
 from src.batch.run import load_job, rejects_event
 from src.common import write_json
-from src.config import BatchSettings, Settings, env, load_settings
+from src.config import BatchSettings, ConfigError, Settings, env, load_settings
 from src.flows import daily
 from src.modeling.fairness import groups_of
 from src.modeling.retrain import TOKEN_ENV, retrain
@@ -44,6 +44,16 @@ log = logging.getLogger(__name__)
 
 def today() -> str:
     return datetime.now(UTC).date().isoformat()
+
+
+def day_of(value: str | None) -> str:
+    """The run date as YYYY-MM-DD (default: today, UTC); anything else is an error naming it."""
+    if value is None:
+        return today()
+    try:
+        return date.fromisoformat(value).isoformat()
+    except (TypeError, ValueError):
+        raise ConfigError(f"run_date must be YYYY-MM-DD, got {value!r}") from None
 
 
 def located(settings: Settings) -> Settings:
@@ -124,7 +134,7 @@ def daily_batch(run_date: str | None = None, params: str = "params.yaml", monito
     """Score every new file of the inbox once, under ``run_date`` (default: today, UTC); then monitor."""
     settings = settings_for(params)
     f = settings.flows
-    day = run_date or today()
+    day = day_of(run_date)
     todo, ledger = _with_retries(find_pending, settings)(f.inbox, f.outbox)
     result = daily.DayResult(run_date=day, already_scored=sorted(
         u for u, r in ledger.items() if r.get("status") == daily.DONE and r["run_date"] == day))
@@ -149,7 +159,7 @@ def monitor(run_date: str | None = None, params: str = "params.yaml") -> dict[st
     """Drift of the day's applicants and of the prediction-log window; performance on matured outcomes."""
     settings = settings_for(params)
     f = settings.flows
-    day = run_date or today()
+    day = day_of(run_date)
     metrics, reports = settings.paths.metrics, settings.paths.reports
     out: dict[str, Any] = {"run_date": day, "batch_drift": None, "log_drift": None, "performance": None}
     records = daily.day_records(f.outbox, day)

@@ -27,7 +27,7 @@ import pytest
 import requests
 import yaml
 
-from src.config import load_settings
+from src.config import ConfigError, load_settings
 from src.flows import daily
 from tests.conftest import ROOT, TrainedProject, load_params, plain_rows
 from tests.integration.conftest import tool_env
@@ -190,6 +190,11 @@ def test_the_schedules_live_in_code_as_params_yaml_sets_them(project: Path) -> N
     assert listed["monitor"]["schedules"] == []  # it runs after each daily batch, or on demand
     assert (settings.flows.batch_cron, settings.flows.retrain_cron) == ("0 2 * * *", "0 3 * * 1")
     assert main(["--params", str(project / "params.yaml"), "run", "monitor", "--date", "12/04/2026"]) == 2
+    from src.flows.flows import day_of  # noqa: PLC0415  (a deployment's parameter is checked the same way)
+
+    with pytest.raises(ConfigError, match="run_date must be YYYY-MM-DD, got '2026-13-01'"):
+        day_of("2026-13-01")
+    assert day_of("2026-12-04") == "2026-12-04" and len(day_of(None)) == 10
 
 
 def test_make_flows_serves_the_scheduled_deployments_on_a_local_server(tmp_path: Path) -> None:
