@@ -258,6 +258,9 @@ class Profile(Strict):
     native_categorical: tuple[str, ...]
     # LightGBM parameters for this dataset, over train.lgbm (chosen on validation data).
     lgbm: dict[str, Any]
+    # The refit's trees (train.cv_folds > 0), as a multiple of the folds' mean best iteration: the refit sees
+    # all pooled rows, a fifth more than each fold. Required, like lgbm (chosen on validation data).
+    refit_trees: float = Field(gt=0, le=4)
 
     @model_validator(mode="before")
     @classmethod

@@ -134,11 +134,12 @@ def _train_cross_validated(train: pd.DataFrame, valid: pd.DataFrame, settings: S
     iterations = [int(fold.best_iteration_ or fold.n_estimators) for fold in fitted]
     # Each fold's model on its own held-out rows: how much ROC-AUC moves from one partition to another.
     fold_auc = [round(float(roc_auc_score(y_all.iloc[held], out_of_fold[held])), 6) for _, held in folds]
-    trees = max(1, round(float(np.mean(iterations))))
+    trees = max(1, round(float(np.mean(iterations)) * profile.refit_trees))
     classifier = build_classifier({**classifier_params(cfg.lgbm, profile), "n_estimators": trees}, cfg.seed,
                                   monotone_constraints(profile))
     classifier.fit(x_all, y_all, **fit_options(profile))
-    log.info("refit on all %d rows: %d trees (the folds' best iterations %s)", len(x_all), trees, iterations)
+    log.info("refit on all %d rows: %d trees (the folds' best iterations %s, x %g)", len(x_all), trees, iterations,
+             profile.refit_trees)
     validation = {"method": "cross-validation", "folds": cfg.cv_folds, "rows": len(data),
                   "fold_best_iterations": iterations, "fold_roc_auc": fold_auc}
     return _finish(assemble(preprocessor, classifier), y_all.to_numpy(), out_of_fold, validation, data, settings,

@@ -108,6 +108,21 @@ def test_cross_validation_trains_on_train_and_valid_and_says_so(parts, cross_val
     assert 0.65 < meta["valid_metrics"]["roc_auc"] < 0.85
 
 
+def test_the_refit_grows_the_profiles_multiple_of_the_folds_trees(parts, cross_validated, tmp_path) -> None:
+    """profiles.<name>.refit_trees scales the refit's trees; the folds (and so the threshold's predictions) stay."""
+    _, plain = cross_validated
+    params = _params(4)
+    params["profiles"][DATASET]["refit_trees"] = 1.5
+    result = train_model(parts["train"], parts["valid"], settings_from_dict(params, tmp_path))
+    iterations = result.meta["validation"]["fold_best_iterations"]
+    assert iterations == plain.meta["validation"]["fold_best_iterations"]
+    assert result.meta["best_iteration"] == round(float(np.mean(iterations)) * 1.5) > plain.meta["best_iteration"]
+    assert result.meta["threshold"] == plain.meta["threshold"]
+    params["profiles"][DATASET]["refit_trees"] = 0
+    with pytest.raises(ConfigError, match=r"profiles\.taiwan_credit\.refit_trees"):
+        settings_from_dict(params, tmp_path)
+
+
 def test_the_threshold_is_cost_optimal_on_the_out_of_fold_predictions(parts, cross_validated) -> None:
     settings, result = cross_validated
     data = pd.concat([parts["train"], parts["valid"]], ignore_index=True)
