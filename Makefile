@@ -54,7 +54,7 @@ data-download: install  ## fetch the original UCI file by URL (sha256-checked)
 	$(PIPENV) run python -m src.data.ingest --download
 
 TAIWAN_DB_URL ?= sqlite:///data/demo/lender.db
-demo-db: install data  ## the taiwan_db demo: applicants into a database ($$TAIWAN_DB_URL, default a SQLite file), payments into a CSV, snapshot
+demo-db: install data  ## the taiwan_db demo: applicants into a database (TAIWAN_DB_URL, default a SQLite file), payments into a CSV, snapshot
 	@mkdir -p data/demo
 	TAIWAN_DB_URL='$(TAIWAN_DB_URL)' $(PIPENV) run python -m src.data.demo_db
 

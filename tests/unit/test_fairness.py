@@ -178,6 +178,7 @@ def _synthetic_params() -> dict:
         "protected": {"group": {"type": "categorical", "values": {0: "a", 1: "b"}}},
         "native_categorical": [],
         "lgbm": {},
+        "refit_trees": 1.0,
     }
     params["train"]["lgbm"] = {**params["train"]["lgbm"], "n_estimators": 200, "n_jobs": 1}
     params["train"]["early_stopping_rounds"] = 20

@@ -148,6 +148,7 @@ NOISE_PROFILE = {
     "protected": {},
     "native_categorical": [],
     "lgbm": {},
+    "refit_trees": 1.0,
 }
 
 
