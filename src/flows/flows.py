@@ -36,7 +36,7 @@ from src.flows import daily
 from src.modeling.fairness import groups_of
 from src.modeling.retrain import TOKEN_ENV, retrain
 from src.monitoring.drift import drift_event, run_drift
-from src.monitoring.performance import run_performance
+from src.monitoring.performance import decay_event, run_performance
 from src.monitoring.sources import InputError, applicant_rows, database_url, load_model, read_frame, read_log
 
 log = logging.getLogger(__name__)
@@ -212,13 +212,7 @@ def performance_check(settings: Settings, outcomes: str) -> dict[str, Any]:
             f"rate (gate.fairness.min_adverse_impact_ratio): {named}.", where=[str(output), "docs/fairness.md"],
             details={"floor": floor, "breaches": breaches}, dataset=settings.dataset), settings.notify)
     if summary["decay"]:
-        o = summary["overall"]
-        notify.send(notify.Event(
-            "performance_decay", "critical", f"Model decay on {settings.dataset}: ROC-AUC {o['roc_auc']}",
-            f"On {summary['counts']['matched']} scored rows with matured outcomes, ROC-AUC is {o['roc_auc']} "
-            f"against the model's test ROC-AUC {summary['reference']['roc_auc']}.", where=[str(output)],
-            details={"roc_auc": o["roc_auc"], "reference_roc_auc": summary["reference"]["roc_auc"]},
-            dataset=settings.dataset), settings.notify)
+        notify.send(decay_event(summary, settings, settings.flows.outbox, [str(output)]), settings.notify)
     return {"decay": summary["decay"], "roc_auc": summary["overall"]["roc_auc"],
             "matched": summary["counts"]["matched"], "fairness_breaches": breaches}
 

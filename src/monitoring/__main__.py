@@ -18,7 +18,7 @@ from src.common import PipelineError, setup_logging, write_json
 from src.config import ConfigError, Settings, load_settings
 from src.monitoring.drift import describe, drift_event, run_drift
 from src.monitoring.exporter import serve
-from src.monitoring.performance import run_performance, write_markdown
+from src.monitoring.performance import decay_event, run_performance, write_markdown
 from src.monitoring.sources import (
     InputError,
     applicant_rows,
@@ -132,14 +132,8 @@ def cmd_performance(args: argparse.Namespace, settings: Settings) -> int:
         report = settings.paths.reports / "performance.md" if args.markdown is True else Path(args.markdown)
         print(f"wrote {write_markdown(summary, report)}")
     if summary["decay"]:
-        notify.send(notify.Event(
-            "performance_decay", "critical", f"Model decay on {settings.dataset}: ROC-AUC {o['roc_auc']}",
-            f"On {summary['counts']['matched']} scored rows with matured outcomes from {source}, ROC-AUC is "
-            f"{o['roc_auc']} against the model's test ROC-AUC {summary['reference']['roc_auc']} (allowed drop "
-            f"monitoring.max_auc_drop = {settings.monitoring.max_auc_drop}). Consider `make retrain`.",
-            where=[str(output), *([str(report)] if report else [])],
-            details={"roc_auc": o["roc_auc"], "reference_roc_auc": summary["reference"]["roc_auc"],
-                     "matched": summary["counts"]["matched"]}, dataset=settings.dataset), settings.notify)
+        notify.send(decay_event(summary, settings, source, [str(output), *([str(report)] if report else [])]),
+                    settings.notify)
     return EXIT_FLAGGED if (summary["decay"] and args.fail_on_decay) else EXIT_OK
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
+from src import notify
 from src.config import MonitoringSettings, Settings
 from src.modeling.metrics import ks_statistic
 from src.modeling.tracking import connect
@@ -322,3 +323,15 @@ def write_markdown(summary: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown(summary), encoding="utf-8")
     return path
+
+
+def decay_event(summary: dict[str, Any], settings: Settings, source: str, where: list[str]) -> notify.Event:
+    """The notification for decay found on matured outcomes: the ROC-AUC against the model's, where to look."""
+    o = summary["overall"]
+    return notify.Event(
+        "performance_decay", "critical", f"Model decay on {settings.dataset}: ROC-AUC {o['roc_auc']}",
+        f"On {summary['counts']['matched']} scored rows with matured outcomes from {source}, ROC-AUC is "
+        f"{o['roc_auc']} against the model's test ROC-AUC {summary['reference']['roc_auc']} (allowed drop "
+        f"monitoring.max_auc_drop = {settings.monitoring.max_auc_drop}). Consider `make retrain`.",
+        where=where, details={"roc_auc": o["roc_auc"], "reference_roc_auc": summary["reference"]["roc_auc"],
+                              "matched": summary["counts"]["matched"]}, dataset=settings.dataset)
