@@ -64,6 +64,7 @@ COPY src/config/ ./src/config/
 COPY src/modeling/ ./src/modeling/
 COPY src/scoring/ ./src/scoring/
 COPY src/server/ ./src/server/
+COPY src/auth/ ./src/auth/
 COPY flask_api/ ./flask_api/
 COPY --from=model /app/model ./model
 RUN python -m compileall -q /app/src /app/flask_api /app/gunicorn.conf.py \

@@ -84,7 +84,7 @@ mlflow-ui: install  ## the MLflow UI on the embedded store (MLFLOW_PORT, default
 	  --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 # The retraining loop (docs/retraining.md): dvc pull -> dvc repro (gate, promote) ->
-# dvc push -> reload the service at retrain.reload_url (ADMIN_TOKEN) onto the new champion.
+# dvc push -> reload the service at retrain.reload_url ($API_KEY, admin scope) onto the new champion.
 retrain: install data  ## pull, rerun the pipeline through the quality gate, push, reload the running service
 	$(PIPENV) run python -m src.modeling.retrain $(RETRAIN_ARGS)
 

@@ -75,7 +75,9 @@ from typing import Any
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # `gunicorn -c /path/to/gunicorn.conf.py` from elsewhere
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from src.config import env, load_settings
+from src.auth.policy import CredentialSource, open_or_refuse
+from src.auth.store import CredentialsError
+from src.config import ConfigError, env, load_settings
 from src.server import worker as server_worker
 
 PROM_ENV = env.PROMETHEUS_MULTIPROC_DIR
@@ -93,7 +95,11 @@ def _float_env(name: str, default: float) -> float:
 
 
 # --- process model -----------------------------------------------------------
-bind = [env.serve_bind(load_settings(env.params_file()))]  # $SERVE_BIND, else params.yaml serve.bind
+SETTINGS = load_settings(env.params_file())
+# $SERVE_BIND, else params.yaml serve.bind; and $METRICS_BIND / serve.metrics_bind, which serves only /metrics
+bind = [env.serve_bind(SETTINGS), *filter(None, [env.metrics_bind(SETTINGS)])]
+if len(bind) == 2 and bind[0].rsplit(":", 1)[-1] == bind[1].rsplit(":", 1)[-1]:
+    raise ConfigError(f"METRICS_BIND {bind[1]} must use another port than the service's {bind[0]}")
 workers = _int_env("WEB_CONCURRENCY", 2, minimum=1)
 # GUNICORN_WORKER_CLASS: keepalive (default; stock gthread if this gunicorn's internals differ from the
 # verified ones) or gthread. See src/server/worker.py.
@@ -148,7 +154,15 @@ os.environ.setdefault("RELOAD_MARKER_FILE", os.path.join(os.environ[PROM_ENV], "
 
 
 def on_starting(server: Any) -> None:
-    """Once per master (not on SIGHUP): drop metric files left by a previous run in the same directory."""
+    """Once per master (not on SIGHUP): refuse to serve open beyond this machine (src/auth/policy.py), then
+    drop metric files left by a previous run in the same directory."""
+    try:
+        # (the addresses gunicorn was given in the end: -b on its command line wins over this file's bind)
+        open_or_refuse(CredentialSource(env.credentials_file(SETTINGS)), list(server.cfg.bind),
+                       env.allow_open(SETTINGS))
+    except (ConfigError, CredentialsError) as exc:
+        server.log.error("%s", exc)
+        sys.exit(3)
     directory = Path(os.environ[PROM_ENV])
     directory.mkdir(parents=True, exist_ok=True)
     stale = list(directory.glob("*.db"))

@@ -88,6 +88,7 @@ if str(ROOT) not in sys.path:
 
 from flask_api import create_app  # noqa: E402
 from flask_api.validation import validate_applicants  # noqa: E402
+from src.auth.store import create_key  # noqa: E402
 from src.common import read_table  # noqa: E402
 from src.config import Settings, load_settings, read_params  # noqa: E402
 from src.data import ingest, split, validate  # noqa: E402
@@ -378,6 +379,7 @@ WRK_MAX_SECONDS = 3600  # upper bound of a --requests point
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+@HEADERS@
 local f = assert(io.open("@BODY@", "rb"))
 wrk.body = f:read("*a")
 f:close()
@@ -403,10 +405,16 @@ end
 """
 
 
+def wrk_headers(headers: dict[str, str]) -> str:
+    """Lua lines that make wrk send ``headers`` with every request (WRK_SCRIPT's @HEADERS@)."""
+    return "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+
+
 class Client:
     """Closed-loop load: ``concurrency`` connections, each with one request in flight."""
 
-    def __init__(self, kind: str, work_dir: Path) -> None:
+    def __init__(self, kind: str, work_dir: Path, headers: dict[str, str] | None = None) -> None:
+        self.headers = dict(headers or {})  # sent with every request (the API key), to every server alike
         self.kind = kind
         self.work_dir = work_dir
         self._bodies: dict[bytes, Path] = {}
@@ -434,7 +442,8 @@ class Client:
         flag = self.work_dir / f"wrk_{os.getpid()}.done"
         flag.unlink(missing_ok=True)
         script.write_text(WRK_SCRIPT.replace("@BODY@", str(self._bodies[body])).replace("@LIMIT@", str(limit or 0))
-                          .replace("@FLAG@", str(flag)), encoding="utf-8")
+                          .replace("@FLAG@", str(flag)).replace("@HEADERS@", wrk_headers(self.headers)),
+                          encoding="utf-8")
         seconds = max(1, math.ceil(duration)) if not limit else WRK_MAX_SECONDS
         command = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "30s",
                    "-s", str(script), url]
@@ -456,7 +465,7 @@ class Client:
     def _python(self, url: str, body: bytes, concurrency: int, duration: float, limit: int | None,
                 ) -> tuple[int, int, float, list[float]]:
         target = requests.utils.urlparse(url)
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **self.headers}
         latencies: list[list[float]] = [[] for _ in range(concurrency)]
         errors = [0] * concurrency
         issued = iter(range(limit)) if limit else None
@@ -557,9 +566,10 @@ def self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def probe(server: Server, path: str, body: bytes, rows: int, kind: str) -> list[float]:
+def probe(server: Server, path: str, body: bytes, rows: int, kind: str, headers: dict[str, str]) -> list[float]:
     """One request outside the measurement: check status and shape, return the probabilities."""
-    resp = requests.post(server.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=60)
+    resp = requests.post(server.url + path, data=body, headers={"Content-Type": "application/json", **headers},
+                         timeout=60)
     if resp.status_code != 200:
         raise RuntimeError(f"{server.name} {path} answered {resp.status_code}: {resp.text[:500]}")
     data = resp.json()
@@ -627,16 +637,17 @@ def environment(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def wsgi_post(wsgi: Callable[..., Any], path: str, body: bytes) -> tuple[str, bytes]:
+def wsgi_post(wsgi: Callable[..., Any], path: str, body: bytes, headers: dict[str, str] | None = None,
+              ) -> tuple[str, bytes]:
     """One POST straight into a WSGI callable, no HTTP and no test client: (status line, body).
 
     werkzeug builds the environ once per (path, body); each call only gets a fresh input stream,
     so the timing is the app's, not the environ builder's.
     """
-    key = (path, body)
+    key = (path, body, tuple(sorted((headers or {}).items())))
     base = _ENVIRONS.get(key)
     if base is None:
-        base = _ENVIRONS[key] = EnvironBuilder(path=path, method="POST", data=body,
+        base = _ENVIRONS[key] = EnvironBuilder(path=path, method="POST", data=body, headers=headers,
                                                content_type="application/json").get_environ()
     environ = {**base, "wsgi.input": io.BytesIO(body)}
     status: list[str] = []
@@ -647,10 +658,18 @@ def wsgi_post(wsgi: Callable[..., Any], path: str, body: bytes) -> tuple[str, by
     return status[0], data
 
 
-_ENVIRONS: dict[tuple[str, bytes], dict[str, Any]] = {}
+_ENVIRONS: dict[tuple[str, bytes, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
 
 
-def in_process_floors(project: Project, rows: list[dict[str, Any]], run_dir: Path, budget: float) -> list[Floor]:
+def api_key(run_dir: Path, scope: str = "score") -> tuple[Path, str]:
+    """A credentials file with one key (no rate limit to speak of): the service then needs a key."""
+    path = run_dir / "auth" / "credentials.json"
+    key, _ = create_key(path, "bench", scope, rate_limit="1000000000/minute")
+    return path, key
+
+
+def in_process_floors(project: Project, rows: list[dict[str, Any]], run_dir: Path, budget: float,
+                      auth: tuple[Path, str] | None) -> list[Floor]:
     settings = project.settings
     loaded = load_model(str(project.model_dir), settings)
     scorer = loaded.scorer
@@ -696,21 +715,24 @@ def in_process_floors(project: Project, rows: list[dict[str, Any]], run_dir: Pat
 
     # prometheus_client fixed its value class at import: in-process metrics use its single-process registry.
     # PREDLOG_SHIPPER=external: the app only spools, as under gunicorn (whose shipper is another process).
+    # AUTH_FILE: with a key, every request pays the access check (flask_api/access.py); without, none exists.
     with environment(DATABASE_URL=f"sqlite:///{run_dir / 'floors-app.db'}", PROMETHEUS_MULTIPROC_DIR=None,
-                     PREDLOG_SHIPPER="external"):
+                     PREDLOG_SHIPPER="external", AUTH_FILE=str(auth[0] if auth else run_dir / "no-credentials")):
         app = create_app({"SETTINGS": settings, "MODEL_URI": str(project.model_dir), "MODEL_LOADING": "sync"})
-    fast = app.wsgi_app  # the fast path for plain predictions (flask_api/fastpath.py), Flask behind it
-    routes = (("WSGI app (fast path)", fast), ("Flask view only", getattr(fast, "flask", fast)))
+    gate = app.wsgi_app  # the access check, then the fast path for plain predictions (flask_api/fastpath.py)
+    fast = gate.app
+    headers = {"X-API-Key": auth[1]} if auth else {}
+    routes = (("WSGI app (access check + fast path)", gate), ("Flask view only", fast.flask))
     try:
         for reasons, n in ((False, 1), (True, 1), (False, BATCH_ROWS)):
             body = ours_body(rows[:n], reasons)
             for route, wsgi in routes:
-                status, _ = wsgi_post(wsgi, "/api/v1/predict", body)
+                status, _ = wsgi_post(wsgi, "/api/v1/predict", body, headers)
                 if not status.startswith("200"):
                     raise RuntimeError(f"in-process request through the {route} failed: {status}")
                 name = f"whole request, {route}, {n} row{'s' if n > 1 else ''}, " + (
                     "with reasons" if reasons else "no reasons")
-                floors.append(time_calls(name, n, lambda w=wsgi, b=body: wsgi_post(w, "/api/v1/predict", b),
+                floors.append(time_calls(name, n, lambda w=wsgi, b=body: wsgi_post(w, "/api/v1/predict", b, headers),
                                          budget, 20 if n == 1 else 5))
     finally:
         app.extensions["credit_service"].predlog.dispose()
@@ -840,6 +862,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "found through --server-env PYTHONPATH=DIR")
     parser.add_argument("--floor-seconds", type=float, default=1.5, help="time budget per in-process floor")
     parser.add_argument("--skip-floors", action="store_true", help="skip the in-process floors")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="serve open (no credentials) instead of requiring an API key on every request")
     return parser.parse_args(argv)
 
 
@@ -864,7 +888,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         project = build_project(project_dir, args.data.resolve())
         rows = sample_rows(project.settings, BATCH_ROWS)
-        floors = [] if args.skip_floors else in_process_floors(project, rows, run_dir, args.floor_seconds)
+        auth = None if args.no_auth else api_key(run_dir)
+        if auth:
+            extra_env = {**extra_env, "AUTH_FILE": str(auth[0])}
+        headers = {"X-API-Key": auth[1]} if auth else {}
+        floors = [] if args.skip_floors else in_process_floors(project, rows, run_dir, args.floor_seconds, auth)
 
         ours = gunicorn_server(project, run_dir, args.workers, args.threads, extra_env, args.app,
                                tuple(args.gunicorn_arg))
@@ -898,16 +926,16 @@ def main(argv: list[str] | None = None) -> None:
         parity = {}
         for target, server, path, body in plan:
             if target != FLOOR:
-                parity[target] = probe(server, path, body, 1, target)
+                parity[target] = probe(server, path, body, 1, target, headers)
         batch_plan = [(OURS, ours, "/api/v1/predict", ours_body(batch, False))]
         if mlflow:
             batch_plan.append((MLFLOW, mlflow, "/invocations", mlflow_body(batch)))
-        batch_proba = {t: probe(s, p, b, len(batch), t) for t, s, p, b in batch_plan}
+        batch_proba = {t: probe(s, p, b, len(batch), t, headers) for t, s, p, b in batch_plan}
         if mlflow:
             diff = float(np.max(np.abs(np.subtract(batch_proba[OURS], batch_proba[MLFLOW]))))
             log.info("max |ours - mlflow| probability over %d rows: %.2e", len(batch), diff)
 
-        client = Client(kind, run_dir)
+        client = Client(kind, run_dir, headers)
         single = [measure(client, server, target, path, body, 1, c, args, args.requests)
                   for c in args.concurrency for target, server, path, body in plan]
         batch_limit = max(args.requests // 100, 20) if args.requests else None
@@ -944,6 +972,8 @@ def main(argv: list[str] | None = None) -> None:
                          f"mlflow models serve --env-manager local --workers {max(1, workers)} (uvicorn); "
                          f"HTTP keep-alive {keepalive.get('mlflow models serve', '-')}",
         "client": client.describe(),
+        "authentication": "off (--no-auth)" if args.no_auth else
+                          "an API key on every request (X-API-Key, sent to every server alike), checked by ours",
         "per point": (f"{args.requests} requests" if args.requests else f"{args.duration:g} s")
                      + f" after {args.warmup:g} s warm-up"
                      + (f" (each waited up to {args.wait_idle:g} s for a quiet machine)" if args.wait_idle else ""),

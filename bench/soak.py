@@ -1,4 +1,4 @@
-"""Soak benchmark: the service for 10 minutes at ~70 % of its maximum throughput, durable prediction log on.
+"""Soak benchmark: the service for 10 minutes at ~70 % of its maximum throughput, durable log and API keys on.
 
 1. builds or reuses the serve benchmark's project (``--project``) and starts our service under
    ``gunicorn.conf.py`` (workers, their shipper, a throw-away SQLite log), as ``bench/serve.py`` does;
@@ -62,10 +62,10 @@ class Slice:
 
 
 def run_wrk(url: str, body_file: Path, work: Path, connections: int, seconds: int, pause_ms: float | None,
-            ) -> tuple[int, int, float, float, float]:
+            headers: dict[str, str]) -> tuple[int, int, float, float, float]:
     """(requests, errors, seconds, p50 ms, p99 ms) of one wrk run; paced when ``pause_ms`` is given."""
     script = serve.WRK_SCRIPT.replace("@BODY@", str(body_file)).replace("@LIMIT@", "0").replace(
-        "@FLAG@", str(work / "unused.flag"))
+        "@FLAG@", str(work / "unused.flag")).replace("@HEADERS@", serve.wrk_headers(headers))
     if pause_ms is not None:
         script += DELAY_SCRIPT.replace("@PAUSE@", f"{max(0.0, pause_ms):.3f}")
     path = work / "soak.lua"
@@ -93,8 +93,8 @@ def memory(server: serve.Server) -> tuple[float, float]:
     return workers, shipper
 
 
-def backlog(server: serve.Server) -> float:
-    text = requests.get(server.url + "/metrics", timeout=10).text
+def backlog(server: serve.Server, headers: dict[str, str]) -> float:
+    text = requests.get(server.url + "/metrics", headers=headers, timeout=10).text
     return next((float(line.split()[1]) for line in text.splitlines()
                  if line.startswith("prediction_log_backlog_bytes ")), float("nan"))
 
@@ -106,38 +106,42 @@ def soak(args: argparse.Namespace) -> None:
         work = Path(tmp)
         body = work / "body.json"
         body.write_bytes(serve.ours_body(rows, reasons=False))
-        server = serve.gunicorn_server(project, work, None, None, {})
+        # An admin key (predictions and /metrics alike), as every request of a deployed service carries one.
+        credentials, key = serve.api_key(work, "admin")
+        headers = {"X-API-Key": key}
+        server = serve.gunicorn_server(project, work, None, None, {"AUTH_FILE": str(credentials)})
         server.start()
         try:
             server.wait("/ready", 180, consecutive=5)
             url = server.url + "/api/v1/predict"
-            run_wrk(url, body, work, 8, 3, None)  # warm-up
-            done, _, seconds, _, _ = run_wrk(url, body, work, 8, 10, None)
+            run_wrk(url, body, work, 8, 3, None, headers)  # warm-up
+            done, _, seconds, _, _ = run_wrk(url, body, work, 8, 10, None, headers)
             maximum = done / seconds
             target = args.share * maximum
             log.info("maximum %.0f req/s (c=8, closed loop); soaking at %.0f req/s (%.0f %%) for %.0f min",
                      maximum, target, 100 * args.share, args.minutes)
             before = logged_rows(server)
-            slices = paced(server, url, body, work, args, target)
+            slices = paced(server, url, body, work, args, target, headers)
             report(slices, maximum, target, args, logged_rows(server) - before)
         finally:
             server.stop()
 
 
 def paced(server: serve.Server, url: str, body: Path, work: Path, args: argparse.Namespace, target: float,
-          ) -> list[Slice]:
+          headers: dict[str, str]) -> list[Slice]:
     per_connection = target / args.connections
     pause = 1000 / per_connection  # ms per request cycle; the answer's own latency comes off below
     slices: list[Slice] = []
     started = time.monotonic()
     while time.monotonic() - started < args.minutes * 60:
-        done, errors, seconds, p50, p99 = run_wrk(url, body, work, args.connections, args.slice, pause)
+        done, errors, seconds, p50, p99 = run_wrk(url, body, work, args.connections, args.slice, pause, headers)
         rps = done / seconds
         # aim the next slice: the cycle is pause + latency, so scale the pause by how far off the rate was
         cycle = 1000 * args.connections / max(rps, 1.0)
         pause = max(0.0, pause + (1000 / per_connection - cycle))
         workers, shipper = memory(server)
-        item = Slice(time.monotonic() - started, done, errors, rps, p50, p99, workers, shipper, backlog(server))
+        item = Slice(time.monotonic() - started, done, errors, rps, p50, p99, workers, shipper,
+                     backlog(server, headers))
         slices.append(item)
         log.info("%5.0f s: %6.0f req/s  p50 %.2f ms  p99 %.2f ms  errors %d  workers %.0f MB  shipper %.0f MB"
                  "  backlog %.0f B", item.second, rps, p50, p99, errors, workers, shipper, item.backlog_bytes)

@@ -1,8 +1,9 @@
 """The scoring service: ``create_app()`` builds the Flask app; nothing happens at import time.
 
 Configuration comes from params.yaml (``serve:``) with environment overrides:
-MODEL_URI, DATABASE_URL, SECRET_KEY, ADMIN_TOKEN, PARAMS_FILE,
-PROMETHEUS_MULTIPROC_DIR.
+MODEL_URI, DATABASE_URL, SECRET_KEY, AUTH_FILE, AUTH_ALLOW_OPEN, METRICS_BIND, PARAMS_FILE,
+PROMETHEUS_MULTIPROC_DIR. Who may do what: flask_api/access.py (API keys) and
+flask_api/signin.py (the web pages), over the credentials of src/auth.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from flask import Flask, Request, Response, g, jsonify, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from flask_api import api, ops, views
+from flask_api import api, ops, signin, views
+from flask_api.access import AccessGate
 from flask_api.fastpath import FastPredict
 from flask_api.jsonio import OrjsonProvider
 from flask_api.metrics import Metrics, multiprocess_mode
 from flask_api.service import Service, incident
-from src.config import Settings, env, load_settings
+from src.auth.policy import CredentialSource, open_or_refuse
+from src.auth.store import CredentialsError
+from src.auth.throttle import Throttle
+from src.config import ConfigError, Settings, env, load_settings
 from src.scoring.model_store import ModelHolder
 from src.scoring.predlog import PredictionLog
 
@@ -73,6 +79,15 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     svc = Service(settings=settings, models=ModelHolder(settings, app.config["MODEL_URI"]),
                   predlog=predlog, metrics=metrics, reload_marker=Path(marker) if marker else None)
     app.extensions["credit_service"] = svc
+    auth = settings.serve.auth
+    try:
+        source = CredentialSource(env.credentials_file(settings))
+    except CredentialsError as exc:
+        raise ConfigError(str(exc)) from None
+    metrics_bind = env.metrics_bind(settings)
+    open_or_refuse(source, [env.serve_bind(settings), *([metrics_bind] if metrics_bind else [])],
+                   env.allow_open(settings))
+    app.extensions["credit_credentials"] = source
     if svc.reload_marker is not None or multiprocess_mode():  # several workers (gunicorn.conf.py)
         svc.watch()
 
@@ -82,8 +97,13 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(views.bp)
+    throttle = Throttle(auth.rate_limit_storage)
+    signin.install(app, source, auth, throttle)
     _install_hooks(app, svc)
-    app.wsgi_app = FastPredict(app, svc)  # type: ignore[method-assign]
+    gate = AccessGate(FastPredict(app, svc), svc, source, auth, throttle, metrics_bind)
+    # Behind a load balancer: the client's address (for the failed-attempt limit) and scheme from X-Forwarded-*.
+    app.wsgi_app = (ProxyFix(gate, x_for=auth.trusted_proxies, x_proto=auth.trusted_proxies)  # type: ignore
+                    if auth.trusted_proxies else gate)
     _start_loading(app, svc)
     return app
 

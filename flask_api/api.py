@@ -14,7 +14,6 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest
 
-from flask_api.ops import admin_refusal
 from flask_api.service import ModelNotReady, NotRecorded, Service, service
 from flask_api.validation import applicant_json_schema, validate_applicants
 
@@ -99,9 +98,6 @@ def predict() -> Any:
 @bp.get("/decisions/<request_id>")
 def decision(request_id: str) -> Any:
     """A logged decision, for disputes and audits: inputs, model version, probability, decision, reasons given."""
-    refusal = admin_refusal("decision lookup")
-    if refusal is not None:
-        return refusal
     if not REQUEST_ID.fullmatch(request_id):
         return error(404, f"no decision '{request_id}': request ids look like 0190a3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d")
     try:
@@ -157,6 +153,10 @@ def openapi_document(applicant: dict[str, Any], max_batch: int) -> dict[str, Any
                                "threshold": {"type": "number"},
                                "results": {"type": "array", "items": result}}}
     err = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    # Once the service has credentials (python -m src.auth), every route but /health and /ready needs a key.
+    refused = {"401": {"description": "Missing or wrong API key", "content": err},
+               "403": {"description": "The key's scope does not allow this route", "content": err},
+               "429": {"description": "Rate limit reached (see Retry-After)", "content": err}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Credit default scoring API", "version": "1.0.0",
@@ -180,32 +180,35 @@ def openapi_document(applicant: dict[str, Any], max_batch: int) -> dict[str, Any
                     "415": {"description": "Not JSON", "content": err},
                     "422": {"description": "Invalid applicants (each row and field named)", "content": err},
                     "503": {"description": "No model loaded yet", "content": err},
+                    **refused,
                 },
             }},
             "/api/v1/decisions/{request_id}": {"get": {
                 "summary": "A logged decision (inputs, model, probability, decision, reason codes given); "
-                           "bearer ADMIN_TOKEN",
+                           "a key with the admin scope",
                 "operationId": "decision",
-                "security": [{"adminToken": []}],
                 "parameters": [{"name": "request_id", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "The logged decision"},
-                              "401": {"description": "Missing or wrong token", "content": err},
-                              "404": {"description": "Unknown request id, or lookup disabled", "content": err},
-                              "503": {"description": "Prediction log unreadable", "content": err}},
+                              "404": {"description": "Unknown request id", "content": err},
+                              "503": {"description": "Prediction log unreadable", "content": err}, **refused},
             }},
             "/api/v1/schema": {"get": {"summary": "JSON Schema of one applicant", "operationId": "schema",
                                        "responses": {"200": {"description": "JSON Schema",
-                                                             "content": {"application/json": {}}}}}},
-            "/health": {"get": {"summary": "Liveness", "operationId": "health",
+                                                             "content": {"application/json": {}}}, **refused}}},
+            "/health": {"get": {"summary": "Liveness", "operationId": "health", "security": [],
                                 "responses": {"200": {"description": "Alive"}}}},
             "/ready": {"get": {"summary": "Readiness: 200 once a model is loaded", "operationId": "ready",
+                               "security": [],
                                "responses": {"200": {"description": "Ready"},
                                              "503": {"description": "No model yet"}}}},
         },
+        "security": [{"bearerKey": []}, {"apiKeyHeader": []}],
         "components": {"schemas": {"Applicant": applicant, "Prediction": response, "Error": error_body},
-                       "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer",
-                                                          "description": "the service's $ADMIN_TOKEN"}}},
+                       "securitySchemes": {
+                           "bearerKey": {"type": "http", "scheme": "bearer",
+                                         "description": "an API key (python -m src.auth keys create)"},
+                           "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
     }
 
 

@@ -1,18 +1,14 @@
-"""Operational routes: /health, /ready, /metrics and POST /admin/reload."""
+"""Operational routes: /health, /ready, /metrics and POST /admin/reload (who may: flask_api/access.py)."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from flask_api.service import service
-from src.config import env
 
 bp = Blueprint("ops", __name__)
-
-TOKEN_ENV = env.ADMIN_TOKEN
 
 
 @bp.get("/health")
@@ -38,17 +34,6 @@ def metrics() -> Response:
     return Response(payload, content_type=content_type)
 
 
-def admin_refusal(what: str) -> tuple[Response, int] | None:
-    """None when the request carries the admin bearer token; else the 404 (no token set) or 401 to answer."""
-    token = env.text(TOKEN_ENV, "")
-    if not token:
-        return jsonify({"error": f"{what} over HTTP is disabled: set {TOKEN_ENV} to enable it"}), 404
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return jsonify({"error": "missing or wrong bearer token"}), 401
-    return None
-
-
 @bp.post("/admin/reload")
 def reload_model() -> Any:
     """Load the current champion (or MODEL_URI) and swap it in; requests in flight finish on the old one.
@@ -56,9 +41,6 @@ def reload_model() -> Any:
     This worker reloads now; the others see the shared reload marker on their next request and
     reload in the background, so every worker ends up on the new model without a restart.
     """
-    refusal = admin_refusal("reload")
-    if refusal is not None:
-        return refusal
     svc = service()
     try:
         fresh = svc.reload()

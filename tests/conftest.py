@@ -127,6 +127,7 @@ def app(trained_project: TrainedProject, tmp_path: Path, monkeypatch: pytest.Mon
     """The Flask app serving the exported champion, with its own prediction-log database."""
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'predictions.db'}")
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("AUTH_FILE", str(tmp_path / "credentials.json"))  # none: open, on a loopback address
     application = create_app({"SETTINGS": trained_project.settings, "MODEL_URI": str(trained_project.model_dir),
                               "MODEL_LOADING": "sync", "TESTING": True})
     yield application

@@ -311,6 +311,17 @@ data "aws_iam_policy_document" "instance_ecr_pull" {
     ]
     resources = [aws_ecr_repository.app.arn]
   }
+
+  # The service's secrets (python -m src.deploy secrets push): the hashed credentials file and the
+  # session-signing key, SecureStrings under the aws/ssm key, read by the release script on the host.
+  statement {
+    sid     = "ReadServiceSecrets"
+    actions = ["ssm:GetParameter"]
+    resources = [
+      "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter/credit-default/${var.env}/credentials",
+      "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter/credit-default/${var.env}/secret-key",
+    ]
+  }
 }
 
 resource "aws_iam_role_policy" "instance_ecr_pull" {

@@ -18,6 +18,7 @@ from src.config.profile import (
     build_profile,
 )
 from src.config.sections import (
+    AuthSettings,
     BatchSettings,
     DeploySettings,
     EvaluateSettings,
@@ -40,6 +41,7 @@ from src.config.yaml12 import read_params
 
 __all__ = [
     "PARAMS_FILE",
+    "AuthSettings",
     "BatchSettings",
     "CleanRule",
     "ConfigError",

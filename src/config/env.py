@@ -21,7 +21,6 @@ PARAMS_FILE = "PARAMS_FILE"            # which params.yaml the service and gunic
 MODEL_URI = "MODEL_URI"                # the model to serve / score (models:/..., or an exported folder)
 DATABASE_URL = "DATABASE_URL"          # the prediction log (SQLAlchemy URL)
 SECRET_KEY = "SECRET_KEY"              # signs the web form's CSRF tokens and sessions
-ADMIN_TOKEN = "ADMIN_TOKEN"            # bearer token for POST /admin/reload (unset: reload over HTTP disabled)
 SERVE_BIND = "SERVE_BIND"              # gunicorn's address (else serve.bind)
 RELOAD_MARKER_FILE = "RELOAD_MARKER_FILE"  # file every worker watches to follow a reload (set by gunicorn.conf.py)
 MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"  # an MLflow server instead of the embedded SQLite store
@@ -34,6 +33,10 @@ PREDLOG_SPOOL_DIR = "PREDLOG_SPOOL_DIR"  # the prediction log's spool (else serv
 PREDLOG_SHIPPER = "PREDLOG_SHIPPER"    # "external": another process ships the spool (gunicorn.conf.py sets it)
 GUNICORN_PIDFILE = "GUNICORN_PIDFILE"
 GUNICORN_CONTROL_SOCKET = "GUNICORN_CONTROL_SOCKET"
+AUTH_FILE = "AUTH_FILE"                # API keys and web users, hashed (else serve.auth.credentials_file)
+AUTH_ALLOW_OPEN = "AUTH_ALLOW_OPEN"    # true: run open on a non-loopback address (else serve.auth.allow_open)
+METRICS_BIND = "METRICS_BIND"          # a separate address for /metrics (else serve.metrics_bind)
+API_KEY = "API_KEY"                    # a client's key: the retrain loop's reload, the deploy smoke test
 NOTIFY_WEBHOOK_URL = "NOTIFY_WEBHOOK_URL"  # where notifications go (a secret: a Slack webhook embeds a token)
 
 
@@ -56,6 +59,19 @@ def number(name: str, kind: type[int] | type[float], default: float, *, minimum:
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
     return value
+
+
+def flag(name: str, default: bool) -> bool:
+    """The variable as true/false (also 1/0, yes/no); ``default`` when unset; else one line naming it."""
+    raw = text(name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def params_file() -> str:
@@ -115,6 +131,22 @@ def ships_elsewhere() -> bool:
 def serve_bind(settings: Settings) -> str:
     """$SERVE_BIND, else serve.bind."""
     return text(SERVE_BIND) or settings.serve.bind
+
+
+def metrics_bind(settings: Settings) -> str | None:
+    """$METRICS_BIND, else serve.metrics_bind (None: /metrics on the service port)."""
+    return text(METRICS_BIND) or settings.serve.metrics_bind
+
+
+def credentials_file(settings: Settings) -> Path:
+    """$AUTH_FILE, else serve.auth.credentials_file; a relative path is under the project root."""
+    path = Path(text(AUTH_FILE) or settings.serve.auth.credentials_file)
+    return path if path.is_absolute() else (settings.paths.root / path).resolve()
+
+
+def allow_open(settings: Settings) -> bool:
+    """$AUTH_ALLOW_OPEN, else serve.auth.allow_open."""
+    return flag(AUTH_ALLOW_OPEN, settings.serve.auth.allow_open)
 
 
 def safe_url(url: str) -> str:

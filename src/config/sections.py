@@ -6,6 +6,7 @@ rules (split sizes, PSI bands, ports) are model validators that name the keys in
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -150,6 +151,40 @@ class FairnessSettings(Strict):
     proxy_max_auc: float = Field(0.7, gt=0.5, le=1)
 
 
+RATE = r"^\s*\d+\s*(?:/|per)\s*(?:\d+\s*)?(?:second|minute|hour|day)s?\s*$"
+
+
+class AuthSettings(Strict):
+    """Who may use the service (src/auth): API keys and web users from one hashed credentials file."""
+
+    # Keys and users (hashed; python -m src.auth). Env AUTH_FILE overrides; relative to the project root.
+    credentials_file: str = Field("auth/credentials.json", min_length=1)
+    # With no credentials the service runs open only on a loopback address (and says so). Anywhere
+    # else it refuses to start unless this is true (env AUTH_ALLOW_OPEN=true).
+    allow_open: bool = False
+    rate_limit: str = "30000/minute"  # per API key, unless the key has its own
+    failed_limit: str = "20/minute"   # wrong keys or passwords per client address
+    # memory:// counts per worker process; redis://host:6379 counts across workers and hosts.
+    rate_limit_storage: str = Field("memory://", min_length=1)
+    session_minutes: int = Field(30, ge=1, le=24 * 60)     # a web session ends after this long idle
+    secure_cookies: bool = False                           # true behind HTTPS (the load balancer)
+    # A header an authenticating proxy sets to the signed-in user's name (e.g. X-Forwarded-User):
+    # trusted for the web form when set. Only safe when nothing but the proxy can reach the service.
+    user_header: str | None = None
+    # Proxies in front that append to X-Forwarded-For (1 behind the load balancer): the client
+    # address the failed-attempt limit counts comes from there.
+    trusted_proxies: int = Field(0, ge=0, le=5)
+
+    _no_header = field_validator("user_header")(empty_as_none)
+
+    @field_validator("rate_limit", "failed_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        if not re.match(RATE, value):
+            raise KeyProblem("", f"is {value!r}; it must be a rate such as '600/minute' or '10 per second'")
+        return value
+
+
 class ServeSettings(Strict):
     model_uri: str | None = None  # null: the profile's champion
     max_batch: int = Field(ge=1)
@@ -162,8 +197,13 @@ class ServeSettings(Strict):
     log_fsync_seconds: Seconds = Field(1.0, ge=0, le=60)
     log_ship_seconds: Seconds = Field(0.1, gt=0, le=60)
     num_threads: int = Field(1, ge=1)
+    # A second address that serves only /metrics (and /health), e.g. 127.0.0.1:9100, kept off the
+    # public port; env METRICS_BIND overrides. null: /metrics on the service port, where an API key
+    # with the metrics (or admin) scope is needed once credentials exist.
+    metrics_bind: str | None = None
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
-    _no_uri = field_validator("model_uri", "log_spool_dir")(empty_as_none)
+    _no_uri = field_validator("model_uri", "log_spool_dir", "metrics_bind")(empty_as_none)
 
 
 class DeploySettings(Strict):

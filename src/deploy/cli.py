@@ -6,6 +6,8 @@
     python -m src.deploy config                          # key=value lines for $GITHUB_OUTPUT
     python -m src.deploy champion                        # version=<the registry's champion now>
     python -m src.deploy promoted --before VERSION       # did the champion move since? (promoted=true|false)
+    python -m src.deploy secrets push --credentials auth/credentials.json [--new-secret-key]  # SSM SecureStrings
+    python -m src.deploy secrets sync                    # every instance re-reads the credentials (no restart)
 
 Defaults come from params.yaml's ``deploy:`` section; flags override them. Exit
 codes: 0 done; 1 the release failed (rolled back when there was a tag to return
@@ -25,9 +27,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from src.common import PipelineError, setup_logging
 from src.config import PARAMS_FILE, ConfigError, DeploySettings, deploy_settings, load_settings
-from src.deploy import champion, release
+from src.deploy import champion, fleet, release, secrets
 from src.deploy import ecr as ecr_ops
-from src.deploy.errors import EXIT_FAILED, EXIT_MISSING, DeployError
+from src.deploy.errors import EXIT_FAILED, EXIT_MISSING, DeployError, MissingResource
 from src.modeling.registry import champion_version
 
 log = logging.getLogger("src.deploy")
@@ -70,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     pro = sub.add_parser("promoted", parents=[common],
                          help="print promoted=true|false (and the new champion) by asking the registry")
     pro.add_argument("--before", default="", help="the champion's version before dvc repro (empty: none)")
+    sec = sub.add_parser("secrets", parents=[common], help="the service's secrets in SSM Parameter Store")
+    what = sec.add_subparsers(dest="secrets_command", required=True)
+    push = what.add_parser("push", parents=[common], help="upload the credentials file and/or a new SECRET_KEY")
+    push.add_argument("--credentials", type=Path, help="the credentials file (python -m src.auth ...)")
+    push.add_argument("--new-secret-key", action="store_true",
+                      help="a fresh SECRET_KEY (web sessions end at the next release)")
+    what.add_parser("sync", parents=[common], help="every instance fetches the credentials again (no restart)")
+    what.add_parser("status", parents=[common], help="which secrets exist in SSM (values are not read)")
     return parser
 
 
@@ -136,6 +146,25 @@ def main(argv: list[str] | None = None) -> None:
         _write(f"released {outcome.tag} to {', '.join(outcome.instances)} (previous: {outcome.previous or '-'})")
     elif args.command == "status":
         print_status(release.status(aws, cfg), cfg)
+    elif args.command == "secrets":
+        run_secrets(args, aws, cfg)
+
+
+def run_secrets(args: argparse.Namespace, aws: release.Aws, cfg: DeploySettings) -> None:
+    if args.secrets_command == "push":
+        if args.credentials is None and not args.new_secret_key:
+            raise MissingResource("nothing to push: give --credentials FILE and/or --new-secret-key")
+        for name in secrets.push(aws.ssm, cfg, args.credentials, args.new_secret_key):
+            _write(f"wrote {name}")
+    elif args.secrets_command == "sync":
+        instances = fleet.require_instances(aws.ec2, cfg.app, cfg.env)
+        lines = ["set -eu", *secrets.fetch_lines(cfg, cfg.region)]
+        command_id = fleet.send_script(aws.ssm, instances, lines, "credit-default secrets sync", cfg.command_timeout)
+        fleet.wait_for_command(aws.ssm, command_id, instances, cfg.command_timeout, cfg.poll_interval)
+        _write(f"credentials refreshed on {', '.join(i.id for i in instances)}")
+    else:
+        for name, exists in secrets.present(aws.ssm, cfg).items():
+            _write(f"{cfg.parameter(name)} {'present' if exists else 'MISSING'}")
 
 
 def _aws_message(exc: ClientError | BotoCoreError) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from src.config import DeploySettings
+from src.deploy import secrets
 from src.deploy.errors import DeployError, MissingResource
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,10 @@ def release_script(image: str, tag: str, cfg: DeploySettings, region: str) -> li
                      f'| docker login --username AWS --password-stdin "${{IMAGE%%/*}}"')
     run = (f"docker run -d --name {name} --restart unless-stopped "
            f"-p {cfg.port}:{cfg.container_port} -v {spool}:{SPOOL_IN_CONTAINER} "
-           f"-e PREDLOG_SPOOL_DIR={SPOOL_IN_CONTAINER}")
+           f"-e PREDLOG_SPOOL_DIR={SPOOL_IN_CONTAINER} {secrets.container_args(cfg)}")
     lines += [
         'docker pull "$IMAGE"',
+        *secrets.fetch_lines(cfg, region),  # the credentials file and SECRET_KEY from SSM (src/deploy/secrets.py)
         f"PREVIOUS=$(docker inspect --format '{{{{.Config.Image}}}}' {name} 2>/dev/null || true)",
         f'if [ -n "$PREVIOUS" ]; then echo "${{PREVIOUS##*:}}" > {state}/previous-tag; fi',
         f"docker stop -t {STOP_SECONDS} {name} >/dev/null 2>&1 || true",

@@ -38,8 +38,8 @@ from typing import Any
 # server's dependencies (matplotlib, graphene, alembic, docker, aiohttp...); the service only talks to a server.
 # tests/unit/test_image_requirements.py runs the real app with nothing else importable, down to module files.
 SERVE_PACKAGES = (
-    "flask", "flask-wtf", "gunicorn", "joblib", "lightgbm", "mlflow-skinny", "orjson", "pandas",
-    "prometheus-client", "psycopg", "psycopg-binary", "pydantic", "pyyaml", "scikit-learn", "sqlalchemy",
+    "flask", "flask-login", "flask-wtf", "gunicorn", "joblib", "limits", "lightgbm", "mlflow-skinny", "orjson",
+    "pandas", "prometheus-client", "psycopg", "psycopg-binary", "pydantic", "pyyaml", "scikit-learn", "sqlalchemy",
 )
 USAGE_ERROR = 2
 

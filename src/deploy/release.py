@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import boto3
 from botocore.exceptions import ClientError
 
-from src.config import DeploySettings
+from src.config import DeploySettings, env
 from src.deploy import ecr as ecr_ops
 from src.deploy import fleet
 from src.deploy.errors import DeployError, MissingResource
@@ -117,7 +117,7 @@ def switch(aws: Aws, cfg: DeploySettings, instances: Sequence[fleet.Instance], r
 def _smoke_all(cfg: DeploySettings, urls: Sequence[str], sleep: Callable[[float], None]) -> None:
     for url in urls:
         smoke_test(url, cfg.smoke_timeout, cfg.http_timeout, cfg.smoke_applicant,
-                   poll_interval=min(cfg.poll_interval, 5.0), sleep=sleep)
+                   poll_interval=min(cfg.poll_interval, 5.0), sleep=sleep, api_key=env.text(env.API_KEY))
 
 
 def _roll_back(aws: Aws, cfg: DeploySettings, instances: Sequence[fleet.Instance], repo_uri: str,

@@ -27,11 +27,14 @@ class SmokeTestFailed(DeployError):
     """The new release does not serve: the caller rolls back."""
 
 
-def _request(url: str, timeout: float, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def _request(url: str, timeout: float, body: dict[str, Any] | None = None, key: str | None = None,
+             ) -> tuple[int, Any]:
     """(status, parsed JSON or text); connection problems come back as status 0 with the reason."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json", "Accept": "application/json"})
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if key:
+        headers["X-API-Key"] = key
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
@@ -89,9 +92,10 @@ def check_prediction(status: int, body: Any) -> str | None:
 
 def smoke_test(base_url: str, ready_timeout: float, http_timeout: float, applicant: dict[str, Any] | None = None,
                poll_interval: float = 2.0, sleep: Callable[[float], None] = time.sleep,
-               clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+               clock: Callable[[], float] = time.monotonic, api_key: str | None = None) -> dict[str, Any]:
     """Wait for GET /ready to answer 200, then score one applicant; returns the prediction's response body.
 
+    ``api_key`` (a key with the score scope; the deploy CLI passes $API_KEY) is sent as X-API-Key.
     Raises :class:`SmokeTestFailed` naming the URL and what went wrong.
     """
     base = base_url.rstrip("/")
@@ -113,11 +117,15 @@ def smoke_test(base_url: str, ready_timeout: float, http_timeout: float, applica
             last_seen = (status, detail)
         sleep(poll_interval)
     if applicant is None:
-        status, schema = _request(f"{base}/api/v1/schema", http_timeout)
+        status, schema = _request(f"{base}/api/v1/schema", http_timeout, key=api_key)
+        if status in (401, 403):
+            raise SmokeTestFailed(f"smoke test {base}: GET /api/v1/schema answered {status}: set API_KEY to a key "
+                                  "with the score scope (python -m src.auth keys create --scope score)")
         if status != 200 or not isinstance(schema, dict):
             raise SmokeTestFailed(f"smoke test {base}: GET /api/v1/schema answered {status or 'no connection'}")
         applicant = example_applicant(schema)
-    status, body = _request(f"{base}/api/v1/predict", http_timeout, {"applicants": [applicant], "reasons": True})
+    status, body = _request(f"{base}/api/v1/predict", http_timeout, {"applicants": [applicant], "reasons": True},
+                            key=api_key)
     problem = check_prediction(status, body)
     if problem:
         raise SmokeTestFailed(f"smoke test {base}: {problem}")

@@ -34,7 +34,7 @@ from src.common import write_json
 from src.config import BatchSettings, ConfigError, Settings, env, load_settings
 from src.flows import daily
 from src.modeling.fairness import groups_of
-from src.modeling.retrain import TOKEN_ENV, retrain
+from src.modeling.retrain import KEY_ENV, retrain
 from src.monitoring.drift import drift_event, run_drift
 from src.monitoring.performance import decay_event, run_performance
 from src.monitoring.sources import InputError, applicant_rows, database_url, load_model, read_frame, read_log
@@ -226,7 +226,7 @@ def retrain_flow(params: str = "params.yaml", pull: bool | None = None, push: bo
         settings = replace(settings, retrain=settings.retrain.model_copy(update={"remote": remote}))
     result = retrain(settings, pull=settings.retrain.pull if pull is None else pull,
                      push=settings.retrain.push if push is None else push, reload_url=reload_url,
-                     token=env.text(TOKEN_ENV))
+                     token=env.text(KEY_ENV))
     return asdict(result)
 
 

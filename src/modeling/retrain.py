@@ -4,7 +4,7 @@
 whether the new model may replace the champion (the register stage's quality gate);
 this module only sequences the steps, asks the registry whether the champion
 changed (and for the gate's record of the model the repro registered), and if so tells the running service to
-load it (``POST /admin/reload`` with the ``ADMIN_TOKEN`` bearer token) and checks
+load it (``POST /admin/reload`` with ``$API_KEY``, a key with the admin scope) and checks
 that ``/ready`` then reports the new version. Nothing is lost on failure: a failed
 step stops the loop with its exit code and names the step, and the previous
 champion keeps serving.
@@ -39,7 +39,7 @@ from src.modeling.tracking import connect
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = env.ADMIN_TOKEN  # the service's bearer token for POST /admin/reload (flask_api/ops.py)
+KEY_ENV = env.API_KEY  # an API key with the admin scope, for POST /admin/reload (python -m src.auth)
 
 Runner = Callable[[Sequence[str]], int]
 CONFIRMATIONS = 8  # /ready answers in a row that must report the new champion after a reload...
@@ -116,11 +116,12 @@ def reload_service(url: str, token: str | None, model_name: str, champion: str |
         return f"{url} already serves version {served}"
     if status == 200 and (model.get("name") != model_name or not str(model.get("uri", "")).endswith("@champion")):
         return f"{url} serves {model.get('uri')}, not the champion alias: left alone"
-    if not token:
-        raise RetrainError("reload", f"{url} serves version {served}, the champion is {champion}, and "
-                                     f"{TOKEN_ENV} is not set: set it to the service's token, or send SIGHUP to "
-                                     "gunicorn")
     status, body = _http_json(f"{url}/admin/reload", method="POST", token=token, timeout=timeout)
+    if status in (401, 403):
+        raise RetrainError("reload", f"{url} serves version {served}, the champion is {champion}, and POST "
+                                     f"/admin/reload answered {status}: set {KEY_ENV} to a key with the admin "
+                                     "scope (python -m src.auth keys create --scope admin), or send SIGHUP to "
+                                     "gunicorn; the previous model keeps serving")
     if status != 200:
         raise RetrainError("reload", f"POST {url}/admin/reload answered {status}: "
                                      f"{body.get('error', body)}; the previous model keeps serving")
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg: RetrainSettings = settings.retrain
         result = retrain(settings, pull=cfg.pull if args.pull is None else args.pull,
                          push=cfg.push if args.push is None else args.push,
-                         reload_url=args.reload_url, token=env.text(TOKEN_ENV))
+                         reload_url=args.reload_url, token=env.text(KEY_ENV))
     except (ConfigError, PipelineError) as exc:
         log.error("%s", exc)
         return 2

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -39,6 +38,7 @@ import requests
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from src.auth.store import create_key
 from tests.conftest import ROOT, TrainedProject, default_applicant
 from tests.integration.conftest import free_port, stop_process_group, tool_env
 
@@ -47,7 +47,8 @@ APP = "flask_api:create_app()"
 # Generous: two workers import mlflow/sklearn and load a model on a 2-core box that may be busy.
 START_TIMEOUT = 240.0
 # Environment a developer's shell may carry that would change what the server under test does.
-SCRUBBED_ENV = ("PROMETHEUS_MULTIPROC_DIR", "GUNICORN_OWNS_PROMETHEUS_DIR", "SECRET_KEY", "ADMIN_TOKEN",
+SCRUBBED_ENV = ("PROMETHEUS_MULTIPROC_DIR", "GUNICORN_OWNS_PROMETHEUS_DIR", "SECRET_KEY", "AUTH_FILE",
+                "AUTH_ALLOW_OPEN", "METRICS_BIND", "API_KEY",
                 "MODEL_URI", "DATABASE_URL", "SERVE_BIND", "WEB_CONCURRENCY", "GUNICORN_THREADS",
                 "GUNICORN_CONTROL_SOCKET", "GUNICORN_CMD_ARGS", "GUNICORN_PIDFILE", "GUNICORN_MODEL_WAIT",
                 "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_KEEPALIVE",
@@ -71,6 +72,11 @@ class GunicornServer:
     log_path: Path
     model_uri: str
     env: dict[str, str] = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request but /health and /ready sends when the server has credentials."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     @property
     def master_pid(self) -> int:
@@ -146,7 +152,7 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-def server_env(*, port: int, model_uri: str, db_path: Path, token: str | None, workers: int, threads: int,
+def server_env(*, port: int, model_uri: str, db_path: Path, auth_file: Path, workers: int, threads: int,
                extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of the gunicorn master: the project's tool env, minus anything that would leak in."""
     env = tool_env()
@@ -155,12 +161,25 @@ def server_env(*, port: int, model_uri: str, db_path: Path, token: str | None, w
     env.update(
         SERVE_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(workers), GUNICORN_THREADS=str(threads),
         MODEL_URI=model_uri, DATABASE_URL=f"sqlite:///{db_path}", PARAMS_FILE=str(ROOT / "params.yaml"),
-        PYTHONUNBUFFERED="1",
+        PYTHONUNBUFFERED="1", AUTH_FILE=str(auth_file),
     )
-    if token is not None:
-        env["ADMIN_TOKEN"] = token
     env.update(extra or {})
     return env
+
+
+def params_copy(workdir: Path, **values: str) -> Path:
+    """params.yaml with some one-line keys changed (e.g. failed_limit="100000/minute"), for PARAMS_FILE.
+
+    The copy sits in ``workdir``, so relative paths in it point there: give the server MODEL_URI,
+    DATABASE_URL and AUTH_FILE explicitly (running_gunicorn does).
+    """
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    for key, value in values.items():
+        text, count = re.subn(rf"(?m)^(\s+{key}:)\s*[^#\n]*?(\s*#.*)?$", rf"\g<1> {value}\g<2>", text, count=1)
+        assert count == 1, f"no '{key}:' line in params.yaml"
+    path = workdir / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def wait_for(url: str, proc: subprocess.Popen[bytes], log_path: Path, *, status: int = 200,
@@ -191,23 +210,25 @@ def _tail(log_path: Path, lines: int = 120) -> str:
 
 
 @contextmanager
-def running_gunicorn(workdir: Path, model_uri: str, *, token: str | None = "generate", workers: int = 2,
+def running_gunicorn(workdir: Path, model_uri: str, *, token: str | None = None, workers: int = 2,
                      threads: int = 2, extra_env: dict[str, str] | None = None,
                      ready: bool = True) -> Iterator[GunicornServer]:
     """Run gunicorn until the block ends, with every worker past its model load attempt.
 
     ``ready`` also requires /ready == 200 (a model loaded), else only /health == 200.
 
-    ``token="generate"`` makes a random ADMIN_TOKEN; ``None`` leaves it unset (reload over HTTP disabled).
+    ``token="generate"`` makes a credentials file with one admin-scoped API key (``server.token``; every route
+    but /health and /ready then needs it: ``server.headers``); ``None``: no credentials, so open on 127.0.0.1.
     The log tail is printed at the end, which pytest shows only for a failing test.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    if token == "generate":
-        token = secrets.token_urlsafe(24)
+    auth_file = workdir / "credentials.json"
+    if token == "generate":  # (no rate limit to speak of: load tests share the key)
+        token, _ = create_key(auth_file, "tests", "admin", rate_limit="100000000/minute")
     port = free_port()
     db_path = workdir / "predictions.db"
     log_path = workdir / "gunicorn.log"
-    env = server_env(port=port, model_uri=model_uri, db_path=db_path, token=token, workers=workers,
+    env = server_env(port=port, model_uri=model_uri, db_path=db_path, auth_file=auth_file, workers=workers,
                      threads=threads, extra=extra_env)
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(CONFIG), APP], cwd=ROOT, env=env,
@@ -250,9 +271,9 @@ def predict_body(applicant: dict[str, Any], n: int = 1, reasons: bool = True) ->
     return {"applicants": [dict(applicant) for _ in range(n)], "reasons": reasons}
 
 
-def scrape(base_url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(base_url: str, headers: dict[str, str] | None = None) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """GET /metrics as {(sample name, labels): value}; the pid label of live gauges is kept."""
-    resp = requests.get(base_url + "/metrics", timeout=30)
+    resp = requests.get(base_url + "/metrics", headers=headers, timeout=30)
     resp.raise_for_status()
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     for family in text_string_to_metric_families(resp.text):
@@ -362,8 +383,9 @@ def gunicorn_server_fixture(trained_project: TrainedProject,
 
 @pytest.fixture(name="registry_server")
 def registry_server_fixture(trained_project: TrainedProject, tmp_path: Path) -> Iterator[GunicornServer]:
-    """Two workers serving ``models:/<name>@champion`` from the trained project's registry (for reloads)."""
+    """Two workers serving ``models:/<name>@champion`` from the trained project's registry (for reloads), with an
+    admin key."""
     uri = f"models:/{trained_project.model_name}@champion"
-    with running_gunicorn(tmp_path / "gunicorn", uri,
+    with running_gunicorn(tmp_path / "gunicorn", uri, token="generate",
                           extra_env={"MLFLOW_TRACKING_URI": trained_project.tracking_uri}) as server:
         yield server

@@ -1,4 +1,5 @@
-"""A real headless Chromium uses the loan-officer form over real HTTP: score, read the result, fix a mistake.
+"""A real headless Chromium uses the loan-officer form over real HTTP: sign in, score, read the result, fix a
+mistake.
 
 The Flask test client never runs a browser's form submission, its CSRF cookie
 round trip, or the CSS; this test does, and leaves desktop and phone
@@ -26,9 +27,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
 
 from flask_api.forms import fmt_number
+from src.auth.store import set_user
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+PASSWORD = "browser test passphrase"
 DESKTOP = (1280, 900, 1, False)  # width, height, device pixel ratio, mobile
 PHONE = (390, 844, 2, True)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -117,9 +120,24 @@ def test_officer_scores_an_applicant_then_fixes_an_invalid_value(browser: WebDri
     model = svc.model()
     wait = WebDriverWait(browser, 30)
 
-    # The form, pre-filled with the typical applicant.
+    # Signing in first: a user in the service's credentials file makes every page need one.
+    source = app.extensions["credit_credentials"]
+    set_user(source.path, "officer", PASSWORD, "score")
     set_viewport(browser, *DESKTOP)
-    browser.get(f"{live_server}/")
+    wait.until(lambda _: browser.get(f"{live_server}/") or "/login" in browser.current_url)  # seen within 1 s
+    assert "Sign in" in browser.title
+    capture(browser, reports / "desktop-sign-in.png", DESKTOP)
+    browser.find_element(By.ID, "username").send_keys("officer")
+    browser.find_element(By.ID, "password").send_keys("not the password")
+    browser.find_element(By.CSS_SELECTOR, "form.signin-form button[type=submit]").click()
+    assert "do not match" in browser.find_element(By.CLASS_NAME, "error-summary").text
+    browser.find_element(By.ID, "username").clear()
+    browser.find_element(By.ID, "username").send_keys("officer")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "form.signin-form button[type=submit]").click()
+
+    # The form, pre-filled with the typical applicant.
+    wait.until(lambda d: d.current_url.rstrip("/") == live_server)
     assert "Score a loan applicant" in browser.title
     assert model.name in browser.page_source and f"version {model.version}" in \
         browser.find_element(By.CLASS_NAME, "model-line").text
@@ -172,4 +190,4 @@ def test_officer_scores_an_applicant_then_fixes_an_invalid_value(browser: WebDri
     capture(browser, reports / "phone-result.png", PHONE)
 
     shots = sorted(p.name for p in reports.glob("*.png"))
-    assert len(shots) == 10, shots
+    assert len(shots) == 12, shots  # five views and the sign-in, each viewport and whole page

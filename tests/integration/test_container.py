@@ -6,11 +6,13 @@ with podman (it apt-installs them, and builds the local python:3.11-slim stand-i
 trained project's exported champion (proxied artifacts, like a team registry), through
 the Dockerfile's build args. Then, against the running container:
 
+* with no credentials it refuses to start (it listens on 0.0.0.0); with a credentials
+  file mounted, the API needs the key (401 without) and the form a signed-in user;
 * /ready says the baked model (/app/model, the registered name and version) is served;
 * POST /api/v1/predict and the web form (CSRF token from the page) both score a row,
   with exactly the probability and decision the model gives in process;
 * the image goes to a registry on 127.0.0.1, is deleted locally, pulled back, run
-  again on another port, and scores the same.
+  again on another port (open on purpose: AUTH_ALLOW_OPEN=true), and scores the same.
 
 Skips only when the sandbox's tools cannot be installed (the message says so).
 """
@@ -32,6 +34,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from src.auth.store import create_key, set_user
 from src.modeling import registry
 from src.scoring.model_store import load_model
 from tests.conftest import ROOT, TrainedProject
@@ -47,6 +50,7 @@ pytestmark = [pytest.mark.container, pytest.mark.integration]
 SANDBOX = Path(os.environ.get("CONTAINER_SANDBOX", ROOT.parent / "shared" / "tools" / "container-sandbox.sh"))
 TOOL_INSTALL_FAILED = ("apt-get could not install", "must run as root")
 BUILD_TIMEOUT = 1800  # seconds: a cold vfs build installs the serving packages from PyPI
+PASSWORD = "container test passphrase"
 START_TIMEOUT = 240   # seconds to /ready: two workers import mlflow/sklearn and load the model
 
 
@@ -70,14 +74,17 @@ class Container:
     env: dict[str, str]
 
     def logs(self) -> str:
-        return sandbox("logs", self.cid, env=self.env, check=False).stdout
+        """Its output: gunicorn's access log (stdout) and error log (stderr)."""
+        proc = sandbox("logs", self.cid, env=self.env, check=False)
+        return proc.stdout + proc.stderr
 
 
 @contextmanager
-def running(tag: str, env: dict[str, str]) -> Iterator[Container]:
-    """The image as a detached container on a free 127.0.0.1 port until the block ends."""
+def running(tag: str, env: dict[str, str], *run_args: str) -> Iterator[Container]:
+    """The image as a detached container on a free 127.0.0.1 port until the block ends (``run_args``: podman's)."""
     port = free_port()
-    cid = sandbox("run", tag, str(port), env=env).stdout.strip().splitlines()[-1]
+    cid = sandbox("run", tag, str(port), *(["--", *run_args] if run_args else []),
+                  env=env).stdout.strip().splitlines()[-1]
     try:
         yield Container(cid=cid, url=f"http://127.0.0.1:{port}", env=env)
     finally:
@@ -149,15 +156,53 @@ def expected(trained_project: TrainedProject, applicant: dict[str, Any]) -> dict
     return load_model(str(trained_project.model_dir), trained_project.settings).scorer.score([applicant])[0]
 
 
-def score_through_api(base_url: str, applicant: dict[str, Any]) -> dict[str, Any]:
-    resp = requests.post(base_url + "/api/v1/predict", json={"applicants": [applicant], "reasons": True}, timeout=60)
+@dataclass(frozen=True)
+class Access:
+    """What a client of a container with credentials presents (none: the container runs open)."""
+
+    key: str | None = None
+    user: tuple[str, str] | None = None
+    mount: tuple[str, ...] = ()  # podman run arguments that hand the credentials file to the container
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.key} if self.key else {}
+
+
+def credentials(tmp_path: Path) -> Access:
+    """A credentials file (a score key, a user) mounted read-only where AUTH_FILE points."""
+    folder = tmp_path / "auth"
+    key, _ = create_key(folder / "credentials.json", "container-test", "score")
+    set_user(folder / "credentials.json", "officer", PASSWORD, "score")
+    (folder / "credentials.json").chmod(0o644)  # hashes only; the image's user (uid 10001) must read it
+    folder.chmod(0o755)
+    return Access(key=key, user=("officer", PASSWORD),
+                  mount=("-v", f"{folder}:/app/auth:ro", "-e", "AUTH_FILE=/app/auth/credentials.json"))
+
+
+def score_through_api(base_url: str, applicant: dict[str, Any], access: Access) -> dict[str, Any]:
+    body = {"applicants": [applicant], "reasons": True}
+    if access.key:
+        refused = requests.post(base_url + "/api/v1/predict", json=body, timeout=60)
+        assert refused.status_code == 401, refused.text[:300]
+    resp = requests.post(base_url + "/api/v1/predict", json=body, headers=access.headers, timeout=60)
     assert resp.status_code == 200, resp.text[:500]
     return resp.json()
 
 
-def score_through_form(base_url: str) -> str:
-    """GET the form, post it back as a browser would (CSRF token, defaults), return the result page."""
+def score_through_form(base_url: str, access: Access) -> str:
+    """(Sign in if the container has users.) GET the form, post it back as a browser would (CSRF token,
+    defaults), return the result page."""
     with requests.Session() as browser:
+        if access.user:
+            login = browser.get(base_url + "/", timeout=60)
+            assert "/login" in login.url, login.url
+            fields = FormFields()
+            fields.feed(login.text)
+            name, password = access.user
+            signed = browser.post(login.url, data={**fields.values, "username": name, "password": password},
+                                  timeout=60)
+            assert signed.status_code == 200 and signed.url == base_url + "/", (signed.status_code, signed.url)
         page = browser.get(base_url + "/", timeout=60)
         assert page.status_code == 200, page.text[:300]
         form = FormFields()
@@ -175,7 +220,7 @@ def page_text(html: str, element_id: str) -> str:
 
 
 def check_scoring(container: Container, project: TrainedProject, applicant: dict[str, Any],
-                  expected: dict[str, Any]) -> None:
+                  expected: dict[str, Any], access: Access) -> None:
     """Ready with the baked model; the API and the form give the in-process probability and decision."""
     ready = wait_ready(container)
     base_url = container.url
@@ -183,14 +228,14 @@ def check_scoring(container: Container, project: TrainedProject, applicant: dict
     assert ready["model"]["name"] == project.model_name and ready["model"]["version"] == "1", ready
     assert ready["model"]["probabilities_by"] == "lightgbm", ready
 
-    api = score_through_api(base_url, applicant)
+    api = score_through_api(base_url, applicant, access)
     row = api["results"][0]
     assert api["model"]["name"] == project.model_name and str(api["model"]["version"]) == "1"
     assert row["probability_of_default"] == pytest.approx(expected["probability_of_default"], abs=1e-12)
     assert row["decision"] == expected["decision"]
     assert [r["feature"] for r in row["reasons"]] == [r["feature"] for r in expected["reasons"]]
 
-    html = score_through_form(base_url)  # the form's defaults are the same training medians as ``applicant``
+    html = score_through_form(base_url, access)  # the form's defaults are the same training medians as ``applicant``
     assert page_text(html, "probability") == f"{expected['probability_of_default'] * 100:.1f}%"
     assert page_text(html, "decision") == expected["decision"].capitalize()
     assert "version 1" in page_text(html, "model-line")
@@ -198,10 +243,18 @@ def check_scoring(container: Container, project: TrainedProject, applicant: dict
 
 def test_image_builds_runs_ships_through_a_registry_and_runs_again(
         image: str, sandbox_env: dict[str, str], trained_project: TrainedProject, applicant: dict[str, Any],
-        expected: dict[str, Any]) -> None:
+        expected: dict[str, Any], tmp_path: Path) -> None:
     env = sandbox_env
-    with running(image, env) as container:
-        check_scoring(container, trained_project, applicant, expected)
+    with running(image, env) as container:  # no credentials: it refuses to serve open on 0.0.0.0
+        deadline = time.monotonic() + START_TIMEOUT
+        while "refusing to start open" not in container.logs() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert "refusing to start open on 0.0.0.0:8000" in container.logs(), container.logs()[-3000:]
+        with pytest.raises(requests.RequestException):
+            requests.get(container.url + "/health", timeout=5)
+    access = credentials(tmp_path)
+    with running(image, env, *access.mount) as container:
+        check_scoring(container, trained_project, applicant, expected, access)
 
     registry_port = free_port()
     remote = f"127.0.0.1:{registry_port}/credit-default:{image.rsplit(':', 1)[1]}"
@@ -216,8 +269,8 @@ def test_image_builds_runs_ships_through_a_registry_and_runs_again(
 
         sandbox("pull", remote, env=env, timeout=BUILD_TIMEOUT)
         try:
-            with running(remote, env) as container:
-                check_scoring(container, trained_project, applicant, expected)
+            with running(remote, env, "-e", "AUTH_ALLOW_OPEN=true") as container:  # open, on purpose
+                check_scoring(container, trained_project, applicant, expected, Access())
         finally:
             sandbox("rmi", remote, env=env, check=False)
     finally:

@@ -28,6 +28,7 @@ import boto3
 import pytest
 from werkzeug.serving import make_server
 
+from src.auth.store import create_key, set_user
 from tests.conftest import ROOT
 from tests.integration.conftest import sh
 from tests.net import serving
@@ -45,9 +46,9 @@ def client(name: str) -> Any:
     return boto3.client(name, region_name=REGION)
 
 
-def deploy(*args: str) -> subprocess.CompletedProcess[str]:
+def deploy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI as the workflow runs it (AWS_ENDPOINT_URL and dummy credentials come from the moto fixture)."""
-    return sh(ROOT, sys.executable, "-m", "src.deploy", *args, check=False)
+    return sh(ROOT, sys.executable, "-m", "src.deploy", *args, check=False, env=env)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
@@ -317,17 +318,56 @@ def test_unreachable_aws_is_one_line_not_a_traceback(aws: str, monkeypatch: pyte
 # --- the smoke test against the real service ----------------------------------------------------------
 
 def test_release_smoke_tests_the_real_flask_service(aws: str, app: Any) -> None:
-    """The smoke applicant built from the real /api/v1/schema is accepted and scored by the real model."""
+    """The smoke applicant built from the real /api/v1/schema is accepted and scored by the real model, with the
+    score key the workflow passes as API_KEY (the service has credentials: without the key the smoke test fails,
+    saying what to set)."""
     launch(1)
     assert deploy("ensure-registry").returncode == 0
+    push_image("real0")
     push_image("real1")
+    key, _ = create_key(app.extensions["credit_credentials"].path, "smoke", "score")
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
     try:
-        proc = deploy("release", "real1", "--smoke-url", f"http://127.0.0.1:{server.server_port}", *FAST)
+        keyless = deploy("release", "real0", "--smoke-url", url, *FAST)
+        proc = deploy("release", "real1", "--smoke-url", url, *FAST, env={"API_KEY": key})
     finally:
         server.shutdown()
+    assert_one_line_error(keyless, 1, "answered 401", "set API_KEY to a key with the score scope")
     assert proc.returncode == 0, proc.stderr
     assert "smoke test http://127.0.0.1" in proc.stderr and "passed: model" in proc.stderr
     assert client("ssm").get_parameter(Name=PARAM)["Parameter"]["Value"] == "real1"
+
+
+# --- the service's secrets in SSM ----------------------------------------------------------------------
+
+def test_secrets_are_pushed_as_securestrings_and_synced_to_every_instance(aws: str, tmp_path: Any) -> None:
+    instances = launch(2)
+    nothing = deploy("secrets", "push")
+    assert_one_line_error(nothing, 2, "nothing to push")
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"version": 1, "keys": {}, "users": {}}')
+    assert_one_line_error(deploy("secrets", "push", "--credentials", str(empty)), 1, "holds no live key")
+    assert "MISSING" in deploy("secrets", "status").stdout
+
+    file = tmp_path / "credentials.json"
+    create_key(file, "lender", "score")
+    set_user(file, "officer", "a long enough passphrase", "score")
+    proc = deploy("secrets", "push", "--credentials", str(file), "--new-secret-key")
+    assert proc.returncode == 0, proc.stderr
+    ssm = client("ssm")
+    stored = ssm.get_parameter(Name="/credit-default/production/credentials", WithDecryption=True)["Parameter"]
+    assert stored["Type"] == "SecureString" and stored["Value"] == file.read_text()
+    key = ssm.get_parameter(Name="/credit-default/production/secret-key", WithDecryption=True)["Parameter"]
+    assert key["Type"] == "SecureString" and len(key["Value"]) == 64
+    status = deploy("secrets", "status").stdout
+    assert "credentials present" in status and "secret-key present" in status
+
+    synced = deploy("secrets", "sync")
+    assert synced.returncode == 0, synced.stderr
+    [cmd] = commands()
+    script = "\n".join(cmd["Parameters"]["commands"])
+    assert "--name /credit-default/production/credentials" in script and "docker" not in script
+    assert set(instances) <= set(cmd["InstanceIds"])

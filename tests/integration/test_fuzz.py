@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
+from tests.conftest import TrainedProject
 from tests.integration.conftest import tool_env
-from tests.integration.serving import GunicornServer, gunicorn_server_fixture  # noqa: F401
+from tests.integration.serving import GunicornServer, params_copy, running_gunicorn
 
 pytestmark = pytest.mark.integration
 
@@ -56,10 +58,24 @@ FUZZ_SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, database=None
                                                                  HealthCheck.data_too_large])
 
 
+@pytest.fixture(scope="module", name="gunicorn_server")
+def secured_server(trained_project: TrainedProject,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
+    """Two workers with credentials (an admin key): schemathesis also checks that every operation the document
+    secures refuses a request without the key. Failed attempts are not rate limited here: the fuzzer sends
+    many keyless requests from one address on purpose."""
+    workdir = tmp_path_factory.mktemp("fuzz")
+    params = params_copy(workdir, failed_limit="100000000/minute")
+    with running_gunicorn(workdir, str(trained_project.model_dir), token="generate",
+                          extra_env={"PARAMS_FILE": str(params)}) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def live_schema(gunicorn_server: GunicornServer) -> schemathesis.BaseSchema:
     """The OpenAPI document as the running server publishes it (built from the served model's profile)."""
-    return schemathesis.openapi.from_url(gunicorn_server.url("/api/v1/openapi.json"), timeout=60)
+    return schemathesis.openapi.from_url(gunicorn_server.url("/api/v1/openapi.json"), timeout=60,
+                                         headers=gunicorn_server.headers)
 
 
 def test_every_operation_is_fuzzed(live_schema: schemathesis.BaseSchema) -> None:
@@ -73,7 +89,7 @@ def test_operation_conforms_to_the_openapi_document(live_schema: schemathesis.Ba
     operation = live_schema.find_operation_by_label(label)
     assert operation is not None, f"{label} is not in the live OpenAPI document"
 
-    auth = {"Authorization": f"Bearer {gunicorn_server.token}"}  # the admin operations' bearer token
+    auth = gunicorn_server.headers  # an admin key: every operation's scope
 
     @FUZZ_SETTINGS
     @given(case=operation.as_strategy(generation_mode=mode))
@@ -100,8 +116,8 @@ def test_schemathesis_cli_examples_coverage_and_fuzzing(gunicorn_server: Gunicor
 
 def _post_raw(server: GunicornServer, body: bytes | str, content_type: str = "application/json",
               ) -> requests.Response:
-    return requests.post(server.url("/api/v1/predict"), data=body, headers={"Content-Type": content_type},
-                         timeout=REQUEST_TIMEOUT)
+    return requests.post(server.url("/api/v1/predict"), data=body,
+                         headers={"Content-Type": content_type, **server.headers}, timeout=REQUEST_TIMEOUT)
 
 
 HOSTILE_BODIES: dict[str, tuple[bytes | str, str, int]] = {

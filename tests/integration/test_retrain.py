@@ -37,7 +37,7 @@ def retrain(repo: Path, *args: str, token: str | None = None, flow: bool = False
             ) -> tuple[subprocess.CompletedProcess[str], Any]:
     """One pass: ``python -m src.modeling.retrain`` (what `make retrain` runs), or with ``flow`` the retrain
     flow (``python -m src.flows run retrain``, what the schedule and the GitHub workflow run): one loop."""
-    env = {"ADMIN_TOKEN": token} if token else {}
+    env = {"API_KEY": token} if token else {}
     command = ["-m", "src.flows", "run", "retrain"] if flow else ["-m", "src.modeling.retrain"]
     proc = sh(repo, sys.executable, *command, *args, check=False, env=env)
     summary = json.loads(proc.stdout) if proc.returncode == 0 else None
@@ -65,7 +65,7 @@ def test_retrain_loop_promotes_pushes_and_reloads(repo: Path, tmp_path: Path) ->
 
     name = first["registered_model"]
     extra = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}", "PARAMS_FILE": str(repo / "params.yaml")}
-    with running_gunicorn(tmp_path / "svc", f"models:/{name}@champion", extra_env=extra) as server:
+    with running_gunicorn(tmp_path / "svc", f"models:/{name}@champion", token="generate", extra_env=extra) as server:
         url = server.base_url
         assert served_version(url) == "1"
 
@@ -73,7 +73,7 @@ def test_retrain_loop_promotes_pushes_and_reloads(repo: Path, tmp_path: Path) ->
         #    the service's token is wrong, so this pass fails at the reload and v1 keeps serving.
         set_param(repo, "sample_seed", 7)
         set_param(repo, "max_regression", 1.0)
-        proc, _ = retrain(repo, "--no-pull", "--no-push", "--reload-url", url, token="wrong-token")
+        proc, _ = retrain(repo, "--no-pull", "--no-push", "--reload-url", url, token="cdk_000000000000_" + "w" * 43)
         assert proc.returncode == 1
         assert "reload" in proc.stderr and "401" in proc.stderr, proc.stderr
         assert served_version(url) == "1"

@@ -208,7 +208,7 @@ def test_instance_hardening_and_tags(tf: Terraform) -> None:
     assert set(re.findall(r"(?<!\$)\$\{(\w+)\}", user_data)) <= passed
 
 
-def test_instance_role_can_only_pull_the_image_and_talk_to_ssm(tf: Terraform) -> None:
+def test_instance_role_can_only_pull_the_image_read_its_secrets_and_talk_to_ssm(tf: Terraform) -> None:
     _name, inst = tf.one("aws_instance")
     profile_name = re.fullmatch(r"\$\{aws_iam_instance_profile\.(\w+)\.name\}", inst["iam_instance_profile"]).group(1)
     role_ref = tf.resources[("aws_iam_instance_profile", profile_name)]["role"]
@@ -227,10 +227,13 @@ def test_instance_role_can_only_pull_the_image_and_talk_to_ssm(tf: Terraform) ->
               if p["role"] in (f"${{aws_iam_role.{role}.name}}", f"${{aws_iam_role.{role}.id}}")]
     assert len(inline) == 1
     statements = tf.policy_document(inline[0]["policy"])
-    assert actions_of(statements) == ECR_PULL
+    assert actions_of(statements) == ECR_PULL | {"ssm:GetParameter"}
     for statement in statements:
         assert statement.get("effect", "Allow") == "Allow"
-        if statement["actions"] != ["ecr:GetAuthorizationToken"]:  # the only ECR call with no resource
+        if statement["actions"] == ["ssm:GetParameter"]:  # the service's two secrets, nothing else
+            assert sorted(r.rsplit("/", 1)[1] for r in statement["resources"]) == ["credentials", "secret-key"]
+            assert all("parameter/credit-default/${var.env}/" in r for r in statement["resources"]), statement
+        elif statement["actions"] != ["ecr:GetAuthorizationToken"]:  # the only ECR call with no resource
             assert statement["resources"] == ["${aws_ecr_repository.app.arn}"], statement
 
 

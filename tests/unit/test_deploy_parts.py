@@ -37,6 +37,7 @@ IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/credit-default"
 # `pull` of a tag containing "missing" fails like a real pull of an unknown tag.
 FAKE_DOCKER = """#!/bin/sh
 echo "docker $*" >> "$CALLS"
+[ "$1" = run ] && echo "${SECRET_KEY:-}" > "$FAKE/run-secret-key"
 case "$1" in
   inspect) [ -f "$FAKE/running" ] && cat "$FAKE/running" && exit 0; exit 1 ;;
   pull) case "$2" in *missing*) echo "manifest unknown" >&2; exit 1 ;; esac ;;
@@ -45,8 +46,14 @@ case "$1" in
 esac
 exit 0
 """
+# A stand-in aws: `ssm get-parameter --name N` prints $FAKE/ssm/<last part of N> or fails like SSM.
 FAKE_AWS = """#!/bin/sh
 echo "aws $*" >> "$CALLS"
+if [ "$1" = ssm ]; then
+  for arg; do [ "$prev" = --name ] && name=$arg; prev=$arg; done
+  [ -f "$FAKE/ssm/${name##*/}" ] && cat "$FAKE/ssm/${name##*/}" && exit 0
+  echo "An error occurred (ParameterNotFound) when calling the GetParameter operation" >&2; exit 254
+fi
 echo password
 """
 
@@ -91,20 +98,35 @@ def test_release_script_first_install_then_upgrade_records_tags(instance: dict[s
     assert sorted(log[:2]) == ["aws ecr get-login-password --region eu-west-1",
                                f"docker login --username AWS --password-stdin {registry}"]
     assert log[2] == f"docker pull {IMAGE}:v1"
-    spool = state / "spool"
+    spool, auth = state / "spool", state / "auth"
+    # no secrets in SSM yet: no credentials file, no SECRET_KEY (the container will refuse to start open)
     assert log[-1] == (f"docker run -d --name credit-default --restart unless-stopped -p 8000:8000 "
-                       f"-v {spool}:/app/var/spool -e PREDLOG_SPOOL_DIR=/app/var/spool {IMAGE}:v1")
+                       f"-v {spool}:/app/var/spool -e PREDLOG_SPOOL_DIR=/app/var/spool "
+                       f"-v {auth}:/app/auth:ro -e AUTH_FILE=/app/auth/credentials.json {IMAGE}:v1")
+    assert "no /credit-default/production/credentials in SSM" in proc.stderr
+    assert not (auth / "credentials.json").exists() and not list(auth.iterdir())
     assert spool.is_dir() and spool.stat().st_uid == fleet.CONTAINER_UID  # the image's user writes the spool
     assert (state / "current-tag").read_text() == "v1\n"
     assert not (state / "previous-tag").exists()
 
-    Path(instance["cfg"].env_file).write_text("SECRET_KEY=x\n")
+    Path(instance["cfg"].env_file).write_text("LOG_LEVEL=debug\n")
+    ssm = instance["root"] / "ssm"
+    ssm.mkdir()
+    (ssm / "credentials").write_text('{"version": 1}')
+    (ssm / "secret-key").write_text("s3cret-from-ssm")
     proc = run_script(instance, "v2")
     assert proc.returncode == 0, proc.stderr
     log = calls(instance)
+    assert "aws ssm get-parameter --region eu-west-1 --with-decryption --query Parameter.Value --output text " \
+           "--name /credit-default/production/credentials" in log
+    assert (auth / "credentials.json").read_text().strip() == '{"version": 1}'
+    assert (auth / "credentials.json").stat().st_mode & 0o777 == 0o400
+    assert (auth / "credentials.json").stat().st_uid == fleet.CONTAINER_UID
+    assert "-e SECRET_KEY " in log[-1] and "s3cret-from-ssm" not in " ".join(log)  # never on a command line
+    assert (instance["root"] / "run-secret-key").read_text().strip() == "s3cret-from-ssm"
     # stopped with time for gunicorn's graceful stop and the shipper's drain, not docker's 10 s
     assert log.index("docker stop -t 75 credit-default") < log.index("docker rm credit-default") < len(log) - 1
-    assert log[-1].endswith(f"-e PREDLOG_SPOOL_DIR=/app/var/spool --env-file {instance['cfg'].env_file} {IMAGE}:v2")
+    assert log[-1].endswith(f"-e SECRET_KEY --env-file {instance['cfg'].env_file} {IMAGE}:v2")
     assert (state / "previous-tag").read_text() == "v1\n"
     assert (state / "current-tag").read_text() == "v2\n"
     assert f"now running {IMAGE}:v2 (previously: {IMAGE}:v1)" in proc.stdout

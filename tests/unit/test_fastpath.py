@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from flask_api.access import AccessGate
 from flask_api.fastpath import FastPredict, content_length, is_json_type, status_line
 from tests.conftest import default_applicant
 
@@ -22,7 +23,9 @@ PREDICT = "/api/v1/predict"
 
 @pytest.fixture
 def fast(app) -> FastPredict:
-    middleware = app.wsgi_app
+    gate = app.wsgi_app  # the access gate (flask_api/access.py) runs first; the fast path is behind it
+    assert isinstance(gate, AccessGate)
+    middleware = gate.app
     assert isinstance(middleware, FastPredict)
     flask_app = middleware.flask
     middleware.handed_on = []  # type: ignore[attr-defined]
