@@ -15,7 +15,9 @@ locals {
   account_id = data.aws_caller_identity.current.account_id
   partition  = data.aws_partition.current.partition
   region     = data.aws_region.current.name
-  subnet_id  = coalesce(var.subnet_id, sort(data.aws_subnets.selected.ids)[0])
+  # Hosts spread over the zones (one zone down leaves the others serving); the balancer spans them all.
+  instance_subnets = var.subnet_id != null ? [var.subnet_id] : sort(data.aws_subnets.selected.ids)
+  alb_subnets      = var.alb_subnet_ids != null ? var.alb_subnet_ids : sort(data.aws_subnets.selected.ids)
 
   github_oidc_provider_arn = var.create_github_oidc_provider ? aws_iam_openid_connect_provider.github[0].arn : data.aws_iam_openid_connect_provider.github[0].arn
 }
@@ -243,15 +245,15 @@ data "aws_ssm_parameter" "al2023_ami" {
 
 resource "aws_security_group" "app" {
   name_prefix = "${local.name}-app-"
-  description = "credit-default scoring service: app port in, HTTPS out"
+  description = "credit-default scoring service: app port from the load balancer, HTTPS out"
   vpc_id      = data.aws_vpc.selected.id
 
   ingress {
-    description = "Scoring service (web form and JSON API) from the allowed networks"
-    from_port   = var.app_port
-    to_port     = var.app_port
-    protocol    = "tcp"
-    cidr_blocks = var.allowed_cidrs
+    description     = "Scoring service (web form and JSON API) from the load balancer only"
+    from_port       = var.app_port
+    to_port         = var.app_port
+    protocol        = "tcp"
+    security_groups = [aws_security_group.alb.id]
   }
 
   # Everything the host calls is HTTPS: ECR and its S3 layers, SSM, the OS
@@ -336,12 +338,12 @@ resource "aws_iam_instance_profile" "instance" {
 }
 
 resource "aws_instance" "app" {
-  #checkov:skip=CKV_AWS_88:The host serves the API directly on app_port; inbound traffic is limited to allowed_cidrs by the security group
+  #checkov:skip=CKV_AWS_88:A public IP for outbound HTTPS (ECR, SSM) in a VPC without NAT; inbound only from the load balancer's security group
   count = var.instance_count
 
   ami                         = nonsensitive(data.aws_ssm_parameter.al2023_ami.value)
   instance_type               = var.instance_type
-  subnet_id                   = local.subnet_id
+  subnet_id                   = local.instance_subnets[count.index % length(local.instance_subnets)]
   vpc_security_group_ids      = [aws_security_group.app.id]
   iam_instance_profile        = aws_iam_instance_profile.instance.name
   associate_public_ip_address = true
@@ -521,4 +523,120 @@ resource "aws_iam_role_policy" "deploy" {
   name   = "deploy"
   role   = aws_iam_role.deploy.id
   policy = data.aws_iam_policy_document.deploy.json
+}
+
+# ---------------------------------------------------------------------------
+# Application Load Balancer: HTTPS in front of the hosts, health check /ready
+# ---------------------------------------------------------------------------
+# A release (python -m src.deploy release) takes one host at a time out of the
+# target group, replaces its container, and waits for the health check before
+# the next: the service never goes down as a whole.
+
+resource "aws_security_group" "alb" {
+  #checkov:skip=CKV_AWS_260:Port 80 only answers with a redirect to HTTPS, and only to allowed_cidrs (the operator's choice)
+  name_prefix = "${local.name}-alb-"
+  description = "credit-default load balancer: HTTPS (and HTTP, redirected) from the allowed networks"
+  vpc_id      = data.aws_vpc.selected.id
+
+  ingress {
+    description = "HTTPS from the allowed networks"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
+    cidr_blocks = var.allowed_cidrs
+  }
+
+  ingress {
+    description = "HTTP from the allowed networks, answered with a redirect to HTTPS"
+    from_port   = 80
+    to_port     = 80
+    protocol    = "tcp"
+    cidr_blocks = var.allowed_cidrs
+  }
+
+  egress {
+    description = "To the hosts' app port inside the VPC"
+    from_port   = var.app_port
+    to_port     = var.app_port
+    protocol    = "tcp"
+    cidr_blocks = [data.aws_vpc.selected.cidr_block]
+  }
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_lb" "app" {
+  #checkov:skip=CKV_AWS_91:Access logs need a bucket policy for the regional ELB account; every decision is already logged by the service (prediction log) and every request by gunicorn
+  #checkov:skip=CKV2_AWS_28:No WAF by default: the service checks API keys, scopes and rate limits itself; attach a web ACL where policy asks for one
+  #checkov:skip=CKV2_AWS_76:No WAF by default (see CKV2_AWS_28)
+  name                       = local.name
+  internal                   = false
+  load_balancer_type         = "application"
+  security_groups            = [aws_security_group.alb.id]
+  subnets                    = local.alb_subnets
+  drop_invalid_header_fields = true
+  enable_deletion_protection = var.alb_deletion_protection
+  idle_timeout               = 60
+
+  tags = local.tags
+}
+
+resource "aws_lb_target_group" "app" {
+  #checkov:skip=CKV_AWS_378:TLS ends at the balancer; behind it the hosts admit only the balancer's security group, inside the VPC
+  name                 = local.name
+  port                 = var.app_port
+  protocol             = "HTTP"
+  vpc_id               = data.aws_vpc.selected.id
+  target_type          = "instance"
+  deregistration_delay = 30 # in-flight requests finish (gunicorn's graceful stop is 30 s too)
+
+  health_check {
+    path                = "/ready" # 200 once the model is loaded; no key needed
+    matcher             = "200"
+    interval            = 10
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+
+  tags = local.tags
+}
+
+resource "aws_lb_target_group_attachment" "app" {
+  count = var.instance_count
+
+  target_group_arn = aws_lb_target_group.app.arn
+  target_id        = aws_instance.app[count.index].id
+  port             = var.app_port
+}
+
+resource "aws_lb_listener" "https" {
+  load_balancer_arn = aws_lb.app.arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+  certificate_arn   = var.certificate_arn
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.app.arn
+  }
+}
+
+resource "aws_lb_listener" "http" {
+  load_balancer_arn = aws_lb.app.arn
+  port              = 80
+  protocol          = "HTTP"
+
+  default_action {
+    type = "redirect"
+
+    redirect {
+      port        = "443"
+      protocol    = "HTTPS"
+      status_code = "HTTP_301"
+    }
+  }
 }

@@ -34,13 +34,23 @@ output "public_ips" {
 }
 
 output "public_ip" {
-  description = "Public IPv4 address of the first host."
+  description = "Public IPv4 address of the first host (outbound only: inbound traffic comes through the load balancer)."
   value       = aws_instance.app[0].public_ip
 }
 
 output "service_url" {
-  description = "URL of the scoring service on the first host."
-  value       = "http://${aws_instance.app[0].public_ip}:${var.app_port}/"
+  description = "URL of the scoring service: the load balancer (point a DNS name of the certificate at load_balancer_dns_name)."
+  value       = "https://${aws_lb.app.dns_name}/"
+}
+
+output "load_balancer_dns_name" {
+  description = "DNS name of the load balancer (an alias or CNAME record of the certificate's domain points here)."
+  value       = aws_lb.app.dns_name
+}
+
+output "target_group_arn" {
+  description = "Target group of the hosts: params.yaml deploy.target_group_arn (a release takes one host out at a time)."
+  value       = aws_lb_target_group.app.arn
 }
 
 output "deploy_role_arn" {

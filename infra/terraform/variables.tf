@@ -85,7 +85,7 @@ variable "vpc_id" {
 }
 
 variable "subnet_id" {
-  description = "Public subnet for the instance; null picks a subnet of the VPC in a zone that offers instance_type."
+  description = "Public subnet for every instance; null spreads them over the VPC's subnets in zones that offer instance_type."
   type        = string
   default     = null
 }
@@ -102,7 +102,7 @@ variable "app_port" {
 }
 
 variable "allowed_cidrs" {
-  description = "IPv4 CIDR blocks allowed to reach app_port (e.g. your office, your load balancer). No default: choose who may call the service."
+  description = "IPv4 CIDR blocks allowed to reach the load balancer (HTTPS 443; HTTP 80 redirects). No default: choose who may call the service."
   type        = list(string)
 
   validation {
@@ -134,6 +134,28 @@ variable "github_oidc_subjects" {
 
 variable "create_github_oidc_provider" {
   description = "Create the account's GitHub OIDC identity provider; false reuses the one that already exists (one per account)."
+  type        = bool
+  default     = true
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate ARN for the load balancer's HTTPS listener (its domain is the service's name)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:acm:", var.certificate_arn))
+    error_message = "certificate_arn must be an ACM certificate ARN (arn:aws:acm:...)."
+  }
+}
+
+variable "alb_subnet_ids" {
+  description = "Public subnets (two zones or more) for the load balancer; null uses the VPC's subnets in zones that offer instance_type."
+  type        = list(string)
+  default     = null
+}
+
+variable "alb_deletion_protection" {
+  description = "Protect the load balancer from deletion (turn off before terraform destroy)."
   type        = bool
   default     = true
 }

@@ -228,6 +228,11 @@ class DeploySettings(Strict):
     smoke_timeout: Seconds = Field(180.0, gt=0)  # seconds to wait for /ready after a restart (model load)
     http_timeout: Seconds = Field(10.0, gt=0)  # seconds per smoke-test HTTP request
     smoke_applicant: dict[str, Any] | None = None  # None: built from the service's /api/v1/schema
+    # The load balancer's target group (infra/terraform output target_group_arn): a release takes each host
+    # out of it, replaces the container, and waits until the group's health check passes before the next
+    # host. null: no balancer (hosts are still released one at a time).
+    target_group_arn: str | None = None
+    drain_timeout: Seconds = Field(120.0, gt=0)  # seconds for a deregistered host to drain (the group's delay)
 
     @field_validator("port", "container_port")
     @classmethod

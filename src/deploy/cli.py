@@ -1,7 +1,8 @@
 """``python -m src.deploy``: the command line the GitHub workflows (and people) use to ship the service.
 
     python -m src.deploy ensure-registry [--name NAME]   # ECR repository, scan on push, immutable tags; prints URI
-    python -m src.deploy release TAG [--smoke-url URL]   # SSM pull + restart, smoke test, rollback on failure
+    python -m src.deploy release TAG [--smoke-url URL]   # one host at a time: out of the balancer, SSM pull +
+                                                         # restart, back in, smoke test; rollback on failure
     python -m src.deploy status                          # current tag, last release and command, instances
     python -m src.deploy config                          # key=value lines for $GITHUB_OUTPUT
     python -m src.deploy champion                        # version=<the registry's champion now>
@@ -36,7 +37,7 @@ log = logging.getLogger("src.deploy")
 
 # CLI flag -> DeploySettings field (None = keep params.yaml's value).
 OVERRIDES = ("region", "env", "app", "repository", "port", "smoke_url", "command_timeout", "smoke_timeout",
-             "poll_interval", "http_timeout")
+             "poll_interval", "http_timeout", "target_group_arn", "drain_timeout")
 
 
 def _common_flags(top: bool) -> argparse.ArgumentParser:
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("--smoke-timeout", type=float, help="seconds to wait for /ready (deploy.smoke_timeout)")
     rel.add_argument("--poll-interval", type=float, help="seconds between status polls (deploy.poll_interval)")
     rel.add_argument("--http-timeout", type=float, help="seconds per smoke request (deploy.http_timeout)")
+    rel.add_argument("--target-group-arn", help="the load balancer's target group: each host leaves it while its "
+                                                "container is replaced (deploy.target_group_arn)")
+    rel.add_argument("--drain-timeout", type=float, help="seconds for a host to drain (deploy.drain_timeout)")
     sub.add_parser("status", parents=[common], help="current tag, last release and command, instances")
     sub.add_parser("config", parents=[common], help="effective deploy settings as key=value lines")
     sub.add_parser("champion", parents=[common], help="print version=<the champion's version> (empty: none yet)")

@@ -1,4 +1,11 @@
-"""A release: the image tag onto every instance, a smoke test, and automatic rollback when it fails.
+"""A rolling release: the image tag onto one instance at a time, a smoke test each, rollback when one fails.
+
+Per instance: out of the load balancer's target group (drained), the container
+replaced by SSM Run Command, back in the group once its health check (/ready)
+passes, then the smoke test; only then the next instance, so at most one is out of
+service at any moment (src/deploy/balancer.py; without a balancer the hosts are
+still replaced one at a time). A failure stops the rollout and returns the instances
+already changed, the failing one included, to the previous tag the same way.
 
 The SSM parameter ``<prefix>/<env>/current-tag`` says which tag runs; it is read
 before a release (that is the tag a rollback returns to) and written only once
@@ -22,8 +29,8 @@ import boto3
 from botocore.exceptions import ClientError
 
 from src.config import DeploySettings, env
+from src.deploy import balancer, fleet
 from src.deploy import ecr as ecr_ops
-from src.deploy import fleet
 from src.deploy.errors import DeployError, MissingResource
 from src.deploy.smoke import SmokeTestFailed, smoke_test
 
@@ -35,16 +42,18 @@ LAST_RELEASE = "last-release"
 
 @dataclass(frozen=True)
 class Aws:
-    """The three clients a release needs (boto3 picks AWS_ENDPOINT_URL up itself, so moto works unchanged)."""
+    """The clients a release needs (boto3 picks AWS_ENDPOINT_URL up itself, so moto works unchanged)."""
 
     ec2: Any
     ecr: Any
     ssm: Any
+    elb: Any = None
 
 
 def connect(region: str) -> Aws:
     session = boto3.session.Session(region_name=region)
-    return Aws(ec2=session.client("ec2"), ecr=session.client("ecr"), ssm=session.client("ssm"))
+    return Aws(ec2=session.client("ec2"), ecr=session.client("ecr"), ssm=session.client("ssm"),
+               elb=session.client("elbv2"))
 
 
 @dataclass
@@ -94,55 +103,63 @@ def _record(ssm: Any, cfg: DeploySettings, outcome: ReleaseOutcome, reason: str 
     write_parameter(ssm, cfg.parameter(LAST_RELEASE), json.dumps(record), "last release attempt (src.deploy)")
 
 
-def smoke_targets(cfg: DeploySettings, instances: Sequence[fleet.Instance]) -> list[str]:
-    """Base URLs to smoke-test: deploy.smoke_url (e.g. a load balancer), else every instance on deploy.port."""
+def smoke_target(cfg: DeploySettings, instance: fleet.Instance) -> str:
+    """The base URL that smoke-tests ``instance``: deploy.smoke_url (e.g. the load balancer), else its own IP."""
     if cfg.smoke_url:
-        return [cfg.smoke_url.rstrip("/")]
-    missing = [i.id for i in instances if not i.address]
-    if missing:
-        raise MissingResource(f"instance(s) {', '.join(missing)} have no IP address to smoke-test: "
-                              "give --smoke-url")
-    return [f"http://{i.address}:{cfg.port}" for i in instances]
+        return cfg.smoke_url.rstrip("/")
+    if not instance.address:
+        raise MissingResource(f"instance {instance.id} has no IP address to smoke-test: give --smoke-url")
+    return f"http://{instance.address}:{cfg.port}"
 
 
-def switch(aws: Aws, cfg: DeploySettings, instances: Sequence[fleet.Instance], repo_uri: str, tag: str,
-           comment: str, sleep: Callable[[float], None]) -> str:
-    """Run the pull-and-restart script for ``tag`` on every instance and wait for all of them."""
+def switch(aws: Aws, cfg: DeploySettings, instance: fleet.Instance, repo_uri: str, tag: str, comment: str,
+           sleep: Callable[[float], None], before_traffic: Callable[[], None] | None = None) -> str:
+    """One instance onto ``tag``: out of the target group, the container replaced, ``before_traffic`` (the smoke
+    test of the host itself), back in, healthy; the SSM command id. (A failure leaves it out of the group: the
+    rollback puts it back.)"""
+    group = cfg.target_group_arn
+    if group:
+        balancer.take_out(aws.elb, group, instance.id, cfg.drain_timeout, cfg.poll_interval, sleep)
     lines = fleet.release_script(f"{repo_uri}:{tag}", tag, cfg, cfg.region)
-    command_id = fleet.send_script(aws.ssm, instances, lines, comment, cfg.command_timeout)
-    fleet.wait_for_command(aws.ssm, command_id, instances, cfg.command_timeout, cfg.poll_interval, sleep=sleep)
+    command_id = fleet.send_script(aws.ssm, [instance], lines, comment, cfg.command_timeout)
+    fleet.wait_for_command(aws.ssm, command_id, [instance], cfg.command_timeout, cfg.poll_interval, sleep=sleep)
+    if before_traffic is not None:
+        before_traffic()
+    if group:
+        balancer.put_back(aws.elb, group, instance.id, cfg.smoke_timeout, cfg.poll_interval, sleep)
     return command_id
 
 
-def _smoke_all(cfg: DeploySettings, urls: Sequence[str], sleep: Callable[[float], None]) -> None:
-    for url in urls:
-        smoke_test(url, cfg.smoke_timeout, cfg.http_timeout, cfg.smoke_applicant,
-                   poll_interval=min(cfg.poll_interval, 5.0), sleep=sleep, api_key=env.text(env.API_KEY))
+def smoke(cfg: DeploySettings, url: str, sleep: Callable[[float], None]) -> None:
+    smoke_test(url, cfg.smoke_timeout, cfg.http_timeout, cfg.smoke_applicant,
+               poll_interval=min(cfg.poll_interval, 5.0), sleep=sleep, api_key=env.text(env.API_KEY))
 
 
-def _roll_back(aws: Aws, cfg: DeploySettings, instances: Sequence[fleet.Instance], repo_uri: str,
+def _roll_back(aws: Aws, cfg: DeploySettings, changed: Sequence[fleet.Instance], repo_uri: str,
                outcome: ReleaseOutcome, reason: str, sleep: Callable[[float], None]) -> NoReturn:
-    """Return every instance to the previous tag, record it, and raise the release's failure."""
+    """Return the instances already changed to the previous tag (the last one first), one at a time; record it
+    and raise the release's failure."""
     previous = outcome.previous
     if previous is None or previous == outcome.tag:
         outcome.outcome = "failed"
         _record(aws.ssm, cfg, outcome, reason)
         raise DeployError(f"{reason}; no previous tag in {cfg.parameter(CURRENT_TAG)} to roll back to, "
-                          f"so the instances are left on {outcome.tag}")
-    log.warning("release of %s failed; rolling back to %s", outcome.tag, previous)
-    try:
-        outcome.commands.append(switch(aws, cfg, instances, repo_uri, previous,
-                                       f"rollback {cfg.app} {cfg.env} to {previous}", sleep))
-    except DeployError as exc:
-        outcome.outcome = "rollback failed"
-        _record(aws.ssm, cfg, outcome, f"{reason}; {exc}")
-        raise DeployError(f"{reason}; ROLLBACK to {previous} FAILED too: {exc}") from None
-    write_parameter(aws.ssm, cfg.parameter(CURRENT_TAG), previous, f"image tag running in {cfg.env}")
-    try:
-        _smoke_all(cfg, outcome.smoke_urls, sleep)
-        after = "passed"
-    except SmokeTestFailed as exc:
-        after = f"failed too: {exc}"
+                          f"so {', '.join(i.id for i in changed)} left on {outcome.tag}")
+    log.warning("release of %s failed; rolling %s back to %s", outcome.tag, ", ".join(i.id for i in changed),
+                previous)
+    after = "passed"
+    for instance in reversed(changed):
+        try:
+            outcome.commands.append(switch(aws, cfg, instance, repo_uri, previous,
+                                           f"rollback {cfg.app} {cfg.env} to {previous}", sleep))
+        except DeployError as exc:
+            outcome.outcome = "rollback failed"
+            _record(aws.ssm, cfg, outcome, f"{reason}; {exc}")
+            raise DeployError(f"{reason}; ROLLBACK of {instance.id} to {previous} FAILED too: {exc}") from None
+        try:  # (back in service either way: the previous tag is the best there is)
+            smoke(cfg, smoke_target(cfg, instance), sleep)
+        except SmokeTestFailed as exc:
+            after = f"failed too: {exc}"
     outcome.outcome = "rolled back"
     _record(aws.ssm, cfg, outcome, reason)
     raise DeployError(f"release of {outcome.tag} failed and was rolled back to {previous} "
@@ -150,28 +167,36 @@ def _roll_back(aws: Aws, cfg: DeploySettings, instances: Sequence[fleet.Instance
 
 
 def release(aws: Aws, cfg: DeploySettings, tag: str, sleep: Callable[[float], None] = time.sleep) -> ReleaseOutcome:
-    """Deploy ``tag`` to every running instance of App=<app>, Env=<env>; roll back if it does not serve.
+    """Deploy ``tag`` to every running instance of App=<app>, Env=<env>, one at a time; roll back if one fails.
 
     Everything that can be checked without touching an instance (instances exist,
-    image exists, smoke-test addresses known) is checked first, so a misconfigured
-    release fails with exit 2 and changes nothing.
+    image exists, smoke-test addresses known, the target group knows every instance)
+    is checked first, so a misconfigured release fails with exit 2 and changes nothing.
     """
     instances = fleet.require_instances(aws.ec2, cfg.app, cfg.env)
     repo_uri = ecr_ops.require_image(aws.ecr, cfg.repository, tag)
     outcome = ReleaseOutcome(tag=tag, previous=current_tag(aws.ssm, cfg), instances=[i.id for i in instances],
-                             smoke_urls=smoke_targets(cfg, instances))
-    log.info("releasing %s:%s to %d instance(s) in %s (running now: %s)", repo_uri, tag, len(instances), cfg.env,
-             outcome.previous or "nothing recorded")
-    try:
-        outcome.commands.append(switch(aws, cfg, instances, repo_uri, tag, f"release {cfg.app} {cfg.env} {tag}",
-                                       sleep))
-    except DeployError as exc:  # some instances may have switched already: bring them all back
-        _roll_back(aws, cfg, instances, repo_uri, outcome, str(exc), sleep)
+                             smoke_urls=sorted({smoke_target(cfg, i) for i in instances}))
+    if cfg.target_group_arn:
+        balancer.require_group(aws.elb, cfg.target_group_arn, outcome.instances)
+    log.info("releasing %s:%s to %d instance(s) in %s, one at a time (running now: %s)", repo_uri, tag,
+             len(instances), cfg.env, outcome.previous or "nothing recorded")
+    changed: list[fleet.Instance] = []
+    for instance in instances:
+        changed.append(instance)  # from here on it may be half-switched: a rollback includes it
+        url = smoke_target(cfg, instance)
+        # On the host's own address the smoke test runs before the host takes traffic again; through the
+        # balancer (deploy.smoke_url) it can only run once the host is back behind it and healthy.
+        direct = not cfg.smoke_url
+        try:
+            outcome.commands.append(switch(aws, cfg, instance, repo_uri, tag, f"release {cfg.app} {cfg.env} {tag}",
+                                           sleep, (lambda u=url: smoke(cfg, u, sleep)) if direct else None))
+            if not direct:
+                smoke(cfg, url, sleep)
+        except DeployError as exc:  # (a failed smoke test is one too)
+            _roll_back(aws, cfg, changed, repo_uri, outcome, f"{instance.id}: {exc}", sleep)
+        log.info("%s now runs %s (%d of %d)", instance.id, tag, len(changed), len(instances))
     write_parameter(aws.ssm, cfg.parameter(CURRENT_TAG), tag, f"image tag running in {cfg.env}")
-    try:
-        _smoke_all(cfg, outcome.smoke_urls, sleep)
-    except SmokeTestFailed as exc:
-        _roll_back(aws, cfg, instances, repo_uri, outcome, str(exc), sleep)
     _record(aws.ssm, cfg, outcome)
     log.info("released %s to %s; smoke test passed on %s", tag, ", ".join(outcome.instances),
              ", ".join(outcome.smoke_urls))

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -120,24 +122,29 @@ SCHEMA = {"type": "object", "additionalProperties": False, "required": ["limit_b
 
 @dataclass
 class StandIn:
-    """Healthy when the tag in SSM is in ``healthy``; ``broken`` says how an unhealthy one misbehaves."""
+    """Healthy when the tag the last SSM command installed is in ``healthy`` (the host a rolling release just
+    replaced answers the smoke test); ``broken`` says how an unhealthy one misbehaves. ``bad_from``: from that
+    prediction on (1-based), every tag misbehaves (a release that fails on a later host)."""
 
     healthy: set[str]
     broken: str = "not-ready"  # or "bad-prediction"
+    bad_from: int | None = None
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     url: str = ""
 
     def is_healthy(self) -> bool:
-        try:
-            tag = client("ssm").get_parameter(Name=PARAM)["Parameter"]["Value"]
-        except client("ssm").exceptions.ParameterNotFound:
+        sent = commands()
+        if not sent:
             return False
-        return tag in self.healthy
+        predictions = sum(1 for method, _, _ in self.requests if method == "POST")
+        if self.bad_from is not None and predictions >= self.bad_from and image_in(sent[-1]).endswith(":v2"):
+            return False
+        return image_in(sent[-1]).rsplit(":", 1)[1] in self.healthy
 
 
 @contextmanager
-def stand_in(healthy: set[str], broken: str = "not-ready") -> Iterator[StandIn]:
-    state = StandIn(healthy=healthy, broken=broken)
+def stand_in(healthy: set[str], broken: str = "not-ready", bad_from: int | None = None) -> Iterator[StandIn]:
+    state = StandIn(healthy=healthy, broken=broken, bad_from=bad_from)
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: Any) -> None:
@@ -224,12 +231,15 @@ def test_release_switches_every_instance_records_the_tag_and_smoke_tests(aws: st
     assert "released abc123" in proc.stdout
 
     assert client("ssm").get_parameter(Name=PARAM)["Parameter"]["Value"] == "abc123"
-    [cmd] = commands()
-    assert cmd["DocumentName"] == "AWS-RunShellScript"
+    sent = commands()
+    assert len(sent) == 2 and all(c["DocumentName"] == "AWS-RunShellScript" for c in sent)  # one per host
+    cmd = sent[-1]
     # moto 5.2 adds every instance of the region to a command sent without Targets, so which
-    # instances were targeted is read from the CLI's own record rather than from list_commands.
+    # instances were targeted is read from the CLI's own record and log rather than from list_commands.
     assert set(instances) <= set(cmd["InstanceIds"])
     assert sorted(last_release()["instances"]) == sorted(instances)
+    assert [line.split(": ")[-1] for line in proc.stderr.splitlines() if " now runs abc123" in line] == [
+        f"{i} now runs abc123 ({n} of 2)" for n, i in enumerate(sorted(instances), 1)]
     assert proc.stdout.strip() == f"released abc123 to {', '.join(sorted(instances))} (previous: -)"
     uri = client("ecr").describe_repositories(repositoryNames=[REPO])["repositories"][0]["repositoryUri"]
     assert image_in(cmd) == f"{uri}:abc123"
@@ -262,14 +272,15 @@ def test_failed_smoke_test_rolls_back_to_the_previous_tag(aws: str, broken: str)
     assert ("/ready answered 503" if broken == "not-ready" else "probability_of_default 1.7") in line
 
     assert client("ssm").get_parameter(Name=PARAM)["Parameter"]["Value"] == "v1"
-    first, second, rollback = commands()
-    assert [image_in(c).rsplit(":", 1)[1] for c in (first, second, rollback)] == ["v1", "v2", "v1"]
-    assert set(instances) <= set(rollback["InstanceIds"])
+    # v1 host by host; then v2 on the first host only, whose smoke test fails; it alone goes back to v1
+    *installs, second, rollback = commands()
+    assert [image_in(c).rsplit(":", 1)[1] for c in (*installs, second, rollback)] == ["v1", "v1", "v2", "v1"]
     record = last_release()
     assert (record["tag"], record["previous"], record["outcome"]) == ("v2", "v1", "rolled back")
     assert record["commands"] == [second["CommandId"], rollback["CommandId"]]
     assert sorted(record["instances"]) == sorted(instances)
     assert "rollback" in rollback["Comment"]
+    assert f"rolling {sorted(instances)[0]} back to v1" in proc.stderr
 
     status = deploy("status")
     assert "current tag   v1" in status.stdout and "last release  v2 (rolled back; previous v1)" in status.stdout
@@ -371,3 +382,113 @@ def test_secrets_are_pushed_as_securestrings_and_synced_to_every_instance(aws: s
     script = "\n".join(cmd["Parameters"]["commands"])
     assert "--name /credit-default/production/credentials" in script and "docker" not in script
     assert set(instances) <= set(cmd["InstanceIds"])
+
+
+# --- a rolling release behind the load balancer ---------------------------------------------------------
+
+def target_group(instances: list[str]) -> str:
+    """A target group of the default VPC (what infra/terraform makes) with ``instances`` registered."""
+    vpc = client("ec2").describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    elb = client("elbv2")
+    arn = elb.create_target_group(Name="credit-default-production", Protocol="HTTP", Port=8000, VpcId=vpc,
+                                  HealthCheckPath="/ready", TargetType="instance")["TargetGroups"][0][
+        "TargetGroupArn"]
+    elb.register_targets(TargetGroupArn=arn, Targets=[{"Id": i} for i in instances])
+    return arn
+
+
+@contextmanager
+def watching(arn: str, instances: list[str]) -> Iterator[list[set[str]]]:
+    """Samples, every few milliseconds while the block runs, which instances are not healthy in the group."""
+    samples: list[set[str]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        elb = client("elbv2")
+        while not stop.is_set():
+            health = elb.describe_target_health(TargetGroupArn=arn, Targets=[{"Id": i} for i in instances])
+            samples.append({d["Target"]["Id"] for d in health["TargetHealthDescriptions"]
+                            if d["TargetHealth"]["State"] != "healthy"})
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def steps(stderr: str) -> list[tuple[str, str]]:
+    """(instance, what) for each host step the CLI logged, in order."""
+    found = []
+    for line in stderr.splitlines():
+        match = re.search(r"(i-[0-9a-f]+): (deregistered|out of service|registered again|back in service)", line) \
+            or re.search(r"(i-[0-9a-f]+) (now runs) ", line)
+        if match:
+            found.append((match.group(1), match.group(2)))
+    return found
+
+
+def test_rolling_release_takes_one_host_out_of_the_balancer_at_a_time(aws: str) -> None:
+    instances = sorted(launch(3))
+    arn = target_group(instances)
+    assert deploy("ensure-registry").returncode == 0
+    push_image("v1")
+    with stand_in(healthy={"v1"}) as svc, watching(arn, instances) as samples:
+        proc = deploy("release", "v1", "--smoke-url", svc.url, "--target-group-arn", arn, *FAST)
+    assert proc.returncode == 0, proc.stderr
+    # per host, in instance order: out (drained), replaced, back (healthy), smoke-tested; then the next host
+    expected = [(i, what) for i in instances for what in
+                ("deregistered", "out of service", "registered again", "back in service", "now runs")]
+    assert steps(proc.stderr) == expected
+    assert max(len(s) for s in samples) == 1, "two hosts out of service at once"
+    assert {i for s in samples for i in s} == set(instances), "the watcher saw every host leave once"
+    health = client("elbv2").describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
+    assert sorted(d["Target"]["Id"] for d in health if d["TargetHealth"]["State"] == "healthy") == instances
+    assert len(commands()) == 3  # one SSM command per host
+
+
+def test_a_rollout_failing_on_the_second_host_returns_both_changed_hosts(aws: str) -> None:
+    instances = sorted(launch(3))
+    arn = target_group(instances)
+    assert deploy("ensure-registry").returncode == 0
+    push_image("v1")
+    push_image("v2")
+    with stand_in(healthy={"v1", "v2"}, broken="bad-prediction") as svc:
+        assert deploy("release", "v1", "--smoke-url", svc.url, "--target-group-arn", arn, *FAST).returncode == 0
+        svc.bad_from = len([r for r in svc.requests if r[0] == "POST"]) + 2  # v2's second host misbehaves
+        with watching(arn, instances) as samples:
+            proc = deploy("release", "v2", "--smoke-url", svc.url, "--target-group-arn", arn, *FAST)
+    line = assert_one_line_error(proc, 1, "release of v2 failed and was rolled back to v1", instances[1])
+    assert "probability_of_default 1.7" in line
+    first, second, third = instances
+    assert steps(proc.stderr) == [
+        (first, "deregistered"), (first, "out of service"), (first, "registered again"),
+        (first, "back in service"), (first, "now runs"),
+        (second, "deregistered"), (second, "out of service"), (second, "registered again"),
+        (second, "back in service"),  # ... and its smoke test fails: back to v1, the last changed first
+        (second, "deregistered"), (second, "out of service"), (second, "registered again"),
+        (second, "back in service"),
+        (first, "deregistered"), (first, "out of service"), (first, "registered again"), (first, "back in service")]
+    assert third not in {i for s in samples for i in s}  # never touched
+    assert max(len(s) for s in samples) == 1
+    tags = [image_in(c).rsplit(":", 1)[1] for c in commands()]
+    assert tags == ["v1", "v1", "v1", "v2", "v2", "v1", "v1"]
+    assert client("ssm").get_parameter(Name=PARAM)["Parameter"]["Value"] == "v1"
+    health = client("elbv2").describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
+    assert all(d["TargetHealth"]["State"] == "healthy" for d in health) and len(health) == 3
+
+
+def test_a_release_through_an_unknown_or_incomplete_target_group_changes_nothing(aws: str) -> None:
+    instances = sorted(launch(2))
+    arn = target_group(instances[:1])
+    assert deploy("ensure-registry").returncode == 0
+    push_image("v1")
+    proc = deploy("release", "v1", "--smoke-url", "http://127.0.0.1:9", "--target-group-arn", arn, *FAST)
+    assert_one_line_error(proc, 2, f"instance(s) {instances[1]} are not in target group")
+    missing = arn.replace("credit-default-production", "nope")
+    proc = deploy("release", "v1", "--smoke-url", "http://127.0.0.1:9", "--target-group-arn", missing, *FAST)
+    assert_one_line_error(proc, 2, "no target group")
+    assert commands() == []

@@ -160,22 +160,53 @@ def test_ecr_repository_scans_on_push_with_immutable_tags(tf: Terraform) -> None
 
 # ----------------------------------------------------------------------------- EC2
 
-def test_security_group_opens_only_the_app_port(tf: Terraform) -> None:
-    _name, sg = tf.one("aws_security_group")
-    assert len(sg["ingress"]) == 1, sg["ingress"]
-    rule = sg["ingress"][0]
-    assert rule["from_port"] == rule["to_port"] == "${var.app_port}"
-    assert rule["protocol"] == "tcp"
-    assert rule["cidr_blocks"] == "${var.allowed_cidrs}"
+def test_hosts_admit_only_the_load_balancer_which_admits_only_the_allowed_networks(tf: Terraform) -> None:
+    groups = tf.of_type("aws_security_group")
+    assert set(groups) == {"app", "alb"}
+    app, alb = groups["app"], groups["alb"]
+    assert len(app["ingress"]) == 1, app["ingress"]
+    rule = app["ingress"][0]
+    assert rule["from_port"] == rule["to_port"] == "${var.app_port}" and rule["protocol"] == "tcp"
+    assert rule["security_groups"] == ["${aws_security_group.alb.id}"] and "cidr_blocks" not in rule
     assert tf.variables["app_port"]["default"] == 8000
+    for egress in app["egress"]:
+        assert egress["protocol"] == "tcp" and egress["from_port"] == egress["to_port"] == 443, egress
+    assert sorted(r["from_port"] for r in alb["ingress"]) == [80, 443]
+    assert all(r["cidr_blocks"] == "${var.allowed_cidrs}" for r in alb["ingress"])
+    assert [(e["from_port"], e["cidr_blocks"]) for e in alb["egress"]] == [
+        ("${var.app_port}", ["${data.aws_vpc.selected.cidr_block}"])]
     assert tf.variables["allowed_cidrs"]["type"] == "${list(string)}"
     assert "default" not in tf.variables["allowed_cidrs"], "who may call the service is a deliberate choice"
-    for egress in sg["egress"]:
-        assert egress["protocol"] == "tcp" and egress["from_port"] == egress["to_port"] == 443, egress
     # No rules hiding in separate resources.
     for rtype in ("aws_security_group_rule", "aws_vpc_security_group_ingress_rule",
                   "aws_vpc_security_group_egress_rule"):
         assert not tf.of_type(rtype), rtype
+
+
+def test_load_balancer_https_health_checks_ready_and_fronts_every_host(tf: Terraform) -> None:
+    _name, lb = tf.one("aws_lb")
+    assert lb["load_balancer_type"] == "application" and lb["internal"] is False
+    assert lb["drop_invalid_header_fields"] is True
+    assert lb["security_groups"] == ["${aws_security_group.alb.id}"]
+    assert tf.variables["alb_deletion_protection"]["default"] is True
+    _name, group = tf.one("aws_lb_target_group")
+    assert group["port"] == "${var.app_port}" and group["target_type"] == "instance"
+    check = block(group, "health_check")
+    assert check["path"] == "/ready" and check["matcher"] == "200"
+    assert 0 < group["deregistration_delay"] <= 60
+    _name, attach = tf.one("aws_lb_target_group_attachment")
+    assert attach["count"] == "${var.instance_count}"
+    assert attach["target_id"] == "${aws_instance.app[count.index].id}"
+    listeners = tf.of_type("aws_lb_listener")
+    https, http = listeners["https"], listeners["http"]
+    assert (https["port"], https["protocol"], https["certificate_arn"]) == (443, "HTTPS", "${var.certificate_arn}")
+    assert "TLS13" in https["ssl_policy"]
+    assert block(https, "default_action")["type"] == "forward"
+    redirect = block(http, "default_action")
+    assert redirect["type"] == "redirect" and block(redirect, "redirect")["protocol"] == "HTTPS"
+    assert "default" not in tf.variables["certificate_arn"]
+    assert {"target_group_arn", "load_balancer_dns_name", "service_url"} <= set(tf.outputs)
+    assert "aws_lb.app.dns_name" in tf.outputs["service_url"]["value"]
 
 
 def test_instance_hardening_and_tags(tf: Terraform) -> None:

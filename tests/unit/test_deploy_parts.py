@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 
 from flask_api.validation import applicant_json_schema, validate_applicants
 from src.config import ConfigError, DeploySettings, build_profile, deploy_settings
-from src.deploy import champion, cli, fleet
+from src.deploy import champion, cli, fleet, release
 from src.deploy.errors import DeployError
 from src.deploy.smoke import check_prediction, example_applicant
 from src.modeling import registry
@@ -296,3 +296,56 @@ def test_champion_and_promoted_commands_ask_the_registry(trained_project: Traine
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
 
+
+
+# --- one host of a rolling release ---------------------------------------------------------------
+
+class RecordingElb:
+    """A target group in memory that logs what is done to it."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log, self.registered = log, {"i-1"}
+
+    def describe_target_health(self, TargetGroupArn: str, Targets: list[dict[str, str]]) -> dict[str, Any]:
+        state = "healthy" if Targets[0]["Id"] in self.registered else "unused"
+        return {"TargetHealthDescriptions": [{"Target": Targets[0], "TargetHealth": {"State": state}}]}
+
+    def deregister_targets(self, TargetGroupArn: str, Targets: list[dict[str, str]]) -> None:
+        self.registered.discard(Targets[0]["Id"])
+        self.log.append("out")
+
+    def register_targets(self, TargetGroupArn: str, Targets: list[dict[str, str]]) -> None:
+        self.registered.add(Targets[0]["Id"])
+        self.log.append("in")
+
+
+class RecordingSsm:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def send_command(self, **kwargs: Any) -> dict[str, Any]:
+        self.log.append("container replaced")
+        return {"Command": {"CommandId": "c-1"}}
+
+    def get_command_invocation(self, CommandId: str, InstanceId: str) -> dict[str, Any]:
+        return {"Status": "Success"}
+
+
+def test_a_host_smoke_tested_on_its_own_address_takes_traffic_only_after_passing() -> None:
+    """Without a balancer URL the smoke test reaches the host itself: it runs before the host rejoins the group,
+    so a host that fails it never gets the balancer's traffic (and a failure leaves it out)."""
+    log: list[str] = []
+    aws = release.Aws(ec2=None, ecr=None, ssm=RecordingSsm(log), elb=RecordingElb(log))
+    cfg = DeploySettings(target_group_arn="arn:tg", poll_interval=0.01)
+    host = fleet.Instance(id="i-1", state="running", public_ip="10.0.0.1", private_ip=None)
+    release.switch(aws, cfg, host, "repo", "v2", "test", lambda _s: None, lambda: log.append("smoke test"))
+    assert log == ["out", "container replaced", "smoke test", "in"]
+
+    log.clear()
+
+    def failing() -> None:
+        raise DeployError("smoke test failed")
+
+    with pytest.raises(DeployError):
+        release.switch(aws, cfg, host, "repo", "v3", "test", lambda _s: None, failing)
+    assert log == ["out", "container replaced"] and "i-1" not in aws.elb.registered
