@@ -23,7 +23,7 @@ from flask_api.fastpath import status_line
 from flask_api.jsonio import dumps_bytes
 from flask_api.service import Service
 from src.auth.policy import CredentialSource
-from src.auth.store import allows
+from src.auth.store import ApiKey, Credentials, allows
 from src.auth.throttle import Throttle
 from src.config import AuthSettings
 
@@ -72,6 +72,9 @@ class AccessGate:
         self.throttle = throttle
         self.metrics_port = metrics_port(metrics_bind)
         self.metrics_bind = metrics_bind
+        # A key seen before skips its hash: plain key -> (the credentials it was checked against, its record).
+        # Only keys that passed are kept, and only while the credentials are the same object (no reload since).
+        self._verified: dict[str, tuple[Credentials, ApiKey]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -97,7 +100,7 @@ class AccessGate:
             return self.refuse(environ, start_response, 429, label, f"too many failed attempts from {address}; "
                                f"retry after {wait} s", wait)
         raw = presented_key(environ)
-        key = creds.verify_key(raw) if raw else None
+        key = self._verify(creds, raw) if raw else None
         if key is None:
             self.throttle.note_failure(self.settings.failed_limit, address)
             return self.refuse(environ, start_response, 401, label, "missing or invalid API key (send "
@@ -105,12 +108,23 @@ class AccessGate:
         if not allows(key.scope, scope):
             return self.refuse(environ, start_response, 403, label,
                                f"this key's scope ({key.scope}) does not allow this route (it needs {scope})")
-        wait = self.throttle.hit(key.rate_limit or self.settings.rate_limit, "key", key.id)
+        wait = self.throttle.admit(key.rate_limit or self.settings.rate_limit, key.id)
         if wait is not None:
             return self.refuse(environ, start_response, 429, label,
                                f"rate limit of this key reached; retry after {wait} s", wait)
         environ[KEY_ENVIRON] = key.id
         return self.app(environ, start_response)
+
+    def _verify(self, creds: Credentials, raw: str) -> ApiKey | None:
+        seen = self._verified.get(raw)
+        if seen is not None and seen[0] is creds:
+            return seen[1]
+        key = creds.verify_key(raw)
+        if key is not None:
+            if len(self._verified) >= 10_000:
+                self._verified.clear()
+            self._verified[raw] = (creds, key)
+        return key
 
     def refuse(self, environ: dict[str, Any], start_response: StartResponse, status: int, label: str,
                message: str, retry_after: int | None = None) -> list[bytes]:

@@ -7,11 +7,20 @@ is slowed whatever the guess. A sliding-window counter: constant memory per key 
 moving window keeps every timestamp, three times the CPU a hit at high limits).
 ``memory://`` storage counts per worker process; ``serve.auth.rate_limit_storage:
 redis://...`` counts across workers and hosts.
+
+A key's requests are counted in batches (:meth:`Throttle.admit`): a hit costs the library
+~6 µs in process, ~40 µs of a loaded server's CPU, so each request only adds one to its
+key's tally, and the tally goes to the limiter (one hit of that cost) once it reaches a
+sixtieth of the key's limit or a quarter second has passed. A key over its limit is then
+refused until its window allows again. What a key may get beyond its limit is bounded by
+that batch (1/60 of the limit); a limit too small to batch (under 60 a window) is counted
+request by request.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from functools import lru_cache
 
@@ -35,15 +44,51 @@ def check_rate(text: str, key: str) -> str:
     return text
 
 
+BATCH_SECONDS = 0.25  # a key's tally goes to the limiter at least this often while it has requests
+BATCH_SHARE = 60      # ... and whenever it reaches 1/BATCH_SHARE of the key's limit
+
+
 class Throttle:
     """Hits and checks on one storage; the answer to a refused request is its Retry-After in seconds."""
 
     def __init__(self, storage_uri: str = "memory://") -> None:
         self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(storage_uri))
+        self._tally: dict[tuple[str, str], int] = {}  # (limit, key) -> requests not yet counted by the limiter
+        self._blocked: dict[str, float] = {}  # key -> time.monotonic() until which it is refused
+        self._next_count = 0.0
+        self._counting = threading.Lock()
         # With per-process counters (memory://) an address that has not failed lately cannot be blocked, so
         # its requests skip the limiter's check (several µs each); a shared store may hold others' counts.
         self._local = storage_uri.startswith("memory://")
         self._failed_at: dict[str, float] = {}  # address -> time.monotonic() of its last failure
+
+    def admit(self, limit: str, key: str) -> int | None:
+        """One request of API key ``key`` under ``limit``: None when admitted, else its Retry-After (see above)."""
+        now = time.monotonic()
+        until = self._blocked.get(key)
+        if until is not None and now < until:
+            return max(1, math.ceil(until - now))
+        item = rate(limit)
+        batch = item.amount // BATCH_SHARE
+        if batch < 2:  # a small limit: exact, request by request
+            return self.hit(limit, "key", key)
+        tally = self._tally[limit, key] = self._tally.get((limit, key), 0) + 1
+        if tally >= batch or now >= self._next_count:
+            self.count(now)
+        return None
+
+    def count(self, now: float | None = None) -> None:
+        """Hand every key's tally to the limiter; a key that goes over is refused until its window allows."""
+        now = time.monotonic() if now is None else now
+        with self._counting:
+            self._next_count = now + BATCH_SECONDS
+            tallies, self._tally = self._tally, {}
+            for (limit, key), cost in tallies.items():
+                item = rate(limit)
+                if not self.limiter.hit(item, "key", key, cost=cost):
+                    self._blocked[key] = now + self.retry_after(item, "key", key)
+            for key in [k for k, until in self._blocked.items() if until <= now]:
+                del self._blocked[key]
 
     def failures_block(self, limit: str, address: str) -> int | None:
         """None when ``address`` may try a credential; else the seconds until it may again."""

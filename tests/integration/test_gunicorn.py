@@ -427,8 +427,15 @@ def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path
             def info(self, *args: object) -> None:
                 pass
 
+            def error(self, *args: object) -> None:
+                raise AssertionError(f"on_starting refused: {args}")
+
+        class Cfg:
+            bind = second["bind"]  # what gunicorn was given (on_starting checks it is not served open)
+
         class Server:
             log = Log()
+            cfg = Cfg()
 
         second["on_starting"](Server())
         assert not stale.exists()
