@@ -77,6 +77,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # `gunicorn -c /path/t
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from src.auth.policy import CredentialSource, open_or_refuse
 from src.auth.store import CredentialsError
+from src.auth.throttle import Throttle
 from src.config import ConfigError, env, load_settings
 from src.server import worker as server_worker
 
@@ -160,7 +161,8 @@ def on_starting(server: Any) -> None:
         # (the addresses gunicorn was given in the end: -b on its command line wins over this file's bind)
         open_or_refuse(CredentialSource(env.credentials_file(SETTINGS)), list(server.cfg.bind),
                        env.allow_open(SETTINGS))
-    except (ConfigError, CredentialsError) as exc:
+        Throttle(SETTINGS.serve.auth.rate_limit_storage)  # the rate limits' store works (before any worker)
+    except (ConfigError, CredentialsError, ValueError) as exc:
         server.log.error("%s", exc)
         sys.exit(3)
     directory = Path(os.environ[PROM_ENV])

@@ -97,7 +97,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(views.bp)
-    throttle = Throttle(auth.rate_limit_storage)
+    try:
+        throttle = Throttle(auth.rate_limit_storage)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     signin.install(app, source, auth, throttle)
     _install_hooks(app, svc)
     gate = AccessGate(FastPredict(app, svc), svc, source, auth, throttle, metrics_bind)

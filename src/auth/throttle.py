@@ -19,6 +19,7 @@ request by request.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -27,6 +28,8 @@ from functools import lru_cache
 from limits import RateLimitItem, parse
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=256)
@@ -52,11 +55,21 @@ class Throttle:
     """Hits and checks on one storage; the answer to a refused request is its Retry-After in seconds."""
 
     def __init__(self, storage_uri: str = "memory://") -> None:
-        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(storage_uri))
+        """``storage_uri`` (serve.auth.rate_limit_storage) is checked here: an unknown scheme, a missing client
+        library or a store that does not answer is a ValueError saying which."""
+        try:
+            storage = storage_from_string(storage_uri)
+            reachable = storage.check()
+        except Exception as exc:  # limits raises ConfigurationError, or the client library's own errors
+            raise ValueError(f"serve.auth.rate_limit_storage {storage_uri!r}: {exc}") from None
+        if not reachable:
+            raise ValueError(f"serve.auth.rate_limit_storage {storage_uri!r} does not answer")
+        self.limiter = SlidingWindowCounterRateLimiter(storage)
         self._tally: dict[tuple[str, str], int] = {}  # (limit, key) -> requests not yet counted by the limiter
         self._blocked: dict[str, float] = {}  # key -> time.monotonic() until which it is refused
         self._next_count = 0.0
         self._counting = threading.Lock()
+        self._next_store_error = 0.0
         # With per-process counters (memory://) an address that has not failed lately cannot be blocked, so
         # its requests skip the limiter's check (several µs each); a shared store may hold others' counts.
         self._local = storage_uri.startswith("memory://")
@@ -85,8 +98,11 @@ class Throttle:
             tallies, self._tally = self._tally, {}
             for (limit, key), cost in tallies.items():
                 item = rate(limit)
-                if not self.limiter.hit(item, "key", key, cost=cost):
-                    self._blocked[key] = now + self.retry_after(item, "key", key)
+                try:
+                    if not self.limiter.hit(item, "key", key, cost=cost):
+                        self._blocked[key] = now + self.retry_after(item, "key", key)
+                except Exception as exc:
+                    self._store_failed(exc)
             for key in [k for k, until in self._blocked.items() if until <= now]:
                 del self._blocked[key]
 
@@ -109,16 +125,31 @@ class Throttle:
     def hit(self, limit: str, *identity: str) -> int | None:
         """Count one request; None when allowed, else the seconds until the next would be."""
         item = rate(limit)
-        if self.limiter.hit(item, *identity):
+        try:
+            if self.limiter.hit(item, *identity):
+                return None
+            return self.retry_after(item, *identity)
+        except Exception as exc:  # a shared store gone away: serve (scoring outranks counting), and say so
+            self._store_failed(exc)
             return None
-        return self.retry_after(item, *identity)
 
     def blocked(self, limit: str, *identity: str) -> int | None:
         """Without counting: None when another hit would be allowed, else the seconds to wait."""
         item = rate(limit)
-        if self.limiter.test(item, *identity):
+        try:
+            if self.limiter.test(item, *identity):
+                return None
+            return self.retry_after(item, *identity)
+        except Exception as exc:
+            self._store_failed(exc)
             return None
-        return self.retry_after(item, *identity)
+
+    def _store_failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now >= self._next_store_error:
+            self._next_store_error = now + 30.0
+            log.error("rate limit store failed (%s: %s); requests are let through uncounted meanwhile",
+                      type(exc).__name__, exc)
 
     def retry_after(self, item: RateLimitItem, *identity: str) -> int:
         reset = self.limiter.get_window_stats(item, *identity).reset_time

@@ -37,3 +37,23 @@ def test_a_tally_below_a_batch_reaches_the_limiter_within_a_quarter_second(monke
     time.sleep(throttle.BATCH_SECONDS + 0.05)
     assert t.admit(limit, "k") is None
     assert t.limiter.get_window_stats(rate(limit), "key", "k").remaining == 6000 - 6
+
+
+@pytest.mark.parametrize(("uri", "says"), [("bogus://x", "unknown storage scheme"),
+                                           ("redis://127.0.0.1:9", "rate_limit_storage 'redis://127.0.0.1:9'")])
+def test_a_store_that_cannot_work_is_named_at_start(uri: str, says: str) -> None:
+    with pytest.raises(ValueError, match=r"serve\.auth\.rate_limit_storage") as raised:
+        Throttle(uri)
+    assert says in str(raised.value)
+
+
+def test_a_store_failing_later_lets_requests_through_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    t = Throttle()
+
+    def broken(*_args: object, **_kwargs: object) -> bool:
+        raise ConnectionError("store gone")
+
+    t.limiter.hit = broken  # type: ignore[method-assign]
+    with caplog.at_level("ERROR"):
+        assert [t.hit("1/minute", "k", "a") for _ in range(3)] == [None, None, None]
+    assert caplog.text.count("rate limit store failed") == 1  # once per 30 s, not per request
