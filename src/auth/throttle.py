@@ -23,6 +23,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
 
 from limits import RateLimitItem, parse
@@ -124,23 +125,17 @@ class Throttle:
 
     def hit(self, limit: str, *identity: str) -> int | None:
         """Count one request; None when allowed, else the seconds until the next would be."""
-        item = rate(limit)
-        try:
-            if self.limiter.hit(item, *identity):
-                return None
-            return self.retry_after(item, *identity)
-        except Exception as exc:  # a shared store gone away: serve (scoring outranks counting), and say so
-            self._store_failed(exc)
-            return None
+        return self._ask(self.limiter.hit, limit, identity)
 
     def blocked(self, limit: str, *identity: str) -> int | None:
         """Without counting: None when another hit would be allowed, else the seconds to wait."""
+        return self._ask(self.limiter.test, limit, identity)
+
+    def _ask(self, allowed: Callable[..., bool], limit: str, identity: tuple[str, ...]) -> int | None:
         item = rate(limit)
         try:
-            if self.limiter.test(item, *identity):
-                return None
-            return self.retry_after(item, *identity)
-        except Exception as exc:
+            return None if allowed(item, *identity) else self.retry_after(item, *identity)
+        except Exception as exc:  # a shared store gone away: serve (scoring outranks counting), and say so
             self._store_failed(exc)
             return None
 
