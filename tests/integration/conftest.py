@@ -56,10 +56,8 @@ def project_files() -> list[str]:
     return [f for f in out if f and (ROOT / f).is_file()]
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A fresh git repository holding a copy of the project, with no data linked yet."""
-    dest = tmp_path / "repo"
+def copy_project(dest: Path) -> Path:
+    """A fresh git repository at ``dest`` holding a copy of the project, with no data linked yet."""
     for rel in project_files():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +66,12 @@ def repo(tmp_path: Path) -> Path:
     sh(dest, "git", "add", "-A")
     sh(dest, "git", "commit", "-qm", "clone")
     return dest
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A fresh git repository holding a copy of the project, with no data linked yet."""
+    return copy_project(tmp_path / "repo")
 
 
 def link_data(repo: Path, dataset: str) -> None:

@@ -8,24 +8,76 @@ README tells a user to.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.conftest import ALL_DATASETS, load_params, real_file
-from tests.integration.conftest import SAMPLE_ROWS, dvc, link_data, read_json, sh
+from tests.integration.conftest import SAMPLE_ROWS, copy_project, dvc, link_data, read_json, sh
 
 pytestmark = pytest.mark.integration
 
-@pytest.mark.parametrize("dataset", ALL_DATASETS)
-def test_switch_profile_and_compare_runs(repo: Path, dataset: str) -> None:
-    """`dvc exp run -S dataset=...` runs every stage for that profile; a train param change shows in metrics diff."""
+# What the first run wrote that the second (a training parameter changed) rewrites: kept aside for the asserts.
+FIRST_RUN = ("metrics", "plots", "models/model_meta.json", "reports/model_card.md", "data/scored")
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """One profile's runs in its own copy of the project: `dvc exp run` on it, commit, no-op `dvc repro`, a
+    training parameter changed, `dvc metrics diff` and `dvc plots diff` against the first run."""
+
+    repo: Path
+    first: Path  # FIRST_RUN as the first run left them
+    noop: subprocess.CompletedProcess[str]
+    rerun: subprocess.CompletedProcess[str]
+    metrics_diff: subprocess.CompletedProcess[str]
+    plots_diff: subprocess.CompletedProcess[str]
+
+
+def run_profile(root: Path, dataset: str) -> ProfileRun:
+    repo = copy_project(root / "repo")
     link_data(repo, dataset)
     dvc(repo, "exp", "run", "-S", f"dataset={dataset}", "-S", f"ingest.sample_rows={SAMPLE_ROWS}")
+    first = root / "first"
+    for rel in FIRST_RUN:
+        if (repo / rel).is_dir():
+            shutil.copytree(repo / rel, first / rel)
+        else:
+            (first / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / rel, first / rel)
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", f"baseline {dataset}")
+    noop = dvc(repo, "repro")
+    rerun = dvc(repo, "exp", "run", "-S", "train.lgbm.num_leaves=3", "-S", "train.lgbm.learning_rate=0.2")
+    metrics_diff = dvc(repo, "metrics", "diff", "--json")
+    return ProfileRun(repo=repo, first=first, noop=noop, rerun=rerun, metrics_diff=metrics_diff,
+                      plots_diff=dvc(repo, "plots", "diff", "--json"))
 
-    quality = read_json(repo / "metrics" / "data_quality.json")
-    test = read_json(repo / "metrics" / "test.json")
+
+@pytest.fixture(scope="module")
+def profile_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 ) -> Iterator[dict[str, Future[ProfileRun]]]:
+    """The selected profiles' runs, started together two at a time (each DVC stage is mostly one process
+    starting up on one core; the machine has two), each test waiting for its own."""
+    wanted = [item.callspec.params["dataset"] for item in request.session.items
+              if getattr(item, "originalname", "") == "test_switch_profile_and_compare_runs"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {dataset: pool.submit(run_profile, tmp_path_factory.mktemp(dataset), dataset) for dataset in wanted}
+
+
+@pytest.mark.parametrize("dataset", ALL_DATASETS)
+def test_switch_profile_and_compare_runs(profile_runs: dict[str, Future[ProfileRun]], dataset: str) -> None:
+    """`dvc exp run -S dataset=...` runs every stage for that profile; a train param change shows in metrics diff."""
+    run = profile_runs[dataset].result(timeout=1800)
+    repo, first = run.repo, run.first
+    quality = read_json(first / "metrics" / "data_quality.json")
+    test = read_json(first / "metrics" / "test.json")
     assert quality["dataset"] == test["dataset"] == dataset
     assert quality["rows_in"] == SAMPLE_ROWS == quality["accepted"] + quality["rejected"]
     rejected = pd.read_parquet(repo / "data" / "interim" / "rejected.parquet")
@@ -34,44 +86,39 @@ def test_switch_profile_and_compare_runs(repo: Path, dataset: str) -> None:
     assert sum(len(s) for s in splits.values()) == quality["accepted"]
     assert test["rows"] == len(splits["test"])
     # the score stage: the champion scored the test split as a "new batch"; every row validates again
-    scored = read_json(repo / "metrics" / "score_summary.json")
+    scored = read_json(first / "metrics" / "score_summary.json")
     assert scored["rows_in"] == len(splits["test"]) == scored["scored"] + scored["rejected"] and scored["rejected"] == 0
-    assert len(pd.read_parquet(repo / "data" / "scored" / "test_scored.parquet")) == scored["scored"]
+    assert len(pd.read_parquet(first / "data" / "scored" / "test_scored.parquet")) == scored["scored"]
     assert (repo / "data" / "raw" / f"{dataset}.parquet").exists()
     assert 0.55 < test["roc_auc"] <= 1.0, test
-    meta = read_json(repo / "models" / "model_meta.json")
+    meta = read_json(first / "models" / "model_meta.json")
     assert meta["dataset"] == dataset and 0 < meta["threshold"] < 1
-    card = (repo / "reports" / "model_card.md").read_text(encoding="utf-8")
+    card = (first / "reports" / "model_card.md").read_text(encoding="utf-8")
     assert f"{test['roc_auc']:.4f}" in card
-    fairness = read_json(repo / "metrics" / "fairness.json")
+    fairness = read_json(first / "metrics" / "fairness.json")
     protected = load_params()["profiles"][dataset]["protected"]
     assert fairness["dataset"] == dataset and set(fairness["attributes"]) == set(protected)
     # a champion is served on every profile: no blocking fairness verdict on the real (or synthetic) data
     assert fairness["gate"]["verdict"] in {"passed", "warned", "not measured"}, fairness["gate"]
     plots = ("roc.json", "prc.json", "calibration.json", "importance.json", "confusion.csv", "approval_by_group.csv")
     for plot in plots:
-        assert (repo / "plots" / plot).stat().st_size > 0, plot
+        assert (first / "plots" / plot).stat().st_size > 0, plot
 
-    # Record this run, then change one training parameter: only the stages after train rerun.
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", f"baseline {dataset}")
-    noop = dvc(repo, "repro")
-    assert "Running stage" not in noop.stdout, noop.stdout
-    rerun = dvc(repo, "exp", "run", "-S", "train.lgbm.num_leaves=3", "-S", "train.lgbm.learning_rate=0.2")
-    ran = {line.split("'")[1] for line in rerun.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "fairness", "stability", "evaluate", "register", "score"}, rerun.stdout
+    # That run, committed, is up to date; one training parameter changed: only the stages after train rerun.
+    assert "Running stage" not in run.noop.stdout, run.noop.stdout
+    ran = {line.split("'")[1] for line in run.rerun.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "fairness", "stability", "evaluate", "register", "score"}, run.rerun.stdout
 
-    metrics_diff = dvc(repo, "metrics", "diff", "--json")
-    diff = json.loads(metrics_diff.stdout)
+    diff = json.loads(run.metrics_diff.stdout)
     changed = diff["metrics/test.json"]
     assert changed["roc_auc"]["diff"] != 0, changed
+    assert changed["roc_auc"]["new"] == pytest.approx(read_json(repo / "metrics" / "test.json")["roc_auc"])
     # the gate's report is committed and input-determined: compared with HEAD's like any metric
     assert diff["metrics/gate.json"]["challenger.roc_auc"]["diff"] == pytest.approx(changed["roc_auc"]["diff"],
                                                                                     abs=2e-6)
-    assert "failed to load" not in metrics_diff.stderr.lower(), metrics_diff.stderr
+    assert "failed to load" not in run.metrics_diff.stderr.lower(), run.metrics_diff.stderr
     assert "metrics/data_quality.json" not in diff or not diff["metrics/data_quality.json"]
-    plots = dvc(repo, "plots", "diff", "--json")
-    assert "ROC curve (test)" in plots.stdout
+    assert "ROC curve (test)" in run.plots_diff.stdout
 
 
 def test_default_profile_full_data_repro_is_reproducible(repo: Path) -> None:
