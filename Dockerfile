@@ -65,6 +65,7 @@ COPY src/modeling/ ./src/modeling/
 COPY src/scoring/ ./src/scoring/
 COPY src/server/ ./src/server/
 COPY src/auth/ ./src/auth/
+COPY src/deploy/__init__.py src/deploy/errors.py src/deploy/smoke.py ./src/deploy/
 COPY flask_api/ ./flask_api/
 COPY --from=model /app/model ./model
 RUN python -m compileall -q /app/src /app/flask_api /app/gunicorn.conf.py \

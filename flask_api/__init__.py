@@ -21,7 +21,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from flask_api import api, ops, signin, views
+from flask_api import api, ops, review, signin, views
 from flask_api.access import AccessGate
 from flask_api.fastpath import FastPredict
 from flask_api.jsonio import OrjsonProvider
@@ -86,7 +86,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         raise ConfigError(str(exc)) from None
     metrics_bind = env.metrics_bind(settings)
     open_or_refuse(source, [env.serve_bind(settings), *([metrics_bind] if metrics_bind else [])],
-                   env.allow_open(settings))
+                   env.allow_open(settings), announced=multiprocess_mode())  # (gunicorn's master said it once)
     app.extensions["credit_credentials"] = source
     if svc.reload_marker is not None or multiprocess_mode():  # several workers (gunicorn.conf.py)
         svc.watch()
@@ -97,6 +97,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(views.bp)
+    app.register_blueprint(review.bp)
     try:
         throttle = Throttle(auth.rate_limit_storage)
     except ValueError as exc:

@@ -2,8 +2,8 @@
 
 WSGI middleware in front of the whole app. Route classes: ``/health`` and ``/ready``
 are open (load balancers probe them); ``/api/*`` needs an API key with the
-``score`` scope; ``/metrics`` the ``metrics`` scope; ``/admin/*`` and the decision
-lookup ``admin``. A key comes as ``Authorization: Bearer <key>`` or ``X-API-Key``.
+``score`` scope; ``/metrics`` the ``metrics`` scope; the decision lookup ``review``;
+``/admin/*`` ``admin`` (which may do everything). A key comes as ``Authorization: Bearer <key>`` or ``X-API-Key``.
 A missing or wrong key is 401 and a key without the scope 403, neither saying
 which keys exist; too many requests for a key, or too many failed attempts from
 one address (checked before the key, so guessing is slowed), are 429 with
@@ -22,13 +22,12 @@ from typing import Any
 from flask_api.fastpath import status_line
 from flask_api.jsonio import dumps_bytes
 from flask_api.service import Service
-from src.auth.policy import CredentialSource
+from src.auth.policy import KEY_ENVIRON, CredentialSource
 from src.auth.store import ApiKey, Credentials, allows
 from src.auth.throttle import Throttle
 from src.config import AuthSettings
 
 StartResponse = Callable[..., Any]
-KEY_ENVIRON = "credit.api_key"  # the id of the key a request was let in with (for the views and the log)
 OPEN_PATHS = frozenset({"/health", "/ready"})
 DECISIONS = "/api/v1/decisions/"
 REALM = 'Bearer realm="credit-default"'
@@ -41,7 +40,7 @@ def route_class(path: str) -> tuple[str | None, str]:
     if path == "/metrics":
         return "metrics", path
     if path.startswith(DECISIONS):
-        return "admin", DECISIONS + "<request_id>"
+        return "review", DECISIONS + "<request_id>"
     if path.startswith("/admin/"):
         return "admin", path if path == "/admin/reload" else "unmatched"
     return "score", path if path in ("/api/v1/predict", "/api/v1/schema", "/api/v1/openapi.json") else "unmatched"

@@ -16,6 +16,7 @@ from werkzeug.exceptions import BadRequest
 
 from flask_api.service import ModelNotReady, NotRecorded, Service, service
 from flask_api.validation import applicant_json_schema, validate_applicants
+from src.auth.policy import requester
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -38,7 +39,7 @@ def error(status: int, message: str, errors: list[dict[str, Any]] | None = None)
     return jsonify(body), status
 
 
-def answer_predict(svc: Service, payload: Any) -> Answer:
+def answer_predict(svc: Service, payload: Any, requested_by: str | None = None) -> Answer:
     """The contract of POST /api/v1/predict on a parsed JSON body: (HTTP status, JSON body).
 
     Both ways in answer through this one function, so they cannot disagree: the
@@ -71,7 +72,7 @@ def answer_predict(svc: Service, payload: Any) -> Answer:
     if problems:
         return error_body(422, f"{len(problems)} invalid field(s)", [p.as_dict() for p in problems])
     try:
-        request_id, used, results = svc.score(rows, source="api", reasons=reasons)
+        request_id, used, results = svc.score(rows, source="api", reasons=reasons, requested_by=requested_by)
     except NotRecorded:
         return error_body(503, "the decision could not be recorded (prediction log unavailable), so none was "
                                "made; try again later")
@@ -91,7 +92,7 @@ def predict() -> Any:
         return error(400, "the request body is not valid JSON")
     except RecursionError:  # the JSON parser gives up on pathological nesting
         return error(400, "the request body is nested too deeply to be an applicant list")
-    status, body = answer_predict(svc, payload)
+    status, body = answer_predict(svc, payload, requester(request.environ))
     return jsonify(body), status
 
 
@@ -184,8 +185,8 @@ def openapi_document(applicant: dict[str, Any], max_batch: int) -> dict[str, Any
                 },
             }},
             "/api/v1/decisions/{request_id}": {"get": {
-                "summary": "A logged decision (inputs, model, probability, decision, reason codes given); "
-                           "a key with the admin scope",
+                "summary": "A logged decision (inputs, model, probability, decision, reason codes given, "
+                           "who asked); a key with the admin scope",
                 "operationId": "decision",
                 "parameters": [{"name": "request_id", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],

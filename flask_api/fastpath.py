@@ -33,6 +33,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from flask_api.api import answer_predict
 from flask_api.jsonio import dumps_bytes
 from flask_api.service import Service, incident
+from src.auth.policy import requester
 
 PATH = "/api/v1/predict"
 METHOD = "POST"
@@ -80,13 +81,14 @@ class FastPredict:
         except orjson.JSONDecodeError:  # malformed, too deep, or not UTF-8: Flask's answer (or its UTF-16 parse)
             environ["wsgi.input"] = io.BytesIO(body)
             return self.flask(environ, start_response)
-        return self.answer(payload, started, start_response)
+        return self.answer(payload, started, start_response, requester(environ))
 
-    def answer(self, payload: Any, started: float, start_response: StartResponse) -> list[bytes]:
+    def answer(self, payload: Any, started: float, start_response: StartResponse, requested_by: str | None = None,
+               ) -> list[bytes]:
         svc = self.svc
         try:
             svc.follow_reloads()
-            status, answer = answer_predict(svc, payload)
+            status, answer = answer_predict(svc, payload, requested_by)
             data = dumps_bytes(answer)
         except Exception as exc:  # the Flask app's own handler would do the same: log it, 500 with an id
             status, data = 500, dumps_bytes(incident(exc, METHOD, PATH))

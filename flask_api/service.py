@@ -107,9 +107,10 @@ class Service:
             raise ModelNotReady(self.models.error or "the model is still loading")
         return current
 
-    def score(self, rows: list[dict[str, Any]], source: str, reasons: bool = True,
+    def score(self, rows: list[dict[str, Any]], source: str, reasons: bool = True, requested_by: str | None = None,
               ) -> tuple[str, LoadedModel, list[dict[str, Any]]]:
-        """Score validated rows with the current model and put every row on record before answering.
+        """Score validated rows with the current model and put every row on record (with who asked:
+        flask_api/access.py's ``requester``) before answering.
 
         Raises NotRecorded when the rows cannot be recorded (the spool's disk is full or
         failing): a credit decision that is not on record is not given.
@@ -118,7 +119,7 @@ class Service:
         request_id = new_request_id()
         results = model.scorer.score(rows, with_reasons=reasons)
         try:  # on local disk when this returns; the shipper copies it to the database
-            self.predlog.submit(request_id, source, model.name, model.version, rows, results)
+            self.predlog.submit(request_id, source, model.name, model.version, rows, results, requested_by)
         except Exception as exc:
             self.metrics.log_failures.inc(len(rows))
             log.error("request %s (%d rows) could not be recorded, so it is not answered: %s", request_id,

@@ -31,7 +31,9 @@ from src.config import AuthSettings
 log = logging.getLogger(__name__)
 
 bp = Blueprint("signin", __name__)
-PROTECTED_BLUEPRINTS = frozenset({"views"})
+# The signed-in pages, and the scope each needs (admin may do everything).
+PROTECTED_BLUEPRINTS = {"views": "score", "review": "review"}
+NEEDS_WORDS = {"score": "score applicants", "review": "look up decisions"}
 HEADER_SCOPE = "score"  # a user named by the proxy's header and not in the credentials file
 
 
@@ -53,6 +55,13 @@ class SignedIn:
 class SignInForm(FlaskForm):
     username = StringField("User name", validators=[DataRequired(), Length(max=64)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+
+
+def signed_in() -> str | None:
+    """Who fills in the form, for the prediction log: ``user:<name>`` (signed in, or named by the proxy's
+    header); None when the form is open."""
+    user = current_user
+    return f"user:{user.name}"[:160] if user and user.is_authenticated else None
 
 
 def _from_user(user: User) -> SignedIn:
@@ -100,9 +109,10 @@ def install(app: Flask, source: CredentialSource, settings: AuthSettings, thrott
             return None
         if not current_user.is_authenticated:
             return redirect(url_for("signin.login", next=request.full_path.rstrip("?")))
-        if not allows(current_user.scope, "score"):
+        needed = PROTECTED_BLUEPRINTS[request.blueprint]
+        if not allows(current_user.scope, needed):
             return render_template("signin.html", form=SignInForm(), model=None,
-                                   error=f"Your account ({current_user.scope}) may not score applicants."), 403
+                                   error=f"Your account ({current_user.scope}) may not {NEEDS_WORDS[needed]}."), 403
         return None
 
     app.register_blueprint(bp)

@@ -16,6 +16,7 @@ from flask_wtf.csrf import CSRFError
 
 from flask_api.forms import ApplicantForm, default_values, field_infos, form_class
 from flask_api.service import ModelNotReady, NotRecorded, service
+from flask_api.signin import signed_in
 from src.scoring.model_store import LoadedModel
 from src.scoring.scorer import APPROVE, DECLINE, REFER, display_value
 
@@ -138,7 +139,7 @@ def submit() -> Page:
         return _render_form(form, model, status=422)
     row = form.row()
     try:
-        request_id, used, results = svc.score([row], source="form", reasons=True)
+        request_id, used, results = svc.score([row], source="form", reasons=True, requested_by=signed_in())
     except ModelNotReady:
         return _unavailable()
     except NotRecorded:

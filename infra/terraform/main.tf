@@ -314,14 +314,16 @@ data "aws_iam_policy_document" "instance_ecr_pull" {
     resources = [aws_ecr_repository.app.arn]
   }
 
-  # The service's secrets (python -m src.deploy secrets push): the hashed credentials file and the
-  # session-signing key, SecureStrings under the aws/ssm key, read by the release script on the host.
+  # The service's secrets (python -m src.deploy secrets push): the hashed credentials file, the
+  # session-signing key and the key the host smoke-tests a new container with, SecureStrings under the
+  # aws/ssm key, read by the release script on the host.
   statement {
     sid     = "ReadServiceSecrets"
     actions = ["ssm:GetParameter"]
     resources = [
       "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter/credit-default/${var.env}/credentials",
       "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter/credit-default/${var.env}/secret-key",
+      "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter/credit-default/${var.env}/smoke-key",
     ]
   }
 }
@@ -482,12 +484,21 @@ data "aws_iam_policy_document" "deploy" {
     sid = "FindHostsAndReadCommandResults"
     actions = [
       "ec2:DescribeInstances",
+      "elasticloadbalancing:DescribeTargetHealth",
       "ssm:DescribeInstanceInformation",
       "ssm:GetCommandInvocation",
       "ssm:ListCommandInvocations",
       "ssm:ListCommands",
     ]
     resources = ["*"]
+  }
+
+  # The rolling release (python -m src.deploy release --target-group-arn) takes one host at a time out
+  # of the load balancer's target group and puts it back once its new container passed its smoke test.
+  statement {
+    sid       = "RollHostsThroughTheBalancer"
+    actions   = ["elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets"]
+    resources = [aws_lb_target_group.app.arn]
   }
 
   statement {

@@ -17,11 +17,21 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from src.auth.store import Credentials, CredentialsError, load
 from src.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+KEY_ENVIRON = "credit.api_key"  # WSGI environ: the id of the key the gate let a request in with
+
+
+def requester(environ: dict[str, Any]) -> str | None:
+    """Who asked, for the prediction log: ``key:<id>`` of the API key a request was let in with."""
+    key = environ.get(KEY_ENVIRON)
+    return f"key:{key}" if key else None
+
 
 CHECK_SECONDS = 1.0  # how often the file's size and time are looked at (a stat), at most
 
@@ -87,8 +97,12 @@ class CredentialSource:
                  sum(k.revoked is None for k in fresh.keys.values()), len(fresh.users))
 
 
-def open_or_refuse(source: CredentialSource, binds: Iterable[str], allow_open: bool) -> None:
-    """At start-up: nothing to do when credentials exist; else say the service is open, or refuse."""
+def open_or_refuse(source: CredentialSource, binds: Iterable[str], allow_open: bool, announced: bool = False,
+                   ) -> None:
+    """At start-up: nothing to do when credentials exist; else say the service is open, or refuse.
+
+    ``announced``: a gunicorn worker, whose master has said it already (then only a debug line).
+    """
     if source.required:
         return
     exposed = [b for b in binds if not is_loopback(b)]
@@ -97,6 +111,7 @@ def open_or_refuse(source: CredentialSource, binds: Iterable[str], allow_open: b
             f"refusing to start open on {', '.join(exposed)}: no API keys or users in {source.path}. Create one "
             "(python -m src.auth keys create --name NAME --scope score; python -m src.auth users add NAME), "
             "or set AUTH_ALLOW_OPEN=true (serve.auth.allow_open) to run open on purpose")
-    log.warning("running OPEN: no API keys or users in %s, so anyone who can reach %s may score, read metrics "
-                "and use the admin routes (python -m src.auth keys create ... to require keys)",
-                source.path, ", ".join(binds))
+    log.log(logging.DEBUG if announced else logging.WARNING,
+            "running OPEN: no API keys or users in %s, so anyone who can reach %s may score, read metrics "
+            "and use the admin routes (python -m src.auth keys create ... to require keys)",
+            source.path, ", ".join(binds))

@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCOPES = ("score", "metrics", "admin")  # admin may do everything; score: predict and the form; metrics: /metrics
+# admin may do everything; score: predict and the form; metrics: /metrics; review: the decision lookup (page and API)
+SCOPES = ("score", "metrics", "review", "admin")
 KEY_PREFIX = "cdk_"
 _KEY = re.compile(r"^cdk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")

@@ -2,12 +2,14 @@
 
     python -m src.deploy ensure-registry [--name NAME]   # ECR repository, scan on push, immutable tags; prints URI
     python -m src.deploy release TAG [--smoke-url URL]   # one host at a time: out of the balancer, SSM pull +
-                                                         # restart, back in, smoke test; rollback on failure
+                                                         # restart + smoke test on the host, back in, smoke
+                                                         # test; rollback on failure
     python -m src.deploy status                          # current tag, last release and command, instances
     python -m src.deploy config                          # key=value lines for $GITHUB_OUTPUT
     python -m src.deploy champion                        # version=<the registry's champion now>
     python -m src.deploy promoted --before VERSION       # did the champion move since? (promoted=true|false)
-    python -m src.deploy secrets push --credentials auth/credentials.json [--new-secret-key]  # SSM SecureStrings
+    python -m src.deploy secrets push --credentials auth/credentials.json [--new-secret-key] [--smoke-key]
+                                                         # SSM SecureStrings (--smoke-key: $API_KEY)
     python -m src.deploy secrets sync                    # every instance re-reads the credentials (no restart)
 
 Defaults come from params.yaml's ``deploy:`` section; flags override them. Exit
@@ -27,7 +29,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from src.common import PipelineError, setup_logging
-from src.config import PARAMS_FILE, ConfigError, DeploySettings, deploy_settings, load_settings
+from src.config import PARAMS_FILE, ConfigError, DeploySettings, deploy_settings, env, load_settings
 from src.deploy import champion, fleet, release, secrets
 from src.deploy import ecr as ecr_ops
 from src.deploy.errors import EXIT_FAILED, EXIT_MISSING, DeployError, MissingResource
@@ -82,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--credentials", type=Path, help="the credentials file (python -m src.auth ...)")
     push.add_argument("--new-secret-key", action="store_true",
                       help="a fresh SECRET_KEY (web sessions end at the next release)")
+    push.add_argument("--smoke-key", action="store_true",
+                      help="$API_KEY (a score key) as the key each host smoke-tests its new container with")
     what.add_parser("sync", parents=[common], help="every instance fetches the credentials again (no restart)")
     what.add_parser("status", parents=[common], help="which secrets exist in SSM (values are not read)")
     return parser
@@ -156,9 +160,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_secrets(args: argparse.Namespace, aws: release.Aws, cfg: DeploySettings) -> None:
     if args.secrets_command == "push":
-        if args.credentials is None and not args.new_secret_key:
-            raise MissingResource("nothing to push: give --credentials FILE and/or --new-secret-key")
-        for name in secrets.push(aws.ssm, cfg, args.credentials, args.new_secret_key):
+        if args.credentials is None and not args.new_secret_key and not args.smoke_key:
+            raise MissingResource("nothing to push: give --credentials FILE, --new-secret-key and/or --smoke-key")
+        smoke_key = env.text(env.API_KEY) if args.smoke_key else None
+        if args.smoke_key and not smoke_key:
+            raise MissingResource("--smoke-key pushes $API_KEY, which is not set: export API_KEY=<a score key>")
+        for name in secrets.push(aws.ssm, cfg, args.credentials, args.new_secret_key, smoke_key):
             _write(f"wrote {name}")
     elif args.secrets_command == "sync":
         instances = fleet.require_instances(aws.ec2, cfg.app, cfg.env)

@@ -83,7 +83,7 @@ def require_instances(ec2: Any, app: str, env: str) -> list[Instance]:
 
 
 def release_script(image: str, tag: str, cfg: DeploySettings, region: str) -> list[str]:
-    """Shell lines run on every instance: pull ``image``, replace the container, record the tags.
+    """Shell lines run on an instance: pull ``image``, replace the container, record the tags, smoke-test it.
 
     POSIX sh only (AWS-RunShellScript runs /bin/sh, which is dash on Ubuntu). The
     previous tag is written to a file on the instance for someone logged in there;
@@ -114,6 +114,7 @@ def release_script(image: str, tag: str, cfg: DeploySettings, region: str) -> li
         f'else {run} "$IMAGE"; fi',
         f"echo {q(tag)} > {state}/current-tag",
         'echo "now running $IMAGE (previously: ${PREVIOUS:-none})"',
+        *secrets.smoke_lines(cfg, region),  # on 127.0.0.1, before the host takes traffic again
     ]
     return lines
 

@@ -1,10 +1,11 @@
 """A rolling release: the image tag onto one instance at a time, a smoke test each, rollback when one fails.
 
 Per instance: out of the load balancer's target group (drained), the container
-replaced by SSM Run Command, back in the group once its health check (/ready)
-passes, then the smoke test; only then the next instance, so at most one is out of
-service at any moment (src/deploy/balancer.py; without a balancer the hosts are
-still replaced one at a time). A failure stops the rollout and returns the instances
+replaced by SSM Run Command and smoke-tested on the host itself (127.0.0.1, with
+the smoke key from SSM: src/deploy/secrets.py), back in the group once its health
+check (/ready) passes, then the smoke test from outside; only then the next
+instance, so at most one is out of service at any moment (src/deploy/balancer.py;
+without a balancer the hosts are still replaced one at a time). A failure stops the rollout and returns the instances
 already changed, the failing one included, to the previous tag the same way.
 
 The SSM parameter ``<prefix>/<env>/current-tag`` says which tag runs; it is read
@@ -29,7 +30,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from src.config import DeploySettings, env
-from src.deploy import balancer, fleet
+from src.deploy import balancer, fleet, secrets
 from src.deploy import ecr as ecr_ops
 from src.deploy.errors import DeployError, MissingResource
 from src.deploy.smoke import SmokeTestFailed, smoke_test
@@ -179,14 +180,19 @@ def release(aws: Aws, cfg: DeploySettings, tag: str, sleep: Callable[[float], No
                              smoke_urls=sorted({smoke_target(cfg, i) for i in instances}))
     if cfg.target_group_arn:
         balancer.require_group(aws.elb, cfg.target_group_arn, outcome.instances)
+        if not secrets.present(aws.ssm, cfg)[secrets.SMOKE_KEY]:  # no host may take traffic untested
+            raise MissingResource(f"no {cfg.parameter(secrets.SMOKE_KEY)} in SSM: behind a load balancer each host "
+                                  "smoke-tests its new container before it takes traffic again, with that key "
+                                  "(API_KEY=<a score key> python -m src.deploy secrets push --smoke-key)")
     log.info("releasing %s:%s to %d instance(s) in %s, one at a time (running now: %s)", repo_uri, tag,
              len(instances), cfg.env, outcome.previous or "nothing recorded")
     changed: list[fleet.Instance] = []
     for instance in instances:
         changed.append(instance)  # from here on it may be half-switched: a rollback includes it
         url = smoke_target(cfg, instance)
-        # On the host's own address the smoke test runs before the host takes traffic again; through the
-        # balancer (deploy.smoke_url) it can only run once the host is back behind it and healthy.
+        # The host smoke-tests its new container itself (the release script); from here, on the host's own
+        # address it runs again before the host takes traffic, through the balancer (deploy.smoke_url) once
+        # the host is back behind it and healthy.
         direct = not cfg.smoke_url
         try:
             outcome.commands.append(switch(aws, cfg, instance, repo_uri, tag, f"release {cfg.app} {cfg.env} {tag}",

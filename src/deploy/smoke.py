@@ -4,18 +4,25 @@ Readiness alone is not enough (a container can load a model and still answer eve
 prediction with 422 or 500 if image and model disagree), so one real prediction is
 made. The applicant is built from the service's own /api/v1/schema, so the check
 follows whatever dataset profile the deployed model was trained on.
+
+``python -m src.deploy.smoke URL`` runs it on its own: a host's release script runs it
+inside the new container against 127.0.0.1, before the host takes traffic again.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from src.common import run_main
+from src.config import env
 from src.deploy.errors import DeployError
 
 log = logging.getLogger(__name__)
@@ -134,3 +141,17 @@ def smoke_test(base_url: str, ready_timeout: float, http_timeout: float, applica
     log.info("smoke test %s passed: model %s v%s, probability %.4f, %s", base, model.get("name"),
              model.get("version"), row["probability_of_default"], row["decision"])
     return body
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Smoke-test URL with the key in $API_KEY; a failure is one line on stderr and exit 1."""
+    parser = argparse.ArgumentParser(prog="python -m src.deploy.smoke", description=__doc__.split("\n")[0])
+    parser.add_argument("url", help="the service's base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for /ready")
+    parser.add_argument("--http-timeout", type=float, default=10.0, help="seconds per request")
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    smoke_test(args.url, args.ready_timeout, args.http_timeout, api_key=env.text(env.API_KEY))
+
+
+if __name__ == "__main__":
+    run_main(main)

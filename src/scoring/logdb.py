@@ -38,6 +38,9 @@ predictions = sa.Table(
     # The principal reason codes the applicant was given (a decline or referral; [] for an approval):
     # the record of what they were told. Null for rows logged before codes were recorded.
     sa.Column("adverse_action", sa.JSON, nullable=True),
+    # Who asked: "key:<API key id>" or "user:<signed-in name>"; null when the service ran open, and for rows
+    # logged before the requester was recorded.
+    sa.Column("requested_by", sa.String(160), nullable=True),
 )
 spool_offsets = sa.Table(
     "prediction_log_spool", metadata,
@@ -46,13 +49,14 @@ spool_offsets = sa.Table(
 )
 
 # One request's rows: (request_id, source, model_name, model_version, created_at, rows, probabilities, decisions,
-# reason codes per row).
+# reason codes per row, requester).
 Entry = tuple[str, str, str, str, datetime, Sequence[dict[str, Any]], Sequence[float], Sequence[str],
-              Sequence[Sequence[str] | None]]
+              Sequence[Sequence[str] | None], str | None]
 COLUMNS = ("request_id", "row_index", "created_at", "source", "model_name", "model_version", "features",
-           "probability", "decision", "adverse_action")
+           "probability", "decision", "adverse_action", "requested_by")
 ROW_COLUMNS = ("row_index", "features", "probability", "decision", "adverse_action")
-PER_REQUEST = ("request_id", "created_at", "source", "model_name", "model_version")  # same for a request's rows
+PER_REQUEST = ("request_id", "created_at", "source", "model_name", "model_version",
+               "requested_by")  # the same for all of a request's rows
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -110,6 +114,7 @@ def decision_record(conn: sa.Connection, request_id: str) -> dict[str, Any] | No
         return None
     first = rows[0]
     return {"request_id": request_id, "created_at": first["created_at"].isoformat(), "source": first["source"],
+            "requested_by": first["requested_by"],
             "model": {"name": first["model_name"], "version": first["model_version"]},
             "results": [{"row": r["row_index"], "features": r["features"], "probability_of_default": r["probability"],
                          "decision": r["decision"], "adverse_action": r["adverse_action"]} for r in rows]}
@@ -153,10 +158,11 @@ class FastInsert:
         (ri, bind_ri), (fe, bind_fe), (pr, bind_pr), (de, bind_de), (aa, bind_aa) = self._row_binds
         request_binds, width, positional, order = self._request_binds, len(self.order), self.positional, self.order
         out: list[Any] = []
-        for request_id, source, model_name, model_version, created_at, rows, probabilities, decisions, adverse in batch:
+        for (request_id, source, model_name, model_version, created_at, rows, probabilities, decisions, adverse,
+             requested_by) in batch:
             values: list[Any] = [None] * width
             for (position, bind), value in zip(request_binds, (request_id, created_at, source, model_name,
-                                                               model_version), strict=True):
+                                                               model_version, requested_by), strict=True):
                 values[position] = value if bind is None else bind(value)
             for i, (row, p, d, a) in enumerate(zip(rows, probabilities, decisions, adverse, strict=True)):
                 values[ri] = i if bind_ri is None else bind_ri(i)

@@ -76,9 +76,11 @@ class PredictionLog:
         self._ensure_shipper()
 
     def submit(self, request_id: str, source: str, model_name: str, model_version: str,
-               rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> None:
+               rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], requested_by: str | None = None,
+               ) -> None:
         """Record one request's rows before it is answered; raises if they could not be recorded."""
-        self.spool.append(encode(request_id, time.time(), source, model_name, model_version, rows, results))
+        self.spool.append(encode(request_id, time.time(), source, model_name, model_version, rows, results,
+                                 requested_by))
         if self._thread_pid != os.getpid() and self.shipper is not None:
             self._ensure_shipper()
 

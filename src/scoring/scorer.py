@@ -60,6 +60,22 @@ class AdverseReason:
         return {"code": self.code, "reason": self.reason, "feature": self.feature, "value": self.value}
 
 
+def stated_reason(profile: Profile, feature: str, row: Mapping[str, Any]) -> AdverseReason:
+    """The principal reason ``feature`` gives: its code, its statement and the applicant's value, as read."""
+    spec = profile.features[feature]
+    return AdverseReason(code=str(spec.reason_code), reason=str(spec.reason), feature=feature,
+                         value=display_value(spec, row.get(feature)))
+
+
+def reasons_from_codes(profile: Profile, row: Mapping[str, Any], codes: Sequence[str]) -> list[AdverseReason]:
+    """The principal reasons a logged decision gave (the log keeps their codes), as the applicant read them.
+    A code the profile no longer has keeps its code, with the statement unknown."""
+    features = {spec.reason_code: name for name, spec in profile.features.items() if spec.reason_code}
+    return [stated_reason(profile, features[code], row) if code in features
+            else AdverseReason(code=code, reason="(a reason code this profile no longer has)", feature="", value="")
+            for code in codes]
+
+
 # Units not worth printing after a number.
 UNITLESS = ("count", "ratio", "fraction")
 
@@ -248,10 +264,7 @@ class Scorer:
         for j in self.principal(contrib).tolist():
             if j < 0:
                 break
-            col = self.columns[j]
-            spec = self.profile.features[col]
-            out.append(AdverseReason(code=str(spec.reason_code), reason=str(spec.reason), feature=col,
-                                     value=display_value(spec, row.get(col))))
+            out.append(stated_reason(self.profile, self.columns[j], row))
         return out
 
     def score(self, rows: Sequence[Mapping[str, Any]], with_reasons: bool = True) -> list[dict[str, Any]]:

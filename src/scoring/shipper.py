@@ -75,15 +75,19 @@ class ShipperMetrics:
 def decode(line: bytes) -> Entry:
     """A spool line (see src.scoring.spool.encode) as the row tuple the INSERT binds.
 
-    Lines spooled before reason codes were recorded have eight fields: their codes are unknown (None).
+    Lines spooled before reason codes were recorded have eight fields: their codes are unknown (None);
+    before the requester was recorded, nine: who asked is unknown (None).
     """
     fields = orjson.loads(line)
     request_id, created_at, source, model_name, model_version, rows, probabilities, decisions = fields[:8]
     adverse = fields[8] if len(fields) > 8 else [None] * len(rows)
+    requested_by = fields[9] if len(fields) > 9 else None
     if not (len(rows) == len(probabilities) == len(decisions) == len(adverse)):
         raise ValueError("rows, probabilities, decisions and reasons differ in length")
+    if requested_by is not None and not isinstance(requested_by, str):
+        raise ValueError("the requester is not a string")
     return (request_id, source, model_name, model_version, datetime.fromtimestamp(created_at, UTC), rows,
-            probabilities, decisions, adverse)
+            probabilities, decisions, adverse, requested_by)
 
 
 class Shipper:

@@ -36,12 +36,14 @@ _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
 
 
 def encode(request_id: str, created_at: float, source: str, model_name: str, model_version: str,
-           rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> bytes:
-    """One request as one spool line: ids, time (epoch seconds), inputs, probabilities, decisions and the
-    principal reason codes each applicant was given (empty for an approval)."""
+           rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], requested_by: str | None = None,
+           ) -> bytes:
+    """One request as one spool line: ids, time (epoch seconds), inputs, probabilities, decisions, the
+    principal reason codes each applicant was given (empty for an approval) and who asked (``key:<id>``,
+    ``user:<name>``; None when the service runs open)."""
     return orjson.dumps([request_id, created_at, source, model_name, model_version, rows,
                          [r["probability_of_default"] for r in results], [r["decision"] for r in results],
-                         [[a["code"] for a in r.get("adverse_action", ())] for r in results]],
+                         [[a["code"] for a in r.get("adverse_action", ())] for r in results], requested_by],
                         option=_OPTIONS)
 
 

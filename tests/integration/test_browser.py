@@ -1,5 +1,5 @@
-"""A real headless Chromium uses the loan-officer form over real HTTP: sign in, score, read the result, fix a
-mistake.
+"""A real headless Chromium uses the web pages over real HTTP: the loan officer signs in, scores, reads the
+result and fixes a mistake; a reviewer signs in and looks up a decision made through the API.
 
 The Flask test client never runs a browser's form submission, its CSRF cookie
 round trip, or the CSS; this test does, and leaves desktop and phone
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from flask import Flask
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -27,7 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
 
 from flask_api.forms import fmt_number
-from src.auth.store import set_user
+from src.auth.store import create_key, set_user
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -191,3 +192,49 @@ def test_officer_scores_an_applicant_then_fixes_an_invalid_value(browser: WebDri
 
     shots = sorted(p.name for p in reports.glob("*.png"))
     assert len(shots) == 12, shots  # five views and the sign-in, each viewport and whole page
+
+
+def test_reviewer_looks_up_a_decision_made_through_the_api(browser: WebDriver, live_server: str, app: Flask,
+                                                           tmp_path: Path) -> None:
+    """A reviewer signs in, types the reference the API returned, and reads the decision as it was given."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    svc = app.extensions["credit_service"]
+    source = app.extensions["credit_credentials"]
+    key, _ = create_key(source.path, "origination", "score")
+    set_user(source.path, "reviewer", PASSWORD, "review")
+    applicant = {**{k: v["default"] for k, v in svc.model().meta["feature_summary"].items()}, "pay_0": 8, "pay_2": 7}
+    wait = WebDriverWait(browser, 30)
+    answer = wait.until(lambda _: (r := requests.post(f"{live_server}/api/v1/predict", json={"applicants": [applicant]},
+                                                      headers={"X-API-Key": key}, timeout=30)).ok and r.json())
+    given = answer["results"][0]
+    assert given["adverse_action"], given  # a decline or referral: reasons are owed
+    assert svc.predlog.flush(10)
+
+    set_viewport(browser, *DESKTOP)
+    browser.get(f"{live_server}/decisions")
+    assert "/login" in browser.current_url
+    browser.find_element(By.ID, "username").send_keys("reviewer")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "form.signin-form button[type=submit]").click()
+    box = wait.until(ec.visibility_of_element_located((By.ID, "reference")))
+    capture(browser, reports / "desktop-lookup.png", DESKTOP)
+    box.send_keys(answer["request_id"])
+    browser.find_element(By.CSS_SELECTOR, "form.lookup-form button[type=submit]").click()
+    title = wait.until(ec.visibility_of_element_located((By.ID, "record-title")))
+    assert answer["request_id"] in title.text
+    assert browser.find_element(By.ID, "record-source").text == "the API"
+    assert browser.find_element(By.ID, "record-requested-by").text == f"key:{key.split('_')[1]}"
+    record = browser.find_element(By.ID, "applicant-0").text
+    assert f"{given['probability_of_default'] * 100:.1f}%" in record and given["decision"].capitalize() in record
+    reasons = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#applicant-0 li.adverse-reason")]
+    assert reasons == [f"{a['code']} {a['reason']}: {a['value']}" for a in given["adverse_action"]]
+    capture(browser, reports / "desktop-decision.png", DESKTOP)
+
+    set_viewport(browser, *PHONE)
+    browser.get(f"{live_server}/decisions?reference=01234567-89ab-7cde-8f01-23456789abcd")
+    assert "No decision with this reference" in browser.find_element(By.ID, "lookup-error").text
+    browser.get(f"{live_server}/decisions?reference={answer['request_id']}")
+    assert no_sideways_scroll(browser)
+    capture(browser, reports / "phone-decision.png", PHONE)
+    assert len(list(reports.glob("*.png"))) == 6

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ import requests
 from mlflow import MlflowClient
 
 from src.auth.store import create_key, set_user
+from src.config import DeploySettings
+from src.deploy.secrets import smoke_lines as secrets_lines
 from src.modeling import registry
 from src.scoring.model_store import load_model
 from tests.conftest import ROOT, TrainedProject
@@ -180,6 +183,26 @@ def credentials(tmp_path: Path) -> Access:
                   mount=("-v", f"{folder}:/app/auth:ro", "-e", "AUTH_FILE=/app/auth/credentials.json"))
 
 
+def host_command(container: Container, pattern: str, key: str = "") -> subprocess.CompletedProcess[str]:
+    """A docker command of the release script's smoke lines (src/deploy/secrets.py; ``pattern`` finds it), run
+    by podman against ``container`` with ``key`` in API_KEY (podman with the sandbox's own storage and runtime
+    options: the sandbox has no exec command)."""
+    lines = secrets_lines(DeploySettings(container_name=container.cid, smoke_timeout=60), "eu-west-1")
+    found = [re.search(pattern, line) for line in lines]
+    [command] = [shlex.split(match.group(1)) for match in found if match]
+    podman = ["podman", "--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager", "cgroupfs",
+              "--events-backend", "file"]
+    return subprocess.run([*podman, *command[1:]], env={**container.env, "API_KEY": key}, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def smoke_inside(container: Container, key: str) -> subprocess.CompletedProcess[str]:
+    """The smoke test inside the container, as a host runs it before taking traffic again; first the probe
+    that tells an image with the smoke test from an older one."""
+    assert host_command(container, r"! (docker cp \S+ -) ").returncode == 0, "the image has no smoke test"
+    return host_command(container, r"API_KEY=\$SMOKE_KEY (docker exec [^;]+);", key)
+
+
 def score_through_api(base_url: str, applicant: dict[str, Any], access: Access) -> dict[str, Any]:
     body = {"applicants": [applicant], "reasons": True}
     if access.key:
@@ -255,6 +278,13 @@ def test_image_builds_runs_ships_through_a_registry_and_runs_again(
     access = credentials(tmp_path)
     with running(image, env, *access.mount) as container:
         check_scoring(container, trained_project, applicant, expected, access)
+        # what a host's release script runs before the host takes traffic: the smoke test inside the container
+        assert access.key
+        passed = smoke_inside(container, access.key)
+        assert passed.returncode == 0 and "smoke test http://127.0.0.1:8000 passed" in passed.stderr, passed.stderr
+        refused = smoke_inside(container, "cdk_000000000000_" + "x" * 43)
+        assert refused.returncode == 1 and "/api/v1/schema answered 401" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
 
     registry_port = free_port()
     remote = f"127.0.0.1:{registry_port}/credit-default:{image.rsplit(':', 1)[1]}"

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -376,6 +377,22 @@ def test_secrets_are_pushed_as_securestrings_and_synced_to_every_instance(aws: s
     status = deploy("secrets", "status").stdout
     assert "credentials present" in status and "secret-key present" in status
 
+    # the hosts' smoke key: a live key of those credentials, allowed to score; checked against SSM's copy
+    metrics_key, _ = create_key(file, "prometheus", "metrics")
+    assert_one_line_error(deploy("secrets", "push", "--smoke-key", env={"API_KEY": ""}), 2, "API_KEY, which is not set")
+    assert_one_line_error(deploy("secrets", "push", "--smoke-key", env={"API_KEY": metrics_key}), 1,
+                          "is not a live key of the credentials the hosts use")  # (not pushed yet)
+    assert_one_line_error(deploy("secrets", "push", "--credentials", str(file), "--smoke-key",
+                                 env={"API_KEY": metrics_key}), 1, "scope metrics) may not score")
+    assert "credentials present" in status and "smoke-key MISSING" in deploy("secrets", "status").stdout
+    smoke_key, _ = create_key(file, "deploy smoke test", "score")
+    assert deploy("secrets", "push", "--credentials", str(file)).returncode == 0
+    proc = deploy("secrets", "push", "--smoke-key", env={"API_KEY": smoke_key})
+    assert proc.returncode == 0, proc.stderr
+    stored = ssm.get_parameter(Name="/credit-default/production/smoke-key", WithDecryption=True)["Parameter"]
+    assert stored["Type"] == "SecureString" and stored["Value"] == smoke_key
+    assert smoke_key not in proc.stdout + proc.stderr
+
     synced = deploy("secrets", "sync")
     assert synced.returncode == 0, synced.stderr
     [cmd] = commands()
@@ -386,11 +403,11 @@ def test_secrets_are_pushed_as_securestrings_and_synced_to_every_instance(aws: s
 
 # --- a rolling release behind the load balancer ---------------------------------------------------------
 
-def target_group(instances: list[str]) -> str:
+def target_group(instances: list[str], name: str = "credit-default-production") -> str:
     """A target group of the default VPC (what infra/terraform makes) with ``instances`` registered."""
     vpc = client("ec2").describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     elb = client("elbv2")
-    arn = elb.create_target_group(Name="credit-default-production", Protocol="HTTP", Port=8000, VpcId=vpc,
+    arn = elb.create_target_group(Name=name, Protocol="HTTP", Port=8000, VpcId=vpc,
                                   HealthCheckPath="/ready", TargetType="instance")["TargetGroups"][0][
         "TargetGroupArn"]
     elb.register_targets(TargetGroupArn=arn, Targets=[{"Id": i} for i in instances])
@@ -431,9 +448,18 @@ def steps(stderr: str) -> list[tuple[str, str]]:
     return found
 
 
-def test_rolling_release_takes_one_host_out_of_the_balancer_at_a_time(aws: str) -> None:
+def push_smoke_key(folder: Path) -> None:
+    """Credentials with a score key in SSM, and that key as the hosts' smoke key (a balanced release needs it)."""
+    key, _ = create_key(folder / "credentials.json", "deploy smoke test", "score")
+    proc = deploy("secrets", "push", "--credentials", str(folder / "credentials.json"), "--smoke-key",
+                  env={"API_KEY": key})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_rolling_release_takes_one_host_out_of_the_balancer_at_a_time(aws: str, tmp_path: Path) -> None:
     instances = sorted(launch(3))
     arn = target_group(instances)
+    push_smoke_key(tmp_path)
     assert deploy("ensure-registry").returncode == 0
     push_image("v1")
     with stand_in(healthy={"v1"}) as svc, watching(arn, instances) as samples:
@@ -448,11 +474,14 @@ def test_rolling_release_takes_one_host_out_of_the_balancer_at_a_time(aws: str) 
     health = client("elbv2").describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
     assert sorted(d["Target"]["Id"] for d in health if d["TargetHealth"]["State"] == "healthy") == instances
     assert len(commands()) == 3  # one SSM command per host
+    script = "\n".join(commands()[0]["Parameters"]["commands"])  # each smoke-tests its container before traffic
+    assert "--name /credit-default/production/smoke-key" in script and "python -m src.deploy.smoke" in script
 
 
-def test_a_rollout_failing_on_the_second_host_returns_both_changed_hosts(aws: str) -> None:
+def test_a_rollout_failing_on_the_second_host_returns_both_changed_hosts(aws: str, tmp_path: Path) -> None:
     instances = sorted(launch(3))
     arn = target_group(instances)
+    push_smoke_key(tmp_path)
     assert deploy("ensure-registry").returncode == 0
     push_image("v1")
     push_image("v2")
@@ -481,11 +510,17 @@ def test_a_rollout_failing_on_the_second_host_returns_both_changed_hosts(aws: st
     assert all(d["TargetHealth"]["State"] == "healthy" for d in health) and len(health) == 3
 
 
-def test_a_release_through_an_unknown_or_incomplete_target_group_changes_nothing(aws: str) -> None:
+def test_a_release_through_an_unknown_or_incomplete_target_group_changes_nothing(aws: str,
+                                                                                 tmp_path: Path) -> None:
     instances = sorted(launch(2))
     arn = target_group(instances[:1])
     assert deploy("ensure-registry").returncode == 0
     push_image("v1")
+    complete = target_group(instances, "credit-default-complete")
+    # no smoke key in SSM: no host could be tested before it takes traffic again
+    proc = deploy("release", "v1", "--smoke-url", "http://127.0.0.1:9", "--target-group-arn", complete, *FAST)
+    assert_one_line_error(proc, 2, "no /credit-default/production/smoke-key in SSM", "secrets push --smoke-key")
+    push_smoke_key(tmp_path)
     proc = deploy("release", "v1", "--smoke-url", "http://127.0.0.1:9", "--target-group-arn", arn, *FAST)
     assert_one_line_error(proc, 2, f"instance(s) {instances[1]} are not in target group")
     missing = arn.replace("credit-default-production", "nope")

@@ -600,3 +600,9 @@ def test_new_connections_go_to_the_idle_worker(trained_project: TrainedProject, 
         on_busy = small_pids[next(iter(slow_pids))]
         print(f"new connections on the busy worker: {on_busy} of {probes}")
         assert on_busy <= 0.1 * probes, f"{on_busy} of {probes} new connections went to the busy worker"
+
+
+def test_an_open_server_says_so_once(gunicorn_server: GunicornServer) -> None:
+    """No credentials on a loopback address: the master warns that it runs open; its workers do not repeat it."""
+    assert gunicorn_server.token is None and len(gunicorn_server.worker_pids()) == 2
+    assert gunicorn_server.log_text().count("running OPEN") == 1, gunicorn_server.log_text()[-3000:]

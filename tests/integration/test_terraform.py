@@ -261,8 +261,9 @@ def test_instance_role_can_only_pull_the_image_read_its_secrets_and_talk_to_ssm(
     assert actions_of(statements) == ECR_PULL | {"ssm:GetParameter"}
     for statement in statements:
         assert statement.get("effect", "Allow") == "Allow"
-        if statement["actions"] == ["ssm:GetParameter"]:  # the service's two secrets, nothing else
-            assert sorted(r.rsplit("/", 1)[1] for r in statement["resources"]) == ["credentials", "secret-key"]
+        if statement["actions"] == ["ssm:GetParameter"]:  # the service's three secrets, nothing else
+            names = sorted(r.rsplit("/", 1)[1] for r in statement["resources"])
+            assert names == ["credentials", "secret-key", "smoke-key"]
             assert all("parameter/credit-default/${var.env}/" in r for r in statement["resources"]), statement
         elif statement["actions"] != ["ecr:GetAuthorizationToken"]:  # the only ECR call with no resource
             assert statement["resources"] == ["${aws_ecr_repository.app.arn}"], statement
@@ -300,10 +301,17 @@ def test_github_oidc_deploy_role(tf: Terraform) -> None:
     assert {"ssm:GetParameter", "ssm:PutParameter"} <= set(params["actions"])
     assert params["resources"][0].endswith(":parameter/credit-default/*")
 
+    # the rolling release moves hosts out of and back into the balancer's own target group, no other
+    roll = by_sid["RollHostsThroughTheBalancer"]
+    assert sorted(roll["actions"]) == ["elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets"]
+    assert roll["resources"] == ["${aws_lb_target_group.app.arn}"]
+
     wildcard = {a for s in statements if s["resources"] == ["*"] for a in s["actions"]}
     # Only calls IAM cannot scope to a resource may use "*".
     assert wildcard <= {"ecr:GetAuthorizationToken", "ec2:DescribeInstances", "ssm:DescribeInstanceInformation",
-                        "ssm:GetCommandInvocation", "ssm:ListCommandInvocations", "ssm:ListCommands"}, wildcard
+                        "ssm:GetCommandInvocation", "ssm:ListCommandInvocations", "ssm:ListCommands",
+                        "elasticloadbalancing:DescribeTargetHealth"}, wildcard
+    assert "elasticloadbalancing:DescribeTargetHealth" in wildcard  # (Describe* takes no resource in IAM)
     assert "ec2:DescribeInstances" in wildcard
     bucket_resources = {r for s in statements if any(a.startswith("s3:") for a in s["actions"]) for r in s["resources"]}
     assert bucket_resources == {"${aws_s3_bucket.artifacts.arn}", "${aws_s3_bucket.artifacts.arn}/*"}

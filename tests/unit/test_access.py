@@ -56,11 +56,13 @@ def build(trained_project: TrainedProject, tmp_path: Path, monkeypatch: pytest.M
                        "MODEL_LOADING": "sync", "TESTING": True})
 
 
-@pytest.fixture
-def secured(trained_project: TrainedProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Secured]:
+@pytest.fixture(name="secured")
+def secured_fixture(trained_project: TrainedProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    ) -> Iterator[Secured]:
+    """An app with credentials: a key per scope, users alice (score) and prom (metrics)."""
     monkeypatch.setattr(policy, "CHECK_SECONDS", 0.0)  # a changed credentials file is seen at once
     file = tmp_path / "credentials.json"
-    keys = {scope: create_key(file, f"{scope}-client", scope)[0] for scope in ("score", "metrics", "admin")}
+    keys = {scope: create_key(file, f"{scope}-client", scope)[0] for scope in ("score", "metrics", "review", "admin")}
     set_user(file, "alice", PASSWORD, "score")
     set_user(file, "prom", PASSWORD, "metrics")
     app = build(trained_project, tmp_path, monkeypatch,
@@ -87,7 +89,7 @@ def test_every_route_class_needs_the_right_scope(secured: Secured) -> None:
     assert secured.app.extensions["credit_service"].predlog.flush(10)
     routes = [("GET", "/api/v1/schema", "score", None), ("GET", "/api/v1/openapi.json", "score", None),
               ("POST", PREDICT, "score", body), ("GET", "/metrics", "metrics", None),
-              ("POST", "/admin/reload", "admin", None), ("GET", f"/api/v1/decisions/{request_id}", "admin", None)]
+              ("POST", "/admin/reload", "admin", None), ("GET", f"/api/v1/decisions/{request_id}", "review", None)]
     for method, path, needs, payload in routes:
         call = c.post if method == "POST" else c.get
         missing = call(path, json=payload)
@@ -190,6 +192,27 @@ def test_the_form_needs_a_signed_in_user_whose_session_expires(secured: Secured)
     set_user(secured.file, "alice", PASSWORD + " changed", "score")
     time.sleep(0.01)
     assert c.get("/").status_code == 302
+
+
+def test_every_decision_records_who_asked(secured: Secured) -> None:
+    """The prediction log keeps the API key's id (never the key) or the signed-in user with each decision."""
+    c, keys = secured.client(), secured.keys
+    by_key = c.post(PREDICT, json=secured.body(), headers={"X-API-Key": keys["score"]}).json["request_id"]
+    sign_in(c, "alice", PASSWORD)
+    page = c.get("/").get_data(as_text=True)
+    form = {**{k: str(v) for k, v in secured.body()["applicants"][0].items()},
+            "csrf_token": re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)}
+    result = c.post("/", data=form)
+    assert result.status_code == 200, result.get_data(as_text=True)[:500]
+    by_user = re.search(r"Reference <code>([^<]+)</code>", result.get_data(as_text=True)).group(1)
+    assert secured.app.extensions["credit_service"].predlog.flush(10)
+    admin = secured.client("10.0.0.9")
+    key_id = keys["score"].split("_")[1]
+    recorded = admin.get(f"/api/v1/decisions/{by_key}", headers=bearer(keys["admin"])).json
+    assert recorded["requested_by"] == f"key:{key_id}" and recorded["source"] == "api"
+    assert keys["score"] not in str(recorded)
+    recorded = admin.get(f"/api/v1/decisions/{by_user}", headers=bearer(keys["admin"])).json
+    assert recorded["requested_by"] == "user:alice" and recorded["source"] == "form"
 
 
 def test_sign_in_never_redirects_off_site(secured: Secured) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,15 @@ from src.deploy import champion, cli, fleet, release
 from src.deploy.errors import DeployError
 from src.deploy.smoke import check_prediction, example_applicant
 from src.modeling import registry
-from tests.conftest import ALL_DATASETS, TrainedProject, load_params
+from tests.conftest import ALL_DATASETS, ROOT, TrainedProject, load_params
+from tests.net import free_port
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/credit-default"
 
 # A stand-in docker: logs each call; `inspect` reports the running container's image from a file;
-# `pull` of a tag containing "missing" fails like a real pull of an unknown tag.
+# `pull` of a tag containing "missing" fails like a real pull of an unknown tag; `exec` (the smoke test in
+# the new container) records the API_KEY it was handed and fails while $FAKE/smoke-fails exists; `cp` out of
+# the container fails while $FAKE/old-image exists (an image without the smoke test module).
 FAKE_DOCKER = """#!/bin/sh
 echo "docker $*" >> "$CALLS"
 [ "$1" = run ] && echo "${SECRET_KEY:-}" > "$FAKE/run-secret-key"
@@ -43,6 +47,9 @@ case "$1" in
   pull) case "$2" in *missing*) echo "manifest unknown" >&2; exit 1 ;; esac ;;
   run) for last; do :; done; echo "$last" > "$FAKE/running" ;;
   rm) rm -f "$FAKE/running" ;;
+  cp) [ -f "$FAKE/old-image" ] && exit 1 ;;
+  exec) echo "${API_KEY:-}" > "$FAKE/exec-api-key"
+        [ -f "$FAKE/smoke-fails" ] && echo "smoke test http://127.0.0.1:8000: /ready answered 503" >&2 && exit 1 ;;
 esac
 exit 0
 """
@@ -100,7 +107,8 @@ def test_release_script_first_install_then_upgrade_records_tags(instance: dict[s
     assert log[2] == f"docker pull {IMAGE}:v1"
     spool, auth = state / "spool", state / "auth"
     # no secrets in SSM yet: no credentials file, no SECRET_KEY (the container will refuse to start open)
-    assert log[-1] == (f"docker run -d --name credit-default --restart unless-stopped -p 8000:8000 "
+    [run] = [c for c in log if c.startswith("docker run")]
+    assert run == (f"docker run -d --name credit-default --restart unless-stopped -p 8000:8000 "
                        f"-v {spool}:/app/var/spool -e PREDLOG_SPOOL_DIR=/app/var/spool "
                        f"-v {auth}:/app/auth:ro -e AUTH_FILE=/app/auth/credentials.json {IMAGE}:v1")
     assert "no /credit-default/production/credentials in SSM" in proc.stderr
@@ -122,14 +130,65 @@ def test_release_script_first_install_then_upgrade_records_tags(instance: dict[s
     assert (auth / "credentials.json").read_text().strip() == '{"version": 1}'
     assert (auth / "credentials.json").stat().st_mode & 0o777 == 0o400
     assert (auth / "credentials.json").stat().st_uid == fleet.CONTAINER_UID
-    assert "-e SECRET_KEY " in log[-1] and "s3cret-from-ssm" not in " ".join(log)  # never on a command line
+    [run] = [c for c in log if c.startswith("docker run")]
+    assert "-e SECRET_KEY " in run and "s3cret-from-ssm" not in " ".join(log)  # never on a command line
     assert (instance["root"] / "run-secret-key").read_text().strip() == "s3cret-from-ssm"
     # stopped with time for gunicorn's graceful stop and the shipper's drain, not docker's 10 s
-    assert log.index("docker stop -t 75 credit-default") < log.index("docker rm credit-default") < len(log) - 1
-    assert log[-1].endswith(f"-e SECRET_KEY --env-file {instance['cfg'].env_file} {IMAGE}:v2")
+    assert log.index("docker stop -t 75 credit-default") < log.index("docker rm credit-default") < log.index(run)
+    assert run.endswith(f"-e SECRET_KEY --env-file {instance['cfg'].env_file} {IMAGE}:v2")
     assert (state / "previous-tag").read_text() == "v1\n"
     assert (state / "current-tag").read_text() == "v2\n"
     assert f"now running {IMAGE}:v2 (previously: {IMAGE}:v1)" in proc.stdout
+
+
+def test_release_script_smoke_tests_the_new_container_on_the_host_with_the_key_from_ssm(
+        instance: dict[str, Any]) -> None:
+    """With the smoke key in SSM the new container is smoke-tested inside, on 127.0.0.1; a failure fails the
+    script (so SSM reports it and the release rolls back); the key never appears on a command line."""
+    ssm = instance["root"] / "ssm"
+    ssm.mkdir()
+    (ssm / "smoke-key").write_text("cdk_0123456789ab_smoke-secret")
+    proc = run_script(instance, "v1")
+    assert proc.returncode == 0, proc.stderr
+    log = calls(instance)
+    assert log[-4].startswith("docker run -d --name credit-default") and log[-4].endswith(f"{IMAGE}:v1")
+    assert "--name /credit-default/production/smoke-key" in log[-3]
+    assert log[-2] == "docker cp credit-default:/app/src/deploy/smoke.py -"
+    assert log[-1] == ("docker exec -e API_KEY credit-default python -m src.deploy.smoke http://127.0.0.1:8000 "
+                       "--ready-timeout 180 --http-timeout 10")
+    assert (instance["root"] / "exec-api-key").read_text().strip() == "cdk_0123456789ab_smoke-secret"
+    assert "smoke-secret" not in " ".join(log)
+    assert "smoke test passed on the host" in proc.stdout
+
+    (instance["root"] / "smoke-fails").touch()
+    proc = run_script(instance, "v2")
+    assert proc.returncode != 0 and "/ready answered 503" in proc.stderr
+    assert "smoke test passed" not in proc.stdout
+    assert calls(instance)[-1].startswith("docker exec ")
+    assert (Path(instance["cfg"].state_dir) / "current-tag").read_text() == "v2\n"  # what runs, tested or not
+
+    # a rollback to an image built before it had the smoke test: skipped, saying so, not failed
+    (instance["root"] / "old-image").touch()
+    proc = run_script(instance, "v0")
+    assert proc.returncode == 0, proc.stderr
+    assert "this image has no smoke test" in proc.stderr and not calls(instance)[-1].startswith("docker exec")
+
+
+def test_release_script_without_a_smoke_key_says_it_skips_the_host_smoke_test(instance: dict[str, Any]) -> None:
+    proc = run_script(instance, "v1")
+    assert proc.returncode == 0, proc.stderr
+    assert not any(c.startswith("docker exec") for c in calls(instance))
+    assert "no /credit-default/production/smoke-key in SSM: no smoke test on the host" in proc.stderr
+
+
+def test_smoke_cli_fails_in_one_line_naming_the_url() -> None:
+    port = free_port()
+    proc = subprocess.run([sys.executable, "-m", "src.deploy.smoke", f"http://127.0.0.1:{port}",
+                           "--ready-timeout", "0.5", "--http-timeout", "0.5"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    [error] = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert f"smoke test http://127.0.0.1:{port}: /ready answered no connection for 0.5 s" in error
 
 
 def test_release_script_stops_before_touching_the_container_when_the_pull_fails(instance: dict[str, Any]) -> None:

@@ -291,8 +291,9 @@ def test_insert_for_a_named_paramstyle_dialect_binds_dicts() -> None:
     assert "%(request_id)s" in insert.sql and not insert.positional
     stamp = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
     params = insert.parameters([("r", "api", "m", "1", stamp, [{"a": 1}, {"a": 2}], [0.5, 0.5], ["refer"] * 2,
-                                 [["TC03"], None])])
+                                 [["TC03"], None], "key:0123456789ab")])
     assert [p["row_index"] for p in params] == [0, 1]
+    assert [p["requested_by"] for p in params] == ["key:0123456789ab"] * 2
     assert all(set(p) == set(COLUMNS) and p["created_at"] == stamp and p["decision"] == "refer" for p in params)
     assert [p["features"] for p in params] in ([{"a": 1}, {"a": 2}], ['{"a":1}', '{"a":2}'], ['{"a": 1}', '{"a": 2}'])
     assert params[0]["adverse_action"] in (["TC03"], '["TC03"]') and params[1]["adverse_action"] is None
@@ -302,21 +303,23 @@ def test_sqlite_insert_binds_positional_tuples_in_placeholder_order() -> None:
     insert = FastInsert(make_engine("sqlite://").dialect)  # the engine's JSON serializer: orjson
     assert insert.positional and insert.sql.count("?") == len(COLUMNS)
     (row,) = insert.parameters([("r", "api", "m", "1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), [{"a": 1}],
-                                 [0.5], ["refer"], [["TC03", "TC01"]])])
+                                 [0.5], ["refer"], [["TC03", "TC01"]], None)])
     named = dict(zip(insert.order, row, strict=True))
+    assert named["requested_by"] is None
     assert named["created_at"].startswith("2026-01-02 03:04:05") and named["features"] == '{"a":1}'
     assert named["adverse_action"] == '["TC03","TC01"]'
 
 
 
-def test_a_log_made_by_an_earlier_version_gains_the_reason_codes_column(tmp_path: Path) -> None:
-    """An existing predictions table without adverse_action: the column is added, old rows read it as null,
-    and a line spooled by an earlier version (eight fields, no codes) still ships."""
+def test_a_log_made_by_an_earlier_version_gains_the_reason_codes_and_requester_columns(tmp_path: Path) -> None:
+    """An existing predictions table without adverse_action and requested_by: the columns are added, old rows
+    read them as null, and lines spooled by earlier versions (eight fields: no codes; nine: no requester) still
+    ship."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_engine(url)
     old = sa.MetaData()
     sa.Table("predictions", old, *[sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-                                   for c in predictions.columns if c.name != "adverse_action"])
+                                   for c in predictions.columns if c.name not in ("adverse_action", "requested_by")])
     old.create_all(engine)
     with engine.begin() as conn:
         conn.execute(old.tables["predictions"].insert(), {
@@ -325,17 +328,20 @@ def test_a_log_made_by_an_earlier_version_gains_the_reason_codes_column(tmp_path
             "decision": "decline"})
     create_tables(engine)
     create_tables(engine)  # twice: nothing left to add
-    assert "adverse_action" in {c["name"] for c in sa.inspect(engine).get_columns("predictions")}
+    assert {"adverse_action", "requested_by"} <= {c["name"] for c in sa.inspect(engine).get_columns("predictions")}
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     eight_fields = orjson.dumps(["r-old-line", time.time(), "api", "m", "1", [{"a": 2}], [0.8], ["decline"]])
+    nine_fields = orjson.dumps(["r-nine", time.time(), "api", "m", "1", [{"a": 4}], [0.8], ["decline"], [["TC02"]]])
     new_line = encode("r-new", time.time(), "api", "m", "1", [{"a": 3}],
                       [{"probability_of_default": 0.7, "decision": "refer",
-                        "adverse_action": [{"code": "TC03"}, {"code": "TC01"}]}])
-    (spool_dir / f"host-1-1{SUFFIX}").write_bytes(eight_fields + b"\n" + new_line + b"\n")
+                        "adverse_action": [{"code": "TC03"}, {"code": "TC01"}]}], "key:0123456789ab")
+    (spool_dir / f"host-1-1{SUFFIX}").write_bytes(b"\n".join([eight_fields, nine_fields, new_line]) + b"\n")
     shipper = Shipper(url, spool_dir, engine=engine)
     shipper.ship_once()
     with engine.connect() as conn:
-        got = dict(conn.execute(sa.select(predictions.c.request_id, predictions.c.adverse_action)).all())
-    assert got == {"old": None, "r-old-line": None, "r-new": ["TC03", "TC01"]}
+        got = {r[0]: tuple(r[1:]) for r in conn.execute(sa.select(
+            predictions.c.request_id, predictions.c.adverse_action, predictions.c.requested_by)).all()}
+    assert got == {"old": (None, None), "r-old-line": (None, None), "r-nine": (["TC02"], None),
+                   "r-new": (["TC03", "TC01"], "key:0123456789ab")}
     engine.dispose()
