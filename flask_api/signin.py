@@ -84,6 +84,18 @@ def install(app: Flask, source: CredentialSource, settings: AuthSettings, thrott
     manager.login_message = None
     app.extensions["credit_signin"] = (source, settings, throttle)
 
+    @app.context_processor
+    def pages() -> dict[str, Any]:
+        """``may(page)``: whether the header links a signed-in page (all of them while the service runs open)."""
+
+        def may(blueprint: str) -> bool:
+            if not source.required:
+                return True
+            return bool(current_user and current_user.is_authenticated
+                        and allows(current_user.scope, PROTECTED_BLUEPRINTS[blueprint]))
+
+        return {"may": may}
+
     @manager.user_loader
     def load_user(user_id: str) -> SignedIn | None:
         fingerprint, _, name = user_id.partition(":")

@@ -205,6 +205,7 @@ def test_every_decision_records_who_asked(secured: Secured) -> None:
     result = c.post("/", data=form)
     assert result.status_code == 200, result.get_data(as_text=True)[:500]
     by_user = re.search(r"Reference <code>([^<]+)</code>", result.get_data(as_text=True)).group(1)
+    assert 'id="record-link"' not in result.get_data(as_text=True)  # alice may score, not look decisions up
     assert secured.app.extensions["credit_service"].predlog.flush(10)
     admin = secured.client("10.0.0.9")
     key_id = keys["score"].split("_")[1]

@@ -37,8 +37,23 @@ def test_only_signed_in_reviewers_may_look_up_decisions(secured: Secured) -> Non
     sign_in(officer, "alice", PASSWORD)
     refused = officer.get("/decisions")
     assert refused.status_code == 403 and "may not look up decisions" in refused.get_data(as_text=True)
+    form = officer.get("/").get_data(as_text=True)  # the header links only the pages a user may open
+    assert 'href="/">Score</a>' in form and 'href="/decisions"' not in form
     page = reviewer(secured).get("/decisions")
-    assert page.status_code == 200 and 'name="reference"' in page.get_data(as_text=True)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'name="reference"' in html
+    assert 'href="/decisions">Look up a decision</a>' in html and 'href="/">Score</a>' not in html
+    set_user(secured.file, "ada", PASSWORD, "admin")
+    admin = secured.client("10.0.0.8")
+    sign_in(admin, "ada", PASSWORD)
+    both = admin.get("/").get_data(as_text=True)
+    assert 'href="/">Score</a>' in both and 'href="/decisions">Look up a decision</a>' in both
+    # who may look decisions up finds the record from the result page
+    form = {**{k: str(v) for k, v in secured.body()["applicants"][0].items()},
+            "csrf_token": re.search(r'name="csrf_token"[^>]*value="([^"]+)"', both).group(1)}
+    result = admin.post("/", data=form).get_data(as_text=True)
+    reference = re.search(r"Reference <code>([^<]+)</code>", result).group(1)
+    assert f'href="/decisions?reference={reference}" id="record-link"' in result
     # the JSON record too: a review key may read it, a score key may not
     assert secured.client().get("/api/v1/decisions/01234567-89ab-7cde-8f01-23456789abcd",
                                 headers=bearer(secured.keys["review"])).status_code == 404
