@@ -1,4 +1,4 @@
-"""JSON API: POST /api/v1/predict, GET /api/v1/decisions/<id> (admin), GET /api/v1/schema, GET /api/v1/openapi.json.
+"""JSON API: POST /api/v1/predict, GET /api/v1/decisions/<id> (review), GET /api/v1/schema, GET /api/v1/openapi.json.
 
 Client mistakes get 400 (malformed JSON), 413 (body too large), 415 (not JSON)
 or 422 (valid JSON that breaks the contract), each with a JSON body naming every
@@ -186,7 +186,7 @@ def openapi_document(applicant: dict[str, Any], max_batch: int) -> dict[str, Any
             }},
             "/api/v1/decisions/{request_id}": {"get": {
                 "summary": "A logged decision (inputs, model, probability, decision, reason codes given, "
-                           "who asked); a key with the admin scope",
+                           "who asked); a key with the review (or admin) scope",
                 "operationId": "decision",
                 "parameters": [{"name": "request_id", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, render_template, request
@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from flask_api.api import REQUEST_ID
 from flask_api.service import Service, service
+from flask_api.views import pct
 from src.config import Profile
 from src.scoring.scorer import AdverseReason, display_value, reasons_from_codes
 
@@ -59,7 +60,7 @@ def applicant_view(result: dict[str, Any], profile: Profile | None) -> Applicant
         answers = [(spec.label, display_value(spec, features.get(name)))
                    for name, spec in profile.features.items() if name in features]
         reasons = None if codes is None else reasons_from_codes(profile, features, codes)
-    return Applicant(row=result["row"], probability=f"{float(result['probability_of_default']) * 100:.1f}%",
+    return Applicant(row=result["row"], probability=pct(float(result["probability_of_default"])),
                      decision=str(result["decision"]), reasons=reasons, answers=answers)
 
 
@@ -70,12 +71,8 @@ def _page(reference: str, status: int, record: dict[str, Any] | None = None, err
 
 
 def _when(record: dict[str, Any] | None) -> str:
-    """The decision's time in UTC (the log stores UTC; SQLite gives it back without its zone)."""
-    if not record:
-        return ""
-    stamp = datetime.fromisoformat(record["created_at"])
-    stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
-    return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
+    """The decision's time (the record's is in UTC)."""
+    return datetime.fromisoformat(record["created_at"]).strftime("%Y-%m-%d %H:%M:%S UTC") if record else ""
 
 
 @bp.get("/decisions")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -113,7 +113,9 @@ def decision_record(conn: sa.Connection, request_id: str) -> dict[str, Any] | No
     if not rows:
         return None
     first = rows[0]
-    return {"request_id": request_id, "created_at": first["created_at"].isoformat(), "source": first["source"],
+    stamp = first["created_at"]  # stored in UTC; SQLite gives it back without its zone
+    stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+    return {"request_id": request_id, "created_at": stamp.isoformat(), "source": first["source"],
             "requested_by": first["requested_by"],
             "model": {"name": first["model_name"], "version": first["model_version"]},
             "results": [{"row": r["row_index"], "features": r["features"], "probability_of_default": r["probability"],

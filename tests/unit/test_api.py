@@ -400,6 +400,7 @@ def test_a_logged_decision_can_be_looked_up_by_an_admin(client, app, monkeypatch
     record = client.get(url, headers=auth).json
     assert record["request_id"] == answer["request_id"] and record["source"] == "api"
     assert record["requested_by"] is None  # open: nobody to name
+    assert record["created_at"].endswith("+00:00")  # UTC, said so (SQLite keeps no zone)
     assert record["model"] == answer["model"]
     cleaned, _ = validate_applicants(rows, svc.model().scorer.profile)
     assert [r["features"] for r in record["results"]] == cleaned  # the inputs as validated and scored
