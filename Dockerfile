@@ -59,17 +59,19 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=deps /opt/venv /opt/venv
 COPY params.yaml gunicorn.conf.py ./
-COPY src/__init__.py src/common.py ./src/
+COPY src/__init__.py src/common.py src/notify.py ./src/
 COPY src/config/ ./src/config/
+COPY src/data/__init__.py src/data/schemas.py ./src/data/
 COPY src/modeling/ ./src/modeling/
 COPY src/scoring/ ./src/scoring/
+COPY src/batch/ ./src/batch/
 COPY src/server/ ./src/server/
 COPY src/auth/ ./src/auth/
 COPY src/deploy/__init__.py src/deploy/errors.py src/deploy/smoke.py ./src/deploy/
 COPY flask_api/ ./flask_api/
 COPY --from=model /app/model ./model
 RUN python -m compileall -q /app/src /app/flask_api /app/gunicorn.conf.py \
-    && install -d -o app -g app /app/var
+    && install -d -o app -g app /app/var /app/uploads
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

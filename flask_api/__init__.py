@@ -21,7 +21,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from flask_api import api, ops, review, signin, views
+from flask_api import api, ops, review, signin, uploads, views
 from flask_api.access import AccessGate
 from flask_api.fastpath import FastPredict
 from flask_api.jsonio import OrjsonProvider
@@ -94,10 +94,12 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     csrf = CSRFProtect(app)
     csrf.exempt(api.bp)
     csrf.exempt(ops.bp)
+    csrf.exempt(uploads.bp)  # its form checks its own token, after raising the body limit for the file
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(views.bp)
     app.register_blueprint(review.bp)
+    uploads.install(app, settings)
     try:
         throttle = Throttle(auth.rate_limit_storage)
     except ValueError as exc:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("signin", __name__)
 # The signed-in pages, and the scope each needs (admin may do everything).
-PROTECTED_BLUEPRINTS = {"views": "score", "review": "review"}
+PROTECTED_BLUEPRINTS = {"views": "score", "uploads": "score", "review": "review"}
 NEEDS_WORDS = {"score": "score applicants", "review": "look up decisions"}
 HEADER_SCOPE = "score"  # a user named by the proxy's header and not in the credentials file
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -122,13 +123,20 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> TrainedProject:
                           tracking_uri=f"sqlite:///{root / 'mlflow.db'}", model_name=settings.registered_model_name)
 
 
+def uploads_under(settings: Settings, folder: Path, **changes: object) -> Settings:
+    """``settings`` with the batch page's job folders in ``folder`` (tests never write into the trained project)."""
+    uploads = settings.serve.uploads.model_copy(update={"folder": str(folder), **changes})
+    return dataclasses.replace(settings, serve=settings.serve.model_copy(update={"uploads": uploads}))
+
+
 @pytest.fixture
 def app(trained_project: TrainedProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The Flask app serving the exported champion, with its own prediction-log database."""
+    """The Flask app serving the exported champion, with its own prediction-log database and upload folder."""
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'predictions.db'}")
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.setenv("AUTH_FILE", str(tmp_path / "credentials.json"))  # none: open, on a loopback address
-    application = create_app({"SETTINGS": trained_project.settings, "MODEL_URI": str(trained_project.model_dir),
+    application = create_app({"SETTINGS": uploads_under(trained_project.settings, tmp_path / "uploads"),
+                              "MODEL_URI": str(trained_project.model_dir),
                               "MODEL_LOADING": "sync", "TESTING": True})
     yield application
     application.extensions["credit_service"].predlog.dispose()

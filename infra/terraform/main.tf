@@ -603,6 +603,14 @@ resource "aws_lb_target_group" "app" {
   target_type          = "instance"
   deregistration_delay = 30 # in-flight requests finish (gunicorn's graceful stop is 30 s too)
 
+  # The batch upload page keeps each job's files on the host that scores it: a browser stays with
+  # one host for a day (the API's clients send no cookie and are spread as before).
+  stickiness {
+    type            = "lb_cookie"
+    cookie_duration = 86400
+    enabled         = true
+  }
+
   health_check {
     path                = "/ready" # 200 once the model is loaded; no key needed
     matcher             = "200"

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import fsspec
@@ -47,16 +48,20 @@ def _clear(url: str) -> None:
 
 
 class Progress:
-    """A log line every ``every`` input rows with the running rate, so a long run shows it is alive."""
+    """A log line every ``every`` input rows with the running rate, so a long run shows it is alive;
+    ``report`` (e.g. the upload page's job) hears the running row count after every chunk."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, report: Callable[[int], None] | None = None) -> None:
         self.every = every
+        self.report = report
         self.rows = 0
         self.next = every
         self.started = time.perf_counter()
 
     def update(self, rows: int) -> None:
         self.rows += rows
+        if self.report is not None:
+            self.report(self.rows)
         if self.rows >= self.next:
             elapsed = time.perf_counter() - self.started
             log.info("%s rows read (%s rows/s)", f"{self.rows:,}", f"{self.rows / max(elapsed, 1e-9):,.0f}")
@@ -65,7 +70,7 @@ class Progress:
 
 
 def run_pandas(files: list[InputFile], job: BatchJob, output: str, rejects: str, batch: BatchSettings,
-               chunk_rows: int) -> Counts:
+               chunk_rows: int, report: Callable[[int], None] | None = None) -> Counts:
     """Stream every file chunk by chunk through :func:`score_chunk` into two incremental ParquetWriters.
 
     ``batch.num_threads`` chunks are scored at once in a thread pool (LightGBM releases the GIL
@@ -74,7 +79,7 @@ def run_pandas(files: list[InputFile], job: BatchJob, output: str, rejects: str,
     thread are in flight, so memory stays bounded.
     """
     counts = Counts()
-    progress = Progress(batch.log_every_rows)
+    progress = Progress(batch.log_every_rows, report)
     threads = batch.num_threads or os.cpu_count() or 1
     for url in (output, rejects):
         _clear(url)

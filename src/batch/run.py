@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from src.batch.engine_pandas import default_rejects, run_pandas
 from src.batch.inputs import InputError, plan_inputs
 from src.common import PipelineError
 from src.config import BatchSettings, Settings, env
-from src.scoring.model_store import load_model
+from src.scoring.model_store import LoadedModel, load_model
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -29,10 +30,12 @@ log = logging.getLogger(__name__)
 
 
 def score_batch(source: str, output: str, job: BatchJob, batch: BatchSettings, *, rejects: str | None = None,
-                engine: str = "pandas", client: Client | None = None, chunk_rows: int | None = None) -> dict[str, Any]:
+                engine: str = "pandas", client: Client | None = None, chunk_rows: int | None = None,
+                report: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Score every row of ``source`` into ``output`` and ``rejects``; return the run's summary.
 
-    ``job.id_kind`` is taken from the input. The dask engine needs ``client``.
+    ``job.id_kind`` is taken from the input. The dask engine needs ``client``. ``report`` hears
+    the rows read so far after every chunk (pandas engine).
     """
     started = time.perf_counter()
     rejects = rejects or default_rejects(output)
@@ -46,7 +49,7 @@ def score_batch(source: str, output: str, job: BatchJob, batch: BatchSettings, *
         chunk_rows = chunk_rows or batch.chunk_rows
         if job.top_reasons:  # TreeSHAP dominates: small chunks keep every thread busy
             chunk_rows = min(chunk_rows, batch.reasons_chunk_rows)
-        counts = run_pandas(files, job, output, rejects, batch, chunk_rows)
+        counts = run_pandas(files, job, output, rejects, batch, chunk_rows, report)
     if counts.rows_in != counts.scored + counts.rejected:  # guarded invariant
         raise PipelineError(f"row counts do not reconcile: {counts.rows_in} != {counts.scored} + {counts.rejected}")
     seconds = time.perf_counter() - started
@@ -86,8 +89,15 @@ def load_job(settings: Settings, model_uri: str | None, *, top_reasons: int = 0,
     if dataset != settings.dataset:
         raise InputError(f"model {uri} was trained for profile '{dataset}', not '{settings.dataset}' "
                          f"(use --profile {dataset})")
+    return job_for(loaded, top_reasons=top_reasons, include_features=include_features, reproducible=reproducible,
+                   adverse_action=adverse_action)
+
+
+def job_for(loaded: LoadedModel, *, top_reasons: int = 0, include_features: bool = False, reproducible: bool = False,
+            adverse_action: bool = True) -> BatchJob:
+    """A loaded model (the CLI's, or the one the service serves) as a batch job; ``scored_at`` is now."""
     scorer = loaded.scorer
-    return BatchJob(scorer=scorer, model_name=loaded.name, model_version=loaded.version, model_uri=uri,
+    return BatchJob(scorer=scorer, model_name=loaded.name, model_version=loaded.version, model_uri=loaded.uri,
                     scored_at=pd.Timestamp.now(tz="UTC").floor("us"), id_kind=None,
                     top_reasons=min(top_reasons, len(scorer.columns)), include_features=include_features,
                     reproducible=reproducible, adverse_action=adverse_action)

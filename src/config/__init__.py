@@ -34,6 +34,7 @@ from src.config.sections import (
     SplitSettings,
     ThresholdSettings,
     TrainSettings,
+    UploadSettings,
     ValidateSettings,
 )
 from src.config.settings import PARAMS_FILE, Paths, Settings, deploy_settings, load_settings, settings_from_dict
@@ -68,6 +69,7 @@ __all__ = [
     "TargetSpec",
     "ThresholdSettings",
     "TrainSettings",
+    "UploadSettings",
     "ValidateSettings",
     "build_profile",
     "deploy_settings",

@@ -185,6 +185,15 @@ class AuthSettings(Strict):
         return value
 
 
+class UploadSettings(Strict):
+    """The batch upload page (flask_api/uploads.py): files scored in the background by the service itself."""
+
+    max_bytes: int = Field(100_000_000, ge=1)  # a larger file is refused with the limit named
+    folder: str = Field("uploads", min_length=1)  # job folders (input, outputs, status); relative: project root
+    keep_minutes: float = Field(60.0, gt=0)  # a finished job's files are deleted this long after it ends
+    jobs: int = Field(1, ge=1, le=8)  # files scored at once per worker process (one LightGBM thread each)
+
+
 class ServeSettings(Strict):
     model_uri: str | None = None  # null: the profile's champion
     max_batch: int = Field(ge=1)
@@ -202,6 +211,7 @@ class ServeSettings(Strict):
     # with the metrics (or admin) scope is needed once credentials exist.
     metrics_bind: str | None = None
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    uploads: UploadSettings = Field(default_factory=UploadSettings)
 
     _no_uri = field_validator("model_uri", "log_spool_dir", "metrics_bind")(empty_as_none)
 

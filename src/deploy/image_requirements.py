@@ -16,7 +16,7 @@ record who depends on whom, so the image's package set is found in two steps:
 
 A closure member missing from the lock, or resolved at another version, stops the
 build with its name: the image then installs exactly the lock's bytes, only fewer
-of them (no dvc, dask, evidently, pandera, boto3: pipeline-only; no MLflow server
+of them (no dvc, dask, evidently, boto3: pipeline-only; no MLflow server
 stack). ``--all`` writes the whole default section instead.
 """
 
@@ -37,9 +37,13 @@ from typing import Any
 # mlflow-skinny, not mlflow: the same `mlflow` package (client, pyfunc, registry over HTTP) without the tracking
 # server's dependencies (matplotlib, graphene, alembic, docker, aiohttp...); the service only talks to a server.
 # tests/unit/test_image_requirements.py runs the real app with nothing else importable, down to module files.
+# The batch upload page scores files with src/batch, one implementation with the CLI: that brings pyarrow
+# (Parquet in and out, the streaming CSV reader; ~156 MB installed), fsspec and pandera (the validate stage's
+# row rules, ~6 MB).
 SERVE_PACKAGES = (
-    "flask", "flask-login", "flask-wtf", "gunicorn", "joblib", "limits", "lightgbm", "mlflow-skinny", "orjson",
-    "pandas", "prometheus-client", "psycopg", "psycopg-binary", "pydantic", "pyyaml", "scikit-learn", "sqlalchemy",
+    "flask", "flask-login", "flask-wtf", "fsspec", "gunicorn", "joblib", "limits", "lightgbm", "mlflow-skinny",
+    "orjson", "pandas", "pandera", "prometheus-client", "psycopg", "psycopg-binary", "pyarrow", "pydantic", "pyyaml",
+    "requests", "scikit-learn", "sqlalchemy",
 )
 USAGE_ERROR = 2
 

@@ -12,9 +12,11 @@ import base64
 import re
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import requests
 from flask import Flask
@@ -29,6 +31,10 @@ from werkzeug.serving import make_server
 
 from flask_api.forms import fmt_number
 from src.auth.store import create_key, set_user
+from src.batch.__main__ import main as batch_main
+from src.data import ingest, split, validate
+from tests.conftest import TrainedProject, make_settings, real_file
+from tests.unit.test_batch import cli_params
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -238,3 +244,90 @@ def test_reviewer_looks_up_a_decision_made_through_the_api(browser: WebDriver, l
     assert no_sideways_scroll(browser)
     capture(browser, reports / "phone-decision.png", PHONE)
     assert len(list(reports.glob("*.png"))) == 6
+
+
+def full_test_split(tmp_path: Path) -> pd.DataFrame:
+    """The real taiwan_credit test split (about 4,500 rows): ingest, validate and split of the whole public file."""
+    root = tmp_path / "full"
+    source = real_file("taiwan_credit")
+    external = root / "data" / "external" / "taiwan_credit"
+    external.mkdir(parents=True)
+    (external / source.name).symlink_to(source)
+    settings = make_settings("taiwan_credit", root)
+    for stage in (ingest, validate, split):
+        stage.run(settings)
+    return pd.read_parquet(settings.split_table("test"))
+
+
+def downloaded(folder: Path, name: str, timeout: float = 30) -> Path:
+    """Chromium's finished download (no .crdownload left) of ``name`` in ``folder``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = folder / name
+        if path.exists() and not list(folder.glob("*.crdownload")):
+            return path
+        time.sleep(0.1)
+    raise AssertionError(f"{name} not downloaded: {sorted(p.name for p in folder.iterdir())}")
+
+
+def test_analyst_scores_a_file_and_downloads_what_the_batch_cli_writes(browser: WebDriver, live_server: str,
+                                                                      app: Flask, trained_project: TrainedProject,
+                                                                      tmp_path: Path) -> None:
+    """An analyst signs in, uploads a broken file (one message), then the real ~4,500-row test split with raw
+    column names; the counts show, and the downloaded scored file is the batch CLI's for the same input."""
+    reports, downloads = tmp_path / "reports", tmp_path / "downloads"
+    reports.mkdir()
+    downloads.mkdir()
+    test = full_test_split(tmp_path)
+    assert 4400 <= len(test) <= 4600  # 15 % of the 30,000 rows, less what the validate stage rejects
+    raw_names = {name: raw for raw, name in trained_project.settings.profile.rename.items()}
+    upload = tmp_path / "applicants.csv"
+    test.drop(columns=["default"]).rename(columns=raw_names).to_csv(upload, index=False)
+    broken = tmp_path / "broken.csv"
+    broken.write_text("ID,LIMIT_BAL\n1,20000\n", encoding="utf-8")
+    set_user(app.extensions["credit_credentials"].path, "analyst", PASSWORD, "score")
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    wait = WebDriverWait(browser, 60)
+
+    set_viewport(browser, *DESKTOP)
+    browser.get(f"{live_server}/batch")
+    browser.find_element(By.ID, "username").send_keys("analyst")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "form.signin-form button[type=submit]").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "file"))).send_keys(str(broken))
+    capture(browser, reports / "desktop-upload.png", DESKTOP)
+    browser.find_element(By.CSS_SELECTOR, "form.upload-form button[type=submit]").click()
+    error = wait.until(ec.visibility_of_element_located((By.ID, "upload-error"))).text
+    assert error.startswith("broken.csv: missing required column(s)") and "PAY_0" in error, error
+
+    browser.find_element(By.ID, "file").send_keys(str(upload))
+    browser.find_element(By.CSS_SELECTOR, "form.upload-form button[type=submit]").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "job-done")))  # the page refreshed itself until done
+    counts = {name: int(browser.find_element(By.ID, f"count-{name}").text.replace(",", ""))
+              for name in ("rows", "scored", "rejected", "approve", "refer", "decline")}
+    assert counts["rows"] == len(test) == counts["scored"] + counts["rejected"]
+    capture(browser, reports / "desktop-upload-done.png", DESKTOP)
+    browser.find_element(By.ID, "download-scored-parquet").click()
+    scored = pd.read_parquet(downloaded(downloads, "applicants.scored.parquet"))
+    browser.find_element(By.ID, "download-scored-csv").click()
+    as_csv = pd.read_csv(downloaded(downloads, "applicants.scored.csv"))
+
+    cli = tmp_path / "cli" / "scored.parquet"
+    batch_main([str(upload), "--output", str(cli), "--model-uri", str(trained_project.model_dir),
+                "--params", str(cli_params(tmp_path))])
+    expected = pd.read_parquet(cli)
+    pd.testing.assert_frame_equal(scored.drop(columns=["scored_at"]), expected.drop(columns=["scored_at"]))
+    assert as_csv["id"].tolist() == expected["id"].tolist()
+    assert as_csv["decision"].tolist() == expected["decision"].tolist()
+    assert {d: counts[d] for d in ("approve", "refer", "decline")} == \
+        {d: int((expected["decision"] == d).sum()) for d in ("approve", "refer", "decline")}
+
+    set_viewport(browser, *PHONE)
+    browser.refresh()
+    wait.until(ec.visibility_of_element_located((By.ID, "job-done")))
+    assert no_sideways_scroll(browser)
+    capture(browser, reports / "phone-upload-done.png", PHONE)
+    browser.get(f"{live_server}/batch")
+    assert no_sideways_scroll(browser) and "applicants.csv" in browser.find_element(By.ID, "jobs").text
+    capture(browser, reports / "phone-upload.png", PHONE)
+    assert len(list(reports.glob("*.png"))) == 8

@@ -19,6 +19,8 @@ Skips only when the sandbox's tools cannot be installed (the message says so).
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import secrets
@@ -213,9 +215,9 @@ def score_through_api(base_url: str, applicant: dict[str, Any], access: Access) 
     return resp.json()
 
 
-def score_through_form(base_url: str, access: Access) -> str:
-    """(Sign in if the container has users.) GET the form, post it back as a browser would (CSRF token,
-    defaults), return the result page."""
+@contextmanager
+def signed_in_session(base_url: str, access: Access) -> Iterator[requests.Session]:
+    """A browser-like session, signed in first if the container has users."""
     with requests.Session() as browser:
         if access.user:
             login = browser.get(base_url + "/", timeout=60)
@@ -226,6 +228,12 @@ def score_through_form(base_url: str, access: Access) -> str:
             signed = browser.post(login.url, data={**fields.values, "username": name, "password": password},
                                   timeout=60)
             assert signed.status_code == 200 and signed.url == base_url + "/", (signed.status_code, signed.url)
+        yield browser
+
+
+def score_through_form(base_url: str, access: Access) -> str:
+    """GET the form, post it back as a browser would (CSRF token, defaults), return the result page."""
+    with signed_in_session(base_url, access) as browser:
         page = browser.get(base_url + "/", timeout=60)
         assert page.status_code == 200, page.text[:300]
         form = FormFields()
@@ -234,6 +242,28 @@ def score_through_form(base_url: str, access: Access) -> str:
         result = browser.post(base_url + "/", data=form.values, timeout=60)
         assert result.status_code == 200, result.text[:500]
         return result.text
+
+
+def score_through_upload(base_url: str, access: Access, applicant: dict[str, Any]) -> dict[str, str]:
+    """Upload a one-row CSV on the batch page (written by the app user into /app/uploads), wait for the job,
+    return the downloaded scored CSV's row."""
+    with signed_in_session(base_url, access) as browser:
+        page = browser.get(base_url + "/batch", timeout=60)
+        form = FormFields()
+        form.feed(page.text)
+        body = ",".join(applicant) + "\n" + ",".join(str(v) for v in applicant.values()) + "\n"
+        sent = browser.post(base_url + "/batch", data={"csrf_token": form.values["csrf_token"]},
+                            files={"file": ("one.csv", body.encode())}, allow_redirects=False, timeout=60)
+        assert sent.status_code == 303, sent.text[:500]
+        job_url = base_url + sent.headers["Location"]
+        deadline = time.monotonic() + 60
+        while 'id="job-done"' not in (page := browser.get(job_url, timeout=60).text):
+            assert 'id="job-error"' not in page and time.monotonic() < deadline, page_text(page, "main")
+            time.sleep(0.5)
+        scored = browser.get(job_url + "/scored.csv", timeout=60)
+        assert scored.status_code == 200, scored.text[:300]
+        [row] = list(csv.DictReader(io.StringIO(scored.text)))
+        return row
 
 
 def page_text(html: str, element_id: str) -> str:
@@ -262,6 +292,10 @@ def check_scoring(container: Container, project: TrainedProject, applicant: dict
     assert page_text(html, "probability") == f"{expected['probability_of_default'] * 100:.1f}%"
     assert page_text(html, "decision") == expected["decision"].capitalize()
     assert "version 1" in page_text(html, "model-line")
+
+    uploaded = score_through_upload(base_url, access, applicant)  # the batch page: src/batch in the image
+    assert float(uploaded["probability"]) == pytest.approx(expected["probability_of_default"], abs=1e-12)
+    assert uploaded["decision"] == expected["decision"]
 
 
 def test_image_builds_runs_ships_through_a_registry_and_runs_again(

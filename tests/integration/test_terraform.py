@@ -194,6 +194,8 @@ def test_load_balancer_https_health_checks_ready_and_fronts_every_host(tf: Terra
     check = block(group, "health_check")
     assert check["path"] == "/ready" and check["matcher"] == "200"
     assert 0 < group["deregistration_delay"] <= 60
+    sticky = block(group, "stickiness")  # the upload page's jobs live on one host: a browser stays with it
+    assert sticky["enabled"] is True and sticky["type"] == "lb_cookie" and sticky["cookie_duration"] >= 3600
     _name, attach = tf.one("aws_lb_target_group_attachment")
     assert attach["count"] == "${var.instance_count}"
     assert attach["target_id"] == "${aws_instance.app[count.index].id}"

@@ -19,7 +19,7 @@ from src.auth import policy
 from src.auth.__main__ import main as auth_cli
 from src.auth.store import create_key, load, revoke_key, set_user
 from src.config import ConfigError, Settings
-from tests.conftest import TrainedProject, default_applicant
+from tests.conftest import TrainedProject, default_applicant, uploads_under
 
 PREDICT = "/api/v1/predict"
 PASSWORD = "a long enough passphrase"
@@ -52,7 +52,8 @@ def build(trained_project: TrainedProject, tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'predictions.db'}")
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.setenv("AUTH_FILE", str(tmp_path / "credentials.json"))
-    return create_app({"SETTINGS": settings or trained_project.settings, "MODEL_URI": str(trained_project.model_dir),
+    settings = uploads_under(settings or trained_project.settings, tmp_path / "uploads")
+    return create_app({"SETTINGS": settings, "MODEL_URI": str(trained_project.model_dir),
                        "MODEL_LOADING": "sync", "TESTING": True})
 
 

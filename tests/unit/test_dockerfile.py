@@ -6,6 +6,7 @@ builds and runs the image itself.
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 
@@ -91,3 +92,32 @@ def test_every_src_module_gunicorn_conf_names_is_copied() -> None:
         parts = ["src", *module.split(".")]
         parents = ["/".join(parts[:i]) for i in range(2, len(parts) + 1)]
         assert any(f"{p}.py" in copied or f"{p}/ " in copied for p in parents), module
+
+
+def test_every_src_module_the_service_imports_is_copied() -> None:
+    """The app's own imports, followed through src/ (the batch page reaches src/batch, src/data/schemas.py and
+    src/notify.py): each module must be in the image, or the container stops at start-up."""
+    copied = " ".join(args for word, args in final_stage() if word == "COPY")
+    todo = sorted(str(p.relative_to(ROOT).with_suffix("")).replace("/", ".") for p in (ROOT / "flask_api").glob("*.py"))
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = ROOT / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = path.with_suffix("") / "__init__.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("src", "flask_api") \
+                    and node.col_offset == 0:
+                todo.append(node.module)
+                todo += [f"{node.module}.{a.name}" for a in node.names
+                         if (ROOT / node.module.replace(".", "/") / f"{a.name}.py").exists()]
+    needed = sorted(m for m in seen if m.startswith("src."))
+    assert {"src.batch.run", "src.batch.uploads", "src.data.schemas", "src.notify"} <= set(needed)
+    for module in needed:
+        parts = module.split(".")
+        parents = ["/".join(parts[:i]) for i in range(2, len(parts) + 1)]
+        assert any(f"{p}.py" in copied or f"{p}/ " in copied for p in parents), f"{module} is not copied"

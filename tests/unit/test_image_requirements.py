@@ -8,6 +8,8 @@ import nothing outside it.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import subprocess
@@ -26,7 +28,7 @@ from tests.conftest import ROOT, TrainedProject, default_applicant
 
 LOCK = ROOT / "Pipfile.lock"
 # Pipeline-only packages the image should not carry (dozens of MB each with their dependencies).
-PIPELINE_ONLY = {"dvc", "dvc-s3", "dask", "distributed", "pandera", "boto3", "botocore", "python-calamine"}
+PIPELINE_ONLY = {"dvc", "dvc-s3", "dask", "distributed", "boto3", "botocore", "python-calamine", "evidently"}
 # The MLflow tracking server's stack: the service is a client (mlflow-skinny).
 SERVER_ONLY = {"mlflow", "matplotlib", "alembic", "graphene", "docker", "aiohttp", "huey"}
 
@@ -140,11 +142,25 @@ api = client.post("/api/v1/predict", json={"applicants": [row], "reasons": True}
 assert api.status_code == 200, api.get_data(as_text=True)
 form = client.post("/", data={k: str(v) for k, v in row.items()})
 assert form.status_code == 200 and 'id="decision"' in form.get_data(as_text=True), form.status_code
+import io, time
+from pathlib import Path
+uploads = app.extensions["credit_uploads"]
+uploads.root = Path(sys.argv[3])  # the batch page: src/batch scoring a file in the background
+csv = ",".join(row) + "\\n" + ",".join(str(v) for v in row.values()) + "\\n"
+sent = client.post("/batch", data={"file": (io.BytesIO(csv.encode()), "one.csv")}, content_type="multipart/form-data")
+assert sent.status_code == 303, sent.get_data(as_text=True)
+job_id = sent.headers["Location"].rsplit("/", 1)[1]
+for _ in range(600):
+    if uploads.get(job_id).state in ("done", "failed"):
+        break
+    time.sleep(0.1)
+assert uploads.get(job_id).state == "done", uploads.get(job_id).error
+batch_csv = client.get(f"/batch/{job_id}/scored.csv").get_data(as_text=True)
 app.extensions["credit_service"].predlog.close()
 site = [p for p in sys.path if p.endswith("site-packages")][0] + "/"
 files = sorted({f[len(site):] for name, m in list(sys.modules.items())
                 if name not in at_start and isinstance(f := getattr(m, "__file__", None), str) and f.startswith(site)})
-print(json.dumps({"result": api.get_json()["results"][0], "files": files,
+print(json.dumps({"result": api.get_json()["results"][0], "files": files, "batch_csv": batch_csv,
                   "imported": sorted({d for m in list(sys.modules) for d in owners.get(m.partition(".")[0], [])})}))
 """
 
@@ -154,6 +170,7 @@ def test_serving_works_with_only_the_image_closure(trained_project: TrainedProje
                                                    request: pytest.FixtureRequest) -> None:
     """The real app (exported model, API and form) in a fresh interpreter that cannot import anything else.
 
+    The batch page scores a one-row file too (src/batch, pyarrow, pandera).
     The dev venv holds more than the image (pytest, dvc, optional extras that libraries try
     to import, e.g. psutil or rich); an import hook makes every package outside the closure
     unimportable, as in the image, and the app must still load the model and score a row
@@ -167,7 +184,8 @@ def test_serving_works_with_only_the_image_closure(trained_project: TrainedProje
            "DATABASE_URL": url, "PREDLOG_SPOOL_DIR": str(tmp_path / "spool"),  # not the repo's spool/
            "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", SERVE_WITH_ONLY, str(trained_project.model_dir),
-                           json.dumps(sorted(closure))], cwd=ROOT, env=env, capture_output=True, text=True,
+                           json.dumps(sorted(closure)), str(tmp_path / "uploads")],
+                          cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -175,8 +193,12 @@ def test_serving_works_with_only_the_image_closure(trained_project: TrainedProje
     expected = loaded.scorer.score([default_applicant(loaded.meta)])[0]
     assert out["result"]["probability_of_default"] == pytest.approx(expected["probability_of_default"], abs=1e-12)
     assert out["result"]["decision"] == expected["decision"]
+    [batch_row] = list(csv.DictReader(io.StringIO(out["batch_csv"])))  # the upload page, scored by src/batch
+    assert float(batch_row["probability"]) == pytest.approx(expected["probability_of_default"], abs=1e-12)
+    assert batch_row["decision"] == expected["decision"]
     imported = {ir.canonical(d) for d in out["imported"]}
-    assert {"mlflow", "lightgbm", "flask", "flask-wtf", "sqlalchemy", "prometheus-client"} <= imported
+    assert {"mlflow", "lightgbm", "flask", "flask-wtf", "sqlalchemy", "prometheus-client", "pyarrow",
+            "pandera"} <= imported
     assert not PIPELINE_ONLY & imported
     engine = sa.create_engine(url)
     try:
