@@ -171,6 +171,7 @@ def on_starting(server: Any) -> None:
     for path in stale:
         path.unlink(missing_ok=True)
     server.log.info("prometheus multiprocess dir %s (%d stale files removed)", directory, len(stale))
+    os.environ[env.SERVICE_STARTED_AT] = f"{time.time():.3f}"  # the counts start now (the monitoring page's rates)
 
 
 ROOT = Path(__file__).resolve().parent

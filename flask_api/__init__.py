@@ -21,7 +21,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from flask_api import api, ops, review, signin, uploads, views
+from flask_api import api, model_page, monitoring_page, ops, review, signin, uploads, views
 from flask_api.access import AccessGate
 from flask_api.fastpath import FastPredict
 from flask_api.jsonio import OrjsonProvider
@@ -100,6 +100,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(views.bp)
     app.register_blueprint(review.bp)
     uploads.install(app, settings)
+    model_page.install(app)
+    app.register_blueprint(monitoring_page.bp)
     try:
         throttle = Throttle(auth.rate_limit_storage)
     except ValueError as exc:

@@ -17,7 +17,9 @@ is lost (never a decision: those are in the prediction log).
 from __future__ import annotations
 
 import bisect
+import math
 import threading
+import time
 from collections import Counter as Tally
 from collections.abc import Iterable
 from typing import Any
@@ -67,6 +69,8 @@ def multiprocess_mode() -> bool:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # When the counts began: gunicorn's master start (shared by its workers), else this instance's creation.
+        self.started = float(env.text(env.SERVICE_STARTED_AT) or time.time())
         reg = self.registry
         self.requests = Counter("http_requests_total", "HTTP requests by endpoint, method and status",
                                 ["endpoint", "method", "status"], registry=reg)
@@ -133,13 +137,56 @@ class Metrics:
             self.model_info.labels(*previous).set(0)
         self.model_info.labels(name, version).set(1)
 
-    def exposition(self) -> tuple[bytes, str]:
+    def _registry(self) -> CollectorRegistry:
+        """Every worker's samples (multiprocess mode), else this instance's."""
         self.flush()
         if multiprocess_mode():
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            return registry
+        return self.registry
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self._registry()), CONTENT_TYPE_LATEST
+
+    def traffic(self) -> dict[str, Any]:
+        """Requests per endpoint since the service started, with 5xx counts and latency quantiles (estimated from
+        the histogram's buckets as Prometheus' histogram_quantile does), for the monitoring page."""
+        requests: Tally[str] = Tally()
+        errors: Tally[str] = Tally()
+        buckets: dict[str, list[tuple[float, float]]] = {}
+        for family in self._registry().collect():
+            for sample in family.samples:
+                endpoint = sample.labels.get("endpoint")
+                if sample.name == "http_requests_total" and endpoint:
+                    requests[endpoint] += sample.value
+                    errors[endpoint] += sample.value if sample.labels["status"].startswith("5") else 0
+                elif sample.name == "http_request_duration_seconds_bucket" and endpoint:
+                    buckets.setdefault(endpoint, []).append((float(sample.labels["le"]), sample.value))
+        seconds = max(time.time() - self.started, 1e-9)
+        endpoints = [{"endpoint": name, "requests": int(count), "errors": int(errors[name]),
+                      "per_minute": round(60 * count / seconds, 2),
+                      **{f"p{int(q * 100)}": histogram_quantile(q, buckets.get(name, [])) for q in (0.5, 0.95, 0.99)}}
+                     for name, count in requests.most_common()]
+        return {"since": self.started, "seconds": seconds, "endpoints": endpoints}
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """The ``q`` quantile (seconds) of cumulative ``(upper bound, count)`` buckets, interpolated linearly within
+    its bucket as Prometheus does; None without observations. Beyond the last finite bound: that bound."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = bound, count
+    return lower
 
 
 def _take(notes: list[Any]) -> list[Any]:

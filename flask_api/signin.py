@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("signin", __name__)
 # The signed-in pages, and the scope each needs (admin may do everything).
-PROTECTED_BLUEPRINTS = {"views": "score", "uploads": "score", "review": "review"}
-NEEDS_WORDS = {"score": "score applicants", "review": "look up decisions"}
+PROTECTED_BLUEPRINTS = {"views": "score", "uploads": "score", "review": "review", "model_page": "review",
+                        "monitoring_page": "metrics"}
+NEEDS_WORDS = {"score": "score applicants", "review": "look up decisions or review the model",
+               "metrics": "see the monitoring"}
 HEADER_SCOPE = "score"  # a user named by the proxy's header and not in the credentials file
 
 

@@ -31,6 +31,7 @@ GUNICORN_WORKER_CLASS = "GUNICORN_WORKER_CLASS"  # keepalive (default) or gthrea
 GUNICORN_KEEPALIVE_REQUESTS = "GUNICORN_KEEPALIVE_REQUESTS"  # requests per kept-alive connection (0: no limit)
 PREDLOG_SPOOL_DIR = "PREDLOG_SPOOL_DIR"  # the prediction log's spool (else serve.log_spool_dir, else beside the log)
 PREDLOG_SHIPPER = "PREDLOG_SHIPPER"    # "external": another process ships the spool (gunicorn.conf.py sets it)
+SERVICE_STARTED_AT = "SERVICE_STARTED_AT"  # when gunicorn's master started (epoch seconds; gunicorn.conf.py sets it)
 GUNICORN_PIDFILE = "GUNICORN_PIDFILE"
 GUNICORN_CONTROL_SOCKET = "GUNICORN_CONTROL_SOCKET"
 AUTH_FILE = "AUTH_FILE"                # API keys and web users, hashed (else serve.auth.credentials_file)

@@ -35,6 +35,10 @@ from src.modeling.tracking import connect
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+# An export's copy of the registering run's evaluation (plots/, metrics/, model_card.md): what the
+# service's model page draws when it serves an exported folder, with no registry to ask.
+EVALUATION_DIR = "evaluation"
+EVALUATION_ARTIFACTS = ("plots", "metrics", "model_card.md")
 CHALLENGER = "challenger"
 AUDIT_PREFIX = "audit."
 ACTOR_ENV = env.MLOPS_ACTOR
@@ -210,6 +214,7 @@ def _export_version(client: Any, name: str, version: str, alias: str | None, des
     dest.mkdir(parents=True, exist_ok=True)
     mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest))
     mv = client.get_model_version(name, version)
+    download_evaluation(mv.run_id, dest / EVALUATION_DIR)
     write_json(dest / "registry.json", {
         "registered_model": name, "version": int(version), "alias": alias, "run_id": mv.run_id,
         "source": mv.source, "tags": dict(mv.tags or {}),
@@ -217,6 +222,20 @@ def _export_version(client: Any, name: str, version: str, alias: str | None, des
     })
     log.info("exported %s v%s (%s) to %s", name, version, f"@{alias}" if alias else "by version", dest)
     return dest
+
+
+def download_evaluation(run_id: str, dest: Path) -> list[str]:
+    """The run's evaluation artifacts into ``dest``; returns those it has. An imported version's run holds
+    only the model, whose folder then brings the evaluation of the export it came from."""
+    found = []
+    for artifact in EVALUATION_ARTIFACTS:
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dest))
+        except (MlflowException, OSError) as exc:
+            log.debug("run %s has no %s: %s", run_id, artifact, exc)
+            continue
+        found.append(artifact)
+    return found
 
 
 def import_exported(client: Any, model_dir: Path, name: str, alias: str, reason: str) -> str:

@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -32,9 +33,12 @@ from werkzeug.serving import make_server
 from flask_api.forms import fmt_number
 from src.auth.store import create_key, set_user
 from src.batch.__main__ import main as batch_main
+from src.config import load_settings
 from src.data import ingest, split, validate
 from tests.conftest import TrainedProject, make_settings, real_file
+from tests.unit.test_access import build
 from tests.unit.test_batch import cli_params
+from tests.unit.test_monitoring_page import monitored_fixture  # noqa: F401  (registers "monitored")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -56,9 +60,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def live_server(app: Flask) -> Iterator[str]:
-    """The app on a real threaded HTTP server on 127.0.0.1 (port chosen by the OS), stopped after the test."""
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """``app`` on a real threaded HTTP server on 127.0.0.1 (port chosen by the OS), stopped on exit."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
@@ -68,6 +72,12 @@ def live_server(app: Flask) -> Iterator[str]:
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[str]:
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture
@@ -290,10 +300,7 @@ def test_analyst_scores_a_file_and_downloads_what_the_batch_cli_writes(browser: 
     wait = WebDriverWait(browser, 60)
 
     set_viewport(browser, *DESKTOP)
-    browser.get(f"{live_server}/batch")
-    browser.find_element(By.ID, "username").send_keys("analyst")
-    browser.find_element(By.ID, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "form.signin-form button[type=submit]").click()
+    sign_in_to(browser, f"{live_server}/batch", "analyst")
     wait.until(ec.visibility_of_element_located((By.ID, "file"))).send_keys(str(broken))
     capture(browser, reports / "desktop-upload.png", DESKTOP)
     browser.find_element(By.CSS_SELECTOR, "form.upload-form button[type=submit]").click()
@@ -331,3 +338,81 @@ def test_analyst_scores_a_file_and_downloads_what_the_batch_cli_writes(browser: 
     assert no_sideways_scroll(browser) and "applicants.csv" in browser.find_element(By.ID, "jobs").text
     capture(browser, reports / "phone-upload.png", PHONE)
     assert len(list(reports.glob("*.png"))) == 8
+
+
+def charts_drawn(driver: WebDriver) -> list[str]:
+    """Ids of the charts on the page whose SVG was drawn with marks, and whose table has rows."""
+    return driver.execute_script("""
+        return Array.from(document.querySelectorAll('[data-chart]')).filter(function (el) {
+          var svg = el.querySelector('svg');
+          var marks = svg ? svg.querySelectorAll('path, rect, line, circle, text').length : 0;
+          var rows = document.querySelectorAll('#' + el.dataset.chart + '-table tbody tr').length;
+          var wide = svg && svg.getBoundingClientRect().width > 100;
+          return el.dataset.rendered === 'true' && wide && marks > 5 && rows > 0;
+        }).map(function (el) { return el.dataset.chart; });""")
+
+
+def sign_in_to(browser: WebDriver, page: str, user: str) -> None:
+    """Open ``page``, which sends a signed-out browser to the sign-in form, and sign in as ``user``."""
+    browser.get(page)
+    browser.find_element(By.ID, "username").send_keys(user)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "form.signin-form button[type=submit]").click()
+
+
+def charts_on_desktop_and_phone(browser: WebDriver, wait: WebDriverWait, expected: list[str], reports: Path,
+                                name: str) -> None:
+    """Every expected chart drawn beside its table, on the desktop (as open) and again on a phone."""
+    wait.until(lambda d: charts_drawn(d) == expected)
+    capture(browser, reports / f"desktop-{name}.png", DESKTOP)
+    set_viewport(browser, *PHONE)
+    browser.refresh()
+    wait.until(lambda d: charts_drawn(d) == expected)
+    assert no_sideways_scroll(browser)
+    capture(browser, reports / f"phone-{name}.png", PHONE)
+
+
+def test_validator_sees_every_chart_of_the_model(browser: WebDriver, live_server: str, app: Flask,
+                                                 tmp_path: Path) -> None:
+    """A reviewer opens the model page: every chart (curves, confusion, importance, each protected attribute's
+    approval and error rates) is drawn as a non-empty SVG beside its table, on a desktop and on a phone."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    set_user(app.extensions["credit_credentials"].path, "validator", PASSWORD, "review")
+    served = app.extensions["credit_service"].model()
+    wait = WebDriverWait(browser, 60)
+    set_viewport(browser, *DESKTOP)
+    sign_in_to(browser, f"{live_server}/model", "validator")
+    title = wait.until(ec.visibility_of_element_located((By.ID, "model-title")))
+    assert title.text == f"{served.name}, version {served.version}"
+    expected = ["roc", "precision-recall", "calibration", "confusion", "importance",
+                *(f"{kind}-{a}" for a in ("sex", "marriage", "age") for kind in ("approval", "errors"))]
+    on_page = browser.execute_script("return Array.from(document.querySelectorAll('[data-chart]'))"
+                                      ".map(function (el) { return el.dataset.chart; })")
+    assert on_page == expected
+    assert browser.find_element(By.ID, "verdict-floors").text in {"passed", "warned"}
+    charts_on_desktop_and_phone(browser, wait, expected, reports, "model")
+    assert len(list(reports.glob("*.png"))) == 4
+
+
+def test_operator_sees_drift_performance_and_traffic_drawn(browser: WebDriver, trained_project: TrainedProject,
+                                                           monitored: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator opens the monitoring page over what `python -m src.monitoring drift | performance` wrote for the
+    real test split: PSI per input, the score distribution, ROC-AUC by period, default rate per band and the
+    service's own traffic, each a drawn SVG beside its table, on a desktop and on a phone."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    set_user(tmp_path / "credentials.json", "operator", PASSWORD, "metrics")
+    app = build(trained_project, tmp_path, monkeypatch, load_settings(monitored / "params.yaml"))
+    expected = ["psi", "score-distribution", "auc-by-period", "default-rate-by-band", "traffic"]
+    wait = WebDriverWait(browser, 60)
+    try:
+        with serving(app) as url:
+            set_viewport(browser, *DESKTOP)
+            sign_in_to(browser, f"{url}/monitoring", "operator")
+            assert wait.until(ec.visibility_of_element_located((By.ID, "drift-flag"))).text.endswith(".")
+            charts_on_desktop_and_phone(browser, wait, expected, reports, "monitoring")
+    finally:
+        app.extensions["credit_service"].predlog.dispose()
+    assert len(list(reports.glob("*.png"))) == 4

@@ -209,6 +209,15 @@ def test_metrics_are_aggregated_across_workers(gunicorn_server: GunicornServer, 
     assert {int(pid) for pid, _, _ in live} == workers, f"model_info: {info}"
     assert len({(name, version) for _, name, version in live}) == 1  # both serve the same model
 
+    # the monitoring page counts the same requests over both workers, since the master started
+    page = requests.get(server.base_url + "/monitoring", timeout=30).text
+    total = sum(v for (name, lab), v in scrape(server.base_url).items()
+                if name == "http_requests_total" and dict(lab)["endpoint"] == PREDICT)
+    shown = re.search(rf"<td>{re.escape(PREDICT)}</td><td[^>]*>([\d,]+)</td>", page)
+    assert shown and int(shown.group(1).replace(",", "")) == total, page[-3000:]
+    started = re.search(r"Since the service started ([\d,]+) minutes ago", page)
+    assert started and int(started.group(1).replace(",", "")) < 30  # this run's start (set in the master)
+
 
 def test_form_csrf_token_is_valid_on_every_worker(gunicorn_server: GunicornServer) -> None:
     """The master's SECRET_KEY is shared: a token signed by one worker validates on the other."""

@@ -156,6 +156,9 @@ for _ in range(600):
     time.sleep(0.1)
 assert uploads.get(job_id).state == "done", uploads.get(job_id).error
 batch_csv = client.get(f"/batch/{job_id}/scored.csv").get_data(as_text=True)
+model_page = client.get("/model")  # the model page: the export's evaluation, drawn by the vendored charts
+assert model_page.status_code == 200 and 'data-chart="roc"' in model_page.get_data(as_text=True), model_page.status_code
+assert client.get("/monitoring").status_code == 200  # the monitoring page: the monitor's reports, or how to make them
 app.extensions["credit_service"].predlog.close()
 site = [p for p in sys.path if p.endswith("site-packages")][0] + "/"
 files = sorted({f[len(site):] for name, m in list(sys.modules.items())
