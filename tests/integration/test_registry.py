@@ -144,6 +144,10 @@ def test_champion_challenger_gate_rollback_export(repo: Path, store: str, reques
     registry(repo, "export", "champion", str(export_dir), env=env)
     assert (export_dir / "MLmodel").exists()
     assert read_json(export_dir / "registry.json")["version"] == 3
+    evaluation = export_dir / "evaluation"  # the run's figures, for the service's model page
+    assert {p.name for p in evaluation.iterdir()} == {"plots", "metrics", "model_card.md"}
+    assert read_json(evaluation / "metrics" / "test.json")["roc_auc"] == pytest.approx(
+        gate3["challenger"]["roc_auc"], abs=1e-6)
     rows = tmp_path / "rows.parquet"
     test[meta["features"]].to_parquet(rows)
     script = textwrap.dedent(f"""
