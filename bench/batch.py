@@ -143,11 +143,11 @@ def _timed(fn) -> float:
 
 
 def bench_run(input_path: Path, rows: int, engine: str, reasons: bool, workdir: Path, env: dict[str, str],
-              adverse: bool = False) -> Run:
+              adverse: bool = False, extra: tuple[str, ...] = ()) -> Run:
     tag = f"{engine}_{rows}{'_reasons' if reasons else ''}{'_adverse' if adverse else ''}"
     out = workdir / f"{tag}.parquet"
     summary_file = workdir / f"{tag}.json"
-    args = [str(input_path), "--output", str(out), "--summary", str(summary_file), "--engine", engine]
+    args = [str(input_path), "--output", str(out), "--summary", str(summary_file), "--engine", engine, *extra]
     if reasons:
         args.append("--reasons")
     if not adverse:
@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engines", nargs="+", default=["pandas", "dask"], choices=["pandas", "dask"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_batch"))
     parser.add_argument("--keep", action="store_true", help="keep the generated inputs in --workdir")
+    parser.add_argument("--chunk-rows", type=int, help="pandas engine runs: the CLI's --chunk-rows (default: "
+                                                       "batch.chunk_rows of params.yaml), to try other chunk sizes")
     args = parser.parse_args(argv)
 
     settings = load_settings(ROOT / "params.yaml")
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for n in sorted(args.sizes):
         for engine in args.engines:
-            runs.append(bench_run(inputs[n], n, engine, False, args.workdir, env))
+            extra = ("--chunk-rows", str(args.chunk_rows)) if args.chunk_rows and engine == "pandas" else ()
+            runs.append(bench_run(inputs[n], n, engine, False, args.workdir, env, extra=extra))
     runs.append(bench_run(inputs[args.adverse_rows], args.adverse_rows, "pandas", False, args.workdir, env, True))
     for engine in args.engines:
         runs.append(bench_run(inputs[args.reasons_rows], args.reasons_rows, engine, True, args.workdir, env, True))

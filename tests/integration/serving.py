@@ -376,8 +376,11 @@ def applicant_fixture(served_meta: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module", name="gunicorn_server")
 def gunicorn_server_fixture(trained_project: TrainedProject,
                             tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
-    """Two gthread workers serving the exported champion directory; shared by a module's tests."""
-    with running_gunicorn(tmp_path_factory.mktemp("gunicorn"), str(trained_project.model_dir)) as server:
+    """Two gthread workers serving the exported champion directory; shared by a module's tests. The params are a
+    copy in the server's folder, so what the service writes beside them (upload jobs) stays there."""
+    workdir = tmp_path_factory.mktemp("gunicorn")
+    with running_gunicorn(workdir, str(trained_project.model_dir),
+                          extra_env={"PARAMS_FILE": str(params_copy(workdir))}) as server:
         yield server
 
 

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import requests
 import yaml
@@ -615,3 +617,31 @@ def test_an_open_server_says_so_once(gunicorn_server: GunicornServer) -> None:
     """No credentials on a loopback address: the master warns that it runs open; its workers do not repeat it."""
     assert gunicorn_server.token is None and len(gunicorn_server.worker_pids()) == 2
     assert gunicorn_server.log_text().count("running OPEN") == 1, gunicorn_server.log_text()[-3000:]
+
+
+def test_an_upload_runs_on_one_worker_and_every_worker_shows_it(gunicorn_server: GunicornServer,
+                                                                 trained_project: TrainedProject) -> None:
+    """The batch page's job state lives on disk: the worker that scores the file and the workers that show its
+    page or hand out its files need not be the same."""
+    server = gunicorn_server
+    test = pd.read_parquet(trained_project.settings.split_table("test")).drop(columns=["default"])
+    with requests.Session() as browser:
+        page = browser.get(server.url("/batch"), timeout=30)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        sent = browser.post(server.url("/batch"), data={"csrf_token": token}, allow_redirects=False, timeout=60,
+                            files={"file": ("applicants.csv", test.to_csv(index=False).encode())})
+        assert sent.status_code == 303, sent.text[:500]
+        job = sent.headers["Location"]
+        before = server.access_pids("GET", job)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # new connections: whichever worker accepts first answers
+            html = browser.get(server.url(job), headers={"Connection": "close"}, timeout=30).text
+            shown = server.access_pids("GET", job) - before
+            if 'id="job-done"' in html and len(shown) == 2:
+                break
+            assert 'id="job-error"' not in html, html[-2000:]
+            time.sleep(0.2)
+        assert 'id="job-done"' in html and set(shown) == server.worker_pids(), (shown, html[-1500:])
+        assert re.search(r'id="count-rows">([\d,]+)<', html).group(1) == f"{len(test):,}"
+        scored = pd.read_parquet(io.BytesIO(browser.get(server.url(f"{job}/scored.parquet"), timeout=30).content))
+        assert scored["id"].tolist() == test["id"].tolist()
