@@ -100,7 +100,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(views.bp)
     app.register_blueprint(review.bp)
     uploads.install(app, settings)
-    model_page.install(app)
+    model_page.install(app, settings)
     app.register_blueprint(monitoring_page.bp)
     try:
         throttle = Throttle(auth.rate_limit_storage)

@@ -17,6 +17,7 @@ from werkzeug.wrappers import Response
 
 from flask_api import charts
 from flask_api.service import service
+from src.config import Settings
 from src.scoring.evaluation import Evaluation, EvaluationMissing, EvaluationSource
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,9 @@ bp = Blueprint("model_page", __name__)
 Page = tuple[str, int, dict[str, str]]
 
 
-def install(app: Flask) -> None:
-    app.extensions["credit_evaluations"] = EvaluationSource(service_settings(app))
+def install(app: Flask, settings: Settings) -> None:
+    app.extensions["credit_evaluations"] = EvaluationSource(settings)
     app.register_blueprint(bp)
-
-
-def service_settings(app: Flask) -> Any:
-    return app.extensions["credit_service"].settings
 
 
 def figures(evaluation: Evaluation, labels: dict[str, str]) -> list[charts.Chart]:
