@@ -96,6 +96,7 @@ from src.modeling import evaluate, fairness, register, registry, stability, trai
 from src.modeling.pyfunc_model import example_rows  # noqa: E402
 from src.scoring.model_store import load_model  # noqa: E402
 from src.scoring.predlog import PredictionLog  # noqa: E402
+from tests.conftest import REAL_DATASETS  # noqa: E402
 
 log = logging.getLogger("bench.serve")
 
@@ -132,12 +133,14 @@ class Project:
     rows_in: int
 
 
-def default_data_file() -> Path:
+def default_data_file(dataset: str = DATASET) -> Path:
+    """The profile's raw file in the shared data folder (``$SHARED_DATA`` or ``../shared/data``)."""
     shared = Path(os.environ.get("SHARED_DATA", ROOT.parent / "shared" / "data"))
-    return (shared / DATASET / "UCI_Credit_Card.csv").resolve()
+    source = read_params(ROOT / "params.yaml")["profiles"][dataset]["source"]["file"]
+    return (shared / dataset / source).resolve()
 
 
-def build_project(root: Path, data_file: Path) -> Project:
+def build_project(root: Path, data_file: Path, dataset: str = DATASET) -> Project:
     """Reuse a complete build in ``root``, else run every stage on the full data and export the champion."""
     params_file = root / "params.yaml"
     model_dir = root / "exported"
@@ -149,7 +152,7 @@ def build_project(root: Path, data_file: Path) -> Project:
             raise SystemExit(f"{root} holds files but no complete build; give a new or empty directory")
         if not data_file.exists():
             raise SystemExit(f"{data_file} not found (set SHARED_DATA or --data)")
-        _build(root, data_file, params_file, model_dir)
+        _build(root, data_file, params_file, model_dir, dataset)
     settings = load_settings(params_file)
     info = json.loads((model_dir / "registry.json").read_text(encoding="utf-8"))
     quality = json.loads((settings.paths.metrics / "data_quality.json").read_text(encoding="utf-8"))
@@ -159,13 +162,13 @@ def build_project(root: Path, data_file: Path) -> Project:
                    rows_in=int(quality["rows_in"]))
 
 
-def _build(root: Path, data_file: Path, params_file: Path, model_dir: Path) -> None:
+def _build(root: Path, data_file: Path, params_file: Path, model_dir: Path, dataset: str) -> None:
     started = time.perf_counter()
-    external = root / "data" / "external" / DATASET
+    external = root / "data" / "external" / dataset
     external.mkdir(parents=True)
     (external / data_file.name).symlink_to(data_file)
     params = read_params(ROOT / "params.yaml")
-    params["dataset"] = DATASET
+    params["dataset"] = dataset
     params["ingest"] = {**params["ingest"], "sample_rows": None}  # the full file, never a sample
     params["serve"] = {**params["serve"], "model_uri": None}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -845,7 +848,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-mlflow", action="store_true", help="do not start or measure mlflow models serve")
     parser.add_argument("--project", type=Path, default=None,
                         help="build the project here, or reuse the build already here (kept afterwards)")
-    parser.add_argument("--data", type=Path, default=default_data_file(), help="the full UCI_Credit_Card.csv")
+    parser.add_argument("--dataset", choices=REAL_DATASETS, default=DATASET,
+                        help=f"the profile to build and serve (default {DATASET}; with --project, the build's own)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the profile's full raw file (default: the shared data folder's)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator (auto: wrk when installed, else Python threads)")
     parser.add_argument("--workers", type=int, default=None,
@@ -886,7 +892,7 @@ def main(argv: list[str] | None = None) -> None:
     servers: list[Server] = []
     diff = math.nan
     try:
-        project = build_project(project_dir, args.data.resolve())
+        project = build_project(project_dir, (args.data or default_data_file(args.dataset)).resolve(), args.dataset)
         rows = sample_rows(project.settings, BATCH_ROWS)
         auth = None if args.no_auth else api_key(run_dir)
         if auth:
