@@ -19,7 +19,7 @@ weak ones get our encodings (cross-fitted TargetEncoder, OrdinalEncoder, numeric
 It reports mean +- sd of test ROC-AUC, PR-AUC, KS, Brier and expected calibration error, and says
 per dataset whether ours is at least as good as the best reference on mean test ROC-AUC.
 
-    python bench/model_quality.py                         # 3 datasets x 5 split seeds x 6 models
+    python bench/model_quality.py                         # 3 datasets x 10 split seeds x 6 models
     python bench/model_quality.py --datasets credit_risk --seeds 3
     python bench/model_quality.py --judge --params /tmp/candidate.yaml   # judge a candidate, test unused
 
@@ -340,8 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="first split seed; also train.seed and the references' random_state "
                              "(default: params.yaml's split.seed; train.seed stays params.yaml's)")
-    parser.add_argument("--seeds", type=int, default=5, metavar="N",
-                        help="split seeds seed, seed+1, ..., seed+N-1 (default 5)")
+    parser.add_argument("--seeds", type=int, default=10, metavar="N",
+                        help="split seeds seed, seed+1, ..., seed+N-1 (default 10)")
     parser.add_argument("--judge", action="store_true",
                         help="judge choices without the test split: the validation split is scored as the test "
                              "split, and train is cut again into train and valid")
