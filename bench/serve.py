@@ -857,6 +857,13 @@ def targets(single: list[LoadResult], batches: list[LoadResult]) -> list[list[st
 
 
 # --------------------------------------------------------------------------- main
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def int_list(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip() and int(x) > 0)
 
@@ -868,7 +875,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=None,
                         help="requests per single-row point instead of a duration "
                              "(batch points then use max(N // 100, 20) batches)")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--rounds", type=positive_int, default=1,
                         help="measure the single-row plan this many times over, floor first each time; the floor "
                              "targets are judged on the median of each round's ratio to its own floor (default 1)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each point (default 2)")
@@ -911,8 +918,6 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("mlflow", "alembic", "urllib3", "lightgbm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
-    if args.rounds < 1:
-        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     kind = args.client
     if kind == "auto":
         kind = "wrk" if shutil.which("wrk") else "python"
