@@ -29,7 +29,8 @@ def tool_env() -> dict[str, str]:
     env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
                GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
                GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid")
-    for var in ("LOG_LEVEL", "MLFLOW_TRACKING_URI", "MLOPS_ACTOR"):  # each test sets what it needs
+    # each test sets what it needs; an earlier test's mlflow.set_registry_uri() leaves MLFLOW_REGISTRY_URI behind
+    for var in ("LOG_LEVEL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLOPS_ACTOR"):
         env.pop(var, None)
     return env
 

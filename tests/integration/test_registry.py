@@ -2,7 +2,8 @@
 
 Runs the real pipeline (`dvc exp run`) in a throw-away copy of the repo, once
 against the embedded SQLite store and once against a real `mlflow server`
-process, and checks the champion/challenger story end to end: first version
+process (the two stories side by side, each in its own copy, with its own
+client and webhook receiver), and checks the champion/challenger story end to end: first version
 becomes champion, a worse one is blocked by the gate, a better one is promoted,
 rollback restores the previous champion, every alias change is audited, the
 pyfunc champion predicts exactly like models/model.joblib, and an exported
@@ -15,18 +16,28 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import joblib
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from src.modeling.register import registration
-from tests.integration.conftest import dvc, free_port, link_data, read_json, sh
-from tests.webhook import Receiver
+from tests.integration.conftest import (
+    copy_project,
+    dvc,
+    free_port,
+    link_data,
+    read_json,
+    running_mlflow_server,
+    sh,
+)
+from tests.webhook import Receiver, receiving
 
 pytestmark = pytest.mark.integration
 
@@ -64,21 +75,38 @@ def registered(repo: Path, client: MlflowClient) -> dict:
     return {**record, "floors": gate["floors"]}
 
 
-@pytest.fixture(params=["embedded", "server"])
-def store(request: pytest.FixtureRequest) -> str:
-    return request.param
+STORES = ("embedded", "server")
 
 
-def test_champion_challenger_gate_rollback_export(repo: Path, store: str, request: pytest.FixtureRequest,
-                                                  tmp_path: Path, webhook: Receiver) -> None:
-    server_uri = request.getfixturevalue("mlflow_server") if store == "server" else None
+@pytest.fixture(scope="module")
+def stories(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[None]]]:
+    """Both stores' stories started together (each is mostly DVC and MLflow subprocesses), each test
+    waiting for its own; an assertion failing inside a story fails that store's test."""
+    with ExitStack() as stack:
+        server_uri = stack.enter_context(running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")))
+        hooks = {store: stack.enter_context(receiving()) for store in STORES}
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=len(STORES)))
+        futures = {}
+        for store in STORES:
+            root = tmp_path_factory.mktemp(f"registry-{store}")
+            futures[store] = pool.submit(champion_challenger_story, copy_project(root / "repo"), store,
+                                         server_uri if store == "server" else None, root, hooks[store])
+        yield futures
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_champion_challenger_gate_rollback_export(stories: dict[str, Future[None]], store: str) -> None:
+    stories[store].result(timeout=1800)
+
+
+def champion_challenger_story(repo: Path, store: str, server_uri: str | None, tmp_path: Path,
+                              webhook: Receiver) -> None:
     env = {"MLOPS_ACTOR": "pytest", "NOTIFY_WEBHOOK_URL": webhook.url}
     if server_uri:
         env["MLFLOW_TRACKING_URI"] = server_uri
     link_data(repo, "taiwan_credit")
-    mlflow.set_tracking_uri(uri_for(repo, store, server_uri))
-    mlflow.set_registry_uri(uri_for(repo, store, server_uri))
-    client = MlflowClient()
+    uri = uri_for(repo, store, server_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # mlflow's own URIs are process-wide
 
     # 1. First run: version 1 becomes champion (no champion to beat; floors met).
     dvc(repo, "exp", "run", *BASELINE, env=env)
@@ -135,8 +163,10 @@ def test_champion_challenger_gate_rollback_export(repo: Path, store: str, reques
     test = pd.read_parquet(repo / "data" / "processed" / "test.parquet")
     meta = read_json(repo / "models" / "model_meta.json")
     local = joblib.load(repo / "models" / "model.joblib").predict_proba(test[meta["features"]])[:, 1]
-    champion = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    served = champion.predict(test[meta["features"]])["probability_of_default"].to_numpy()
+    rows = tmp_path / "rows.parquet"
+    test[meta["features"]].to_parquet(rows)
+    served = predict_with(repo, f"models:/{MODEL}@champion", rows, tmp_path / "champion_pred.parquet",
+                          {"MLFLOW_TRACKING_URI": uri})
     np.testing.assert_array_equal(served, local)
 
     # 4. Export the champion; it loads and predicts identically with no tracking server reachable.
@@ -148,19 +178,10 @@ def test_champion_challenger_gate_rollback_export(repo: Path, store: str, reques
     assert {p.name for p in evaluation.iterdir()} == {"plots", "metrics", "model_card.md"}
     assert read_json(evaluation / "metrics" / "test.json")["roc_auc"] == pytest.approx(
         gate3["challenger"]["roc_auc"], abs=1e-6)
-    rows = tmp_path / "rows.parquet"
-    test[meta["features"]].to_parquet(rows)
-    script = textwrap.dedent(f"""
-        import mlflow, pandas as pd, sys
-        model = mlflow.pyfunc.load_model({str(export_dir)!r})
-        out = model.predict(pd.read_parquet({str(rows)!r}))
-        out.to_parquet({str(tmp_path / 'exported_pred.parquet')!r})
-    """)
     elsewhere = tmp_path / "elsewhere"  # no checkout here: src must come from the model's own code/
     elsewhere.mkdir()
-    sh(elsewhere, sys.executable, "-c", script, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
-                                                     "PYTHONPATH": ""})
-    exported = pd.read_parquet(tmp_path / "exported_pred.parquet")["probability_of_default"].to_numpy()
+    exported = predict_with(elsewhere, str(export_dir), rows, tmp_path / "exported_pred.parquet",
+                            {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "PYTHONPATH": ""})
     np.testing.assert_array_equal(exported, local)
 
     # 5. Rollback restores the previous champion, and records it.
@@ -184,6 +205,17 @@ def test_champion_challenger_gate_rollback_export(repo: Path, store: str, reques
                               ("1", "2", "manual-promote")]
     assert all(e["who"] == "pytest" and e["when"] and e["reason"] for e in trail)
     assert [e["to"] for e in trail if e["alias"] == "challenger"] == ["1", "2", "3"]
+
+
+def predict_with(cwd: Path, model_uri: str, rows: Path, out: Path, env: dict[str, str]) -> np.ndarray:
+    """``mlflow.pyfunc.load_model(model_uri).predict(rows)`` in a fresh interpreter in ``cwd``: its probabilities."""
+    script = textwrap.dedent(f"""
+        import mlflow, pandas as pd
+        model = mlflow.pyfunc.load_model({model_uri!r})
+        model.predict(pd.read_parquet({str(rows)!r})).to_parquet({str(out)!r})
+    """)
+    sh(cwd, sys.executable, "-c", script, env=env)
+    return pd.read_parquet(out)["probability_of_default"].to_numpy()
 
 
 def test_registry_cli_errors_are_one_clear_line(repo: Path) -> None:
