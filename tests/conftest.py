@@ -66,6 +66,12 @@ def venv_tool(name: str, package: str) -> str:
     return found
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``story`` run last: their stories run in the background from the session's first
+    integration test (tests/integration/conftest.py), so by then they have had the whole session to finish."""
+    items.sort(key=lambda item: item.get_closest_marker("story") is not None)
+
+
 @pytest.fixture(autouse=True)
 def _restore_mlflow_uris() -> Iterator[None]:
     """Put MLflow's tracking and registry URIs back after every test.

@@ -7,9 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,8 +25,19 @@ from tests.synthetic import write_synthetic_risk_flag
 SAMPLE_ROWS = 4000
 
 
+_story = threading.local()  # .environ: what tool_env() starts from in a background story's thread
+
+
+def _pinned(environ: dict[str, str], run: Callable[[], None]) -> None:
+    _story.environ = environ
+    try:
+        run()
+    finally:
+        del _story.environ
+
+
 def tool_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = dict(getattr(_story, "environ", None) or os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
                GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
@@ -117,8 +130,9 @@ def stop_process_group(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_mlflow_server(store: Path) -> Iterator[str]:
-    """A real `mlflow server` (SQLite backend, proxied artifact store under ``store``) on a free 127.0.0.1 port."""
+def running_mlflow_server(store: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, proxied artifact store under ``store``) on a free 127.0.0.1 port;
+    ``env``: its whole environment (default: :func:`tool_env` now)."""
     port = free_port()
     store.mkdir(parents=True, exist_ok=True)
     log = (store / "server.log").open("w")
@@ -126,7 +140,7 @@ def running_mlflow_server(store: Path) -> Iterator[str]:
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
          "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        env=tool_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env=env if env is not None else tool_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{uri}/health", proc=proc)
@@ -171,3 +185,40 @@ def moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
         s3fs.S3FileSystem.clear_instance_cache()
         stop_process_group(proc)
         log.close()
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            ) -> Iterator[dict[str, Future[None]]]:
+    """The long stories of the selected tests marked ``story(start=...)``, by test id, started at the session's
+    first integration test one after another on a background lane.
+
+    ``start(request, workdir)`` runs here, in the foreground (fixtures, copies), and returns what the lane
+    runs: mostly other processes (builds, DVC, servers), so the session's other tests go on meanwhile. Those
+    tests run last (tests/conftest.py) and each waits for its story; an assertion failing in a story fails
+    its test. A story's ``tool_env()`` is the environment as it was here, whatever tests change later.
+    """
+    marked = [(item.nodeid, mark.kwargs["start"]) for item in request.session.items
+              if (mark := item.get_closest_marker("story"))]
+    if not marked:
+        yield {}
+        return
+    futures: dict[str, Future[None]] = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="story") as lane:
+        for nodeid, start in marked:
+            try:
+                run = start(request, tmp_path_factory.mktemp("story"))
+            except Exception as exc:  # the story's own test fails with it, not the session
+                futures[nodeid] = Future()
+                futures[nodeid].set_exception(exc)
+                continue
+            futures[nodeid] = lane.submit(_pinned, dict(os.environ), run)
+        yield futures
+
+
+@pytest.fixture
+def story(request: pytest.FixtureRequest, stories: dict[str, Future[None]]) -> Future[None]:
+    """This test's story (marker ``story``), started at the session's start: ``.result()`` waits for it."""
+    assert request.node.nodeid in stories, "not a story test: mark it story(start=...)"
+    return stories[request.node.nodeid]

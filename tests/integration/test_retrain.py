@@ -7,6 +7,9 @@ pinned to the champion alias is then moved to each new champion by the next pass
 a wrong token fails the pass at the reload step (previous model keeps serving) and the
 next pass, with nothing to retrain, still converges the service; a model that fails
 the quality gate is registered but neither promoted nor served.
+
+About four minutes of DVC and MLflow subprocesses, so it is a background story (marker ``story``): it
+starts with the session and the test, run last, waits for it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
-from tests.integration.conftest import SAMPLE_ROWS, link_data, sh
+from tests.integration.conftest import SAMPLE_ROWS, copy_project, link_data, sh
 from tests.integration.serving import running_gunicorn
 
 
@@ -49,7 +56,17 @@ def served_version(url: str) -> str:
     return str(body["model"]["version"])
 
 
-def test_retrain_loop_promotes_pushes_and_reloads(repo: Path, tmp_path: Path) -> None:
+def start_retrain(request: pytest.FixtureRequest, workdir: Path) -> Callable[[], None]:
+    """The story on its own copy of the project, made at the session's start."""
+    return partial(retrain_story, copy_project(workdir / "repo"), workdir)
+
+
+@pytest.mark.story(start=start_retrain)
+def test_retrain_loop_promotes_pushes_and_reloads(story: Future[None]) -> None:
+    story.result()
+
+
+def retrain_story(repo: Path, tmp_path: Path) -> None:
     link_data(repo, "taiwan_credit")
     set_param(repo, "sample_rows", SAMPLE_ROWS)
 
