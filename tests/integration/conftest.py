@@ -23,6 +23,7 @@ from tests.net import free_port
 from tests.synthetic import write_synthetic_risk_flag
 
 SAMPLE_ROWS = 4000
+LANES = 2  # background stories at once (each is mostly other processes, one core at a time)
 
 
 _story = threading.local()  # .environ: what tool_env() starts from in a background story's thread
@@ -189,10 +190,10 @@ def moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 
 
 @pytest.fixture(scope="session", autouse=True)
-def stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-            ) -> Iterator[dict[str, Future[None]]]:
+def background_stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                       ) -> Iterator[dict[str, Future[None]]]:
     """The long stories of the selected tests marked ``story(start=...)``, by test id, started at the session's
-    first integration test one after another on a background lane.
+    first integration test on two background lanes, in the tests' order.
 
     ``start(request, workdir)`` runs here, in the foreground (fixtures, copies), and returns what the lane
     runs: mostly other processes (builds, DVC, servers), so the session's other tests go on meanwhile. Those
@@ -205,7 +206,7 @@ def stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield {}
         return
     futures: dict[str, Future[None]] = {}
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="story") as lane:
+    with ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="story") as lanes:
         for nodeid, start in marked:
             try:
                 run = start(request, tmp_path_factory.mktemp("story"))
@@ -213,12 +214,12 @@ def stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                 futures[nodeid] = Future()
                 futures[nodeid].set_exception(exc)
                 continue
-            futures[nodeid] = lane.submit(_pinned, dict(os.environ), run)
+            futures[nodeid] = lanes.submit(_pinned, dict(os.environ), run)
         yield futures
 
 
 @pytest.fixture
-def story(request: pytest.FixtureRequest, stories: dict[str, Future[None]]) -> Future[None]:
+def story(request: pytest.FixtureRequest, background_stories: dict[str, Future[None]]) -> Future[None]:
     """This test's story (marker ``story``), started at the session's start: ``.result()`` waits for it."""
-    assert request.node.nodeid in stories, "not a story test: mark it story(start=...)"
-    return stories[request.node.nodeid]
+    assert request.node.nodeid in background_stories, "not a story test: mark it story(start=...)"
+    return background_stories[request.node.nodeid]

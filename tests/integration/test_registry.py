@@ -2,8 +2,9 @@
 
 Runs the real pipeline (`dvc exp run`) in a throw-away copy of the repo, once
 against the embedded SQLite store and once against a real `mlflow server`
-process (the two stories side by side, each in its own copy, with its own
-client and webhook receiver), and checks the champion/challenger story end to end: first version
+process (two background stories, marker ``story``: each starts with the session
+in its own copy, with its own client and webhook receiver; the tests run last
+and wait), and checks the champion/challenger story end to end: first version
 becomes champion, a worse one is blocked by the gate, a better one is promoted,
 rollback restores the previous champion, every alias change is audited, the
 pyfunc champion predicts exactly like models/model.joblib, and an exported
@@ -16,9 +17,10 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import joblib
@@ -78,25 +80,25 @@ def registered(repo: Path, client: MlflowClient) -> dict:
 STORES = ("embedded", "server")
 
 
-@pytest.fixture(scope="module")
-def stories(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[None]]]:
-    """Both stores' stories started together (each is mostly DVC and MLflow subprocesses), each test
-    waiting for its own; an assertion failing inside a story fails that store's test."""
+def start_story(store: str) -> Callable[[pytest.FixtureRequest, Path], Callable[[], None]]:
+    """The store's story as a background story (marker ``story``), on its own copy of the project."""
+    def start(request: pytest.FixtureRequest, workdir: Path) -> Callable[[], None]:
+        return partial(store_story, store, copy_project(workdir / "repo"), workdir)
+    return start
+
+
+def store_story(store: str, repo: Path, tmp_path: Path) -> None:
+    """The story with its own webhook receiver and, for ``server``, its own `mlflow server`."""
     with ExitStack() as stack:
-        server_uri = stack.enter_context(running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")))
-        hooks = {store: stack.enter_context(receiving()) for store in STORES}
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=len(STORES)))
-        futures = {}
-        for store in STORES:
-            root = tmp_path_factory.mktemp(f"registry-{store}")
-            futures[store] = pool.submit(champion_challenger_story, copy_project(root / "repo"), store,
-                                         server_uri if store == "server" else None, root, hooks[store])
-        yield futures
+        server_uri = stack.enter_context(running_mlflow_server(tmp_path / "mlflow-server")) \
+            if store == "server" else None
+        champion_challenger_story(repo, store, server_uri, tmp_path, stack.enter_context(receiving()))
 
 
-@pytest.mark.parametrize("store", STORES)
-def test_champion_challenger_gate_rollback_export(stories: dict[str, Future[None]], store: str) -> None:
-    stories[store].result(timeout=1800)
+@pytest.mark.parametrize("store", [pytest.param(store, marks=pytest.mark.story(start=start_story(store)))
+                                   for store in STORES])
+def test_champion_challenger_gate_rollback_export(story: Future[None], store: str) -> None:
+    story.result()
 
 
 def champion_challenger_story(repo: Path, store: str, server_uri: str | None, tmp_path: Path,
