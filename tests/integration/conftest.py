@@ -206,7 +206,8 @@ def background_stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.
         yield {}
         return
     futures: dict[str, Future[None]] = {}
-    with ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="story") as lanes:
+    lanes = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="story")
+    try:
         for nodeid, start in marked:
             try:
                 run = start(request, tmp_path_factory.mktemp("story"))
@@ -216,6 +217,8 @@ def background_stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.
                 continue
             futures[nodeid] = lanes.submit(_pinned, dict(os.environ), run)
         yield futures
+    finally:  # a session cut short (-x, Ctrl-C) starts no more stories; running ones clean up after themselves
+        lanes.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture
