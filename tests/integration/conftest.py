@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -131,9 +132,8 @@ def stop_process_group(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_mlflow_server(store: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """A real `mlflow server` (SQLite backend, proxied artifact store under ``store``) on a free 127.0.0.1 port;
-    ``env``: its whole environment (default: :func:`tool_env` now)."""
+def running_mlflow_server(store: Path) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, proxied artifact store under ``store``) on a free 127.0.0.1 port."""
     port = free_port()
     store.mkdir(parents=True, exist_ok=True)
     log = (store / "server.log").open("w")
@@ -141,7 +141,7 @@ def running_mlflow_server(store: Path, env: dict[str, str] | None = None) -> Ite
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
          "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        env=env if env is not None else tool_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env=tool_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{uri}/health", proc=proc)
@@ -188,7 +188,6 @@ def moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
         log.close()
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def background_stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                        ) -> Iterator[dict[str, Future[None]]]:
@@ -219,6 +218,13 @@ def background_stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.
         yield futures
     finally:  # a session cut short (-x, Ctrl-C) starts no more stories; running ones clean up after themselves
         lanes.shutdown(wait=True, cancel_futures=True)
+
+
+def on_a_copy(scenario: Callable[[Path, Path], None]) -> Callable[[pytest.FixtureRequest, Path], Callable[[], None]]:
+    """A ``story(start=...)`` for a scenario needing only its own copy of the project: ``scenario(repo, workdir)``."""
+    def start(request: pytest.FixtureRequest, workdir: Path) -> Callable[[], None]:
+        return partial(scenario, copy_project(workdir / "repo"), workdir)
+    return start
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ pushed, pulled and run again, with ../shared/tools/container-sandbox.sh (buildah
 
 The story is mostly other processes (an apt install and a base image the first time, a build, three
 containers, a registry), about eight minutes on 2 cores, so the session starts it in the background at its
-first integration test (``stories`` in conftest.py) and the test, run last, waits for it. Its processes run
+first integration test (``background_stories`` in conftest.py) and the test, run last, waits for it. Its processes run
 at a lower CPU priority than the tests in the foreground.
 """
 
@@ -49,8 +49,7 @@ def sandbox(*args: str, env: dict[str, str], timeout: float = 600, check: bool =
             ) -> subprocess.CompletedProcess[str]:
     """Run container-sandbox.sh; a tool it cannot install skips the test, any other failure fails it."""
     proc = subprocess.run(["nice", "-n", str(NICENESS), "bash", str(SANDBOX), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0 and any(s in proc.stderr for s in TOOL_INSTALL_FAILED):
         pytest.skip(f"container tools could not be installed ({SANDBOX.name} {args[0]}): {proc.stderr.strip()[-500:]}")
     if check and proc.returncode != 0:
@@ -258,7 +257,7 @@ def built_image(project: TrainedProject, env: dict[str, str], workdir: Path) -> 
     sandbox("base", env=env, timeout=BUILD_TIMEOUT)  # installs buildah + debootstrap; builds the base image once
     tag = f"localhost/credit-default-test:{secrets.token_hex(4)}"
     try:
-        with running_mlflow_server(workdir / "mlflow-registry", env=env) as uri:
+        with running_mlflow_server(workdir / "mlflow-registry") as uri:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             assert registry.import_exported(client, project.model_dir, project.model_name, "champion",
                                             "container test") == "1"

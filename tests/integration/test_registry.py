@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
 from functools import partial
@@ -31,10 +30,10 @@ from mlflow import MlflowClient
 
 from src.modeling.register import registration
 from tests.integration.conftest import (
-    copy_project,
     dvc,
     free_port,
     link_data,
+    on_a_copy,
     read_json,
     running_mlflow_server,
     sh,
@@ -80,13 +79,6 @@ def registered(repo: Path, client: MlflowClient) -> dict:
 STORES = ("embedded", "server")
 
 
-def start_story(store: str) -> Callable[[pytest.FixtureRequest, Path], Callable[[], None]]:
-    """The store's story as a background story (marker ``story``), on its own copy of the project."""
-    def start(request: pytest.FixtureRequest, workdir: Path) -> Callable[[], None]:
-        return partial(store_story, store, copy_project(workdir / "repo"), workdir)
-    return start
-
-
 def store_story(store: str, repo: Path, tmp_path: Path) -> None:
     """The story with its own webhook receiver and, for ``server``, its own `mlflow server`."""
     with ExitStack() as stack:
@@ -95,8 +87,8 @@ def store_story(store: str, repo: Path, tmp_path: Path) -> None:
         champion_challenger_story(repo, store, server_uri, tmp_path, stack.enter_context(receiving()))
 
 
-@pytest.mark.parametrize("store", [pytest.param(store, marks=pytest.mark.story(start=start_story(store)))
-                                   for store in STORES])
+@pytest.mark.parametrize("store", [
+    pytest.param(store, marks=pytest.mark.story(start=on_a_copy(partial(store_story, store)))) for store in STORES])
 def test_champion_challenger_gate_rollback_export(story: Future[None], store: str) -> None:
     story.result()
 

@@ -18,16 +18,14 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from concurrent.futures import Future
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.integration.conftest import SAMPLE_ROWS, copy_project, link_data, sh
+from tests.integration.conftest import SAMPLE_ROWS, link_data, on_a_copy, sh
 from tests.integration.serving import running_gunicorn
 
 
@@ -54,16 +52,6 @@ def retrain(repo: Path, *args: str, token: str | None = None, flow: bool = False
 def served_version(url: str) -> str:
     body = requests.get(f"{url}/ready", timeout=10).json()
     return str(body["model"]["version"])
-
-
-def start_retrain(request: pytest.FixtureRequest, workdir: Path) -> Callable[[], None]:
-    """The story on its own copy of the project, made at the session's start."""
-    return partial(retrain_story, copy_project(workdir / "repo"), workdir)
-
-
-@pytest.mark.story(start=start_retrain)
-def test_retrain_loop_promotes_pushes_and_reloads(story: Future[None]) -> None:
-    story.result()
 
 
 def retrain_story(repo: Path, tmp_path: Path) -> None:
@@ -113,3 +101,8 @@ def retrain_story(repo: Path, tmp_path: Path) -> None:
         # Usually every worker already serves v2; a worker that was still reloading in the background is caught up.
         assert failed["reload"] in (f"{url} already serves version 2", f"reloaded: {url} serves version 2")
         assert served_version(url) == "2"
+
+
+@pytest.mark.story(start=on_a_copy(retrain_story))
+def test_retrain_loop_promotes_pushes_and_reloads(story: Future[None]) -> None:
+    story.result()
