@@ -19,8 +19,11 @@ one-time work lives in ``on_starting``. The choices, and why:
   holds it, so a request could stall behind the prediction-log writer or another
   request's Python for a whole interval. A shorter interval shortened the c=8 tail at
   no measurable CPU cost (figures: docs/performance.md).
-* HTTP keep-alive on (5 s): no TCP handshake and per-connection set-up per request,
-  about a third of the server CPU of a single-row prediction.
+* HTTP keep-alive on: no TCP handshake and per-connection set-up per request,
+  about a third of the server CPU of a single-row prediction. An idle connection
+  stays open 75 s, longer than the load balancer's idle timeout (60 s), so the
+  balancer closes idle connections and never sends a request on one the service is
+  closing (a 502 for its client); a stopping worker keeps them 5 s (src/server/worker.py).
 * ``gc.freeze()`` once the model is loaded: the ~250,000 objects the imports
   (Flask, MLflow, pandas, scikit-learn) leave behind are never scanned again. Left
   in the collector, every full collection walked them all and stalled the worker's
@@ -50,7 +53,7 @@ one-time work lives in ``on_starting``. The choices, and why:
 Environment: SERVE_BIND (else params.yaml serve.bind, else 127.0.0.1:8000),
 WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (2), GUNICORN_SWITCH_INTERVAL_MS (0.5),
 GUNICORN_TIMEOUT (60),
-GUNICORN_GRACEFUL_TIMEOUT (30), GUNICORN_KEEPALIVE (seconds, 5; 0 = Connection: close),
+GUNICORN_GRACEFUL_TIMEOUT (30), GUNICORN_KEEPALIVE (idle seconds, 75; 0 = Connection: close),
 GUNICORN_KEEPALIVE_REQUESTS (100; read by the worker class), GUNICORN_WORKER_CLASS (keepalive),
 GUNICORN_MODEL_WAIT (120),
 GUNICORN_PIDFILE (none), GUNICORN_CONTROL_SOCKET (enables gunicornc on that path),
@@ -117,10 +120,10 @@ preload_app = False
 timeout = _int_env("GUNICORN_TIMEOUT", 60, minimum=1)
 # On SIGHUP/SIGTERM a worker stops accepting and finishes in-flight requests within this.
 graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 30)
-# Seconds an idle kept-alive connection stays open. Safe across SIGHUP/SIGTERM restarts with
-# KeepAliveThreadWorker (stock gthread closes a kept-alive connection under a client that already sent
-# its next request: benoitc/gunicorn#1236). 0 = "Connection: close" on every response.
-keepalive = _int_env("GUNICORN_KEEPALIVE", 5)
+# Seconds an idle kept-alive connection stays open: longer than the load balancer's idle timeout. Safe
+# across SIGHUP/SIGTERM restarts with KeepAliveThreadWorker (stock gthread closes a kept-alive connection
+# under a client that already sent its next request: benoitc/gunicorn#1236). 0 = "Connection: close".
+keepalive = _int_env("GUNICORN_KEEPALIVE", server_worker.DEFAULT_KEEPALIVE)
 model_wait = _int_env("GUNICORN_MODEL_WAIT", 120)
 # Where `kill -HUP $(cat <pidfile>)` finds the master (restarts every worker: each loads the champion).
 pidfile = env.text(env.GUNICORN_PIDFILE)

@@ -30,6 +30,13 @@ worse:
    ACCEPT_DELAY (1 ms) and takes it itself only if it is still waiting then (every
    worker busy). Together with (2) this keeps the workers evenly loaded.
 
+An idle kept-alive connection stays open DEFAULT_KEEPALIVE (75) seconds, longer than
+the load balancer's idle timeout (60 s, infra/terraform/main.tf), so the balancer, not
+the service, closes an idle connection. A service that closes first races the
+balancer's next request on that connection, which the client then gets as a 502 (AWS
+gives the same advice for ALB targets). A stopping worker keeps idle connections only
+STOPPING_KEEPALIVE (5) seconds more, so a restart does not wait out the long timeout.
+
 The subclass relies on gthread internals (the methods in ``VERIFIED_INTERNALS``). Their
 source digests for the gunicorn release it was verified against are recorded below;
 :func:`worker_class` (what gunicorn.conf.py asks) falls back to stock gthread, with a
@@ -76,6 +83,8 @@ VERIFIED_INTERNALS = {
     "finish_request": "b9a75d3c2fba5dc0",
     "on_client_socket_readable": "aead1a3ea7b7daff",
     "murder_keepalived": "fa9a01fbf2ab15c5",
+    "murder_pending": "7bf11f46454296e1",
+    "wait_for_and_dispatch_events": "ea969b352482bd5c",
     "run": "e50ebf2d88b17eb2",
     "enqueue_req": "c9f428953d24acef",
 }
@@ -119,6 +128,8 @@ def worker_class() -> str:
 
 
 REQUESTS_ENV = env.GUNICORN_KEEPALIVE_REQUESTS
+DEFAULT_KEEPALIVE = 75  # seconds an idle connection stays open (gunicorn.conf.py; above the balancer's 60)
+STOPPING_KEEPALIVE = 5.0  # seconds a stopping worker keeps an idle connection (its next request is served)
 DEFAULT_REQUESTS_PER_CONNECTION = 100
 ACCEPT_DELAY = 0.001  # seconds a busy worker leaves a new connection to an idle one
 
@@ -154,6 +165,7 @@ class KeepAliveThreadWorker(ThreadWorker):
         self.requests_per_connection = requests_per_connection()
         self._accept_paused_until = 0.0  # while > now: a busy worker's pause (0 = none)
         self._take_waiting = False  # a pause just ended with a connection still waiting
+        self._stop_capped = False  # once stopping: idle connections' timeouts cut to STOPPING_KEEPALIVE
 
     # -- prefer idle workers for new connections -----------------------------------------------------
     def accept(self, listener: Any) -> None:
@@ -203,16 +215,37 @@ class KeepAliveThreadWorker(ThreadWorker):
             return
         super().finish_request(conn, fs)
 
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """While stopping, wake at least once a second, so idle connections are closed on time.
+
+        (``run``'s drain loop waits for the whole remaining graceful timeout, so an idle
+        connection kept a stopping worker alive, and a restart or stop waiting, that long.)
+        """
+        super().wait_for_and_dispatch_events(timeout if self.alive else min(timeout, 1.0))
+
+    def murder_keepalived(self) -> None:
+        """Close idle connections past their timeout; once stopping, no later than STOPPING_KEEPALIVE from now.
+
+        (Connections that never sent a request, ``pending_conns``, get the same cut: ``run``
+        calls ``murder_pending`` right after this.)
+        """
+        if not self.alive and not self._stop_capped:
+            self._stop_capped = True
+            cap = time.monotonic() + min(self.cfg.keepalive, STOPPING_KEEPALIVE)
+            for conn in (*self.keepalived_conns, *self.pending_conns):
+                conn.timeout = min(conn.timeout, cap)
+        super().murder_keepalived()
+
     def park_keepalive(self, conn: Any) -> None:
         """Back into the poller, as gthread does for a kept-alive connection of a running worker.
 
         The drain loop in ``ThreadWorker.run`` keeps polling while connections are open:
         the next request on ``conn`` is served (and closed, as the worker is stopping), or
-        ``murder_keepalived`` closes it after the keep-alive timeout.
+        ``murder_keepalived`` closes it after STOPPING_KEEPALIVE (the keep-alive timeout if shorter).
         """
         try:
             conn.sock.setblocking(False)
-            conn.set_timeout()
+            conn.timeout = time.monotonic() + min(self.cfg.keepalive, STOPPING_KEEPALIVE)
             self.keepalived_conns.append(conn)
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
         except (OSError, ValueError):  # the client already closed it

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -36,6 +36,18 @@ def _pinned(environ: dict[str, str], run: Callable[[], None]) -> None:
         run()
     finally:
         del _story.environ
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test's report carries the log of every gunicorn it talked to that is still running."""
+    report = yield
+    if report.when == "call" and report.failed:
+        from tests.integration.serving import logs_of_running_servers  # noqa: PLC0415  (serving imports this)
+
+        report.sections.extend(logs_of_running_servers())
+    return report
 
 
 def tool_env() -> dict[str, str]:

@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -43,6 +44,9 @@ from tests.conftest import ROOT, TrainedProject, default_applicant
 from tests.integration.conftest import free_port, stop_process_group, tool_env
 
 CONFIG = ROOT / "gunicorn.conf.py"
+# (thread, server) for every server running now: a failing test's report shows the log of those its thread
+# started (pytest_runtest_makereport in tests/integration/conftest.py), module-scoped ones included.
+RUNNING: list[tuple[int, GunicornServer]] = []
 APP = "flask_api:create_app()"
 # Generous: two workers import mlflow/sklearn and load a model on a 2-core box that may be busy.
 START_TIMEOUT = 240.0
@@ -235,15 +239,24 @@ def running_gunicorn(workdir: Path, model_uri: str, *, token: str | None = None,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = GunicornServer(proc=proc, base_url=f"http://127.0.0.1:{port}", token=token, db_path=db_path,
                             log_path=log_path, model_uri=model_uri, env=env)
+    running = (threading.get_ident(), server)
+    RUNNING.append(running)
     try:
         wait_for(server.url("/ready" if ready else "/health"), proc, log_path)
         server.wait_workers_accepting(workers)
         yield server
     finally:
+        RUNNING.remove(running)
         stop_gunicorn(proc)
         print(f"--- gunicorn log ({log_path}), last lines ---\n{server.log_tail()}")
         for match in PROM_DIR_LINE.finditer(server.log_text()):  # left behind only if the master was killed
             shutil.rmtree(match["dir"], ignore_errors=True)
+
+
+def logs_of_running_servers() -> list[tuple[str, str]]:
+    """(title, last lines of its log) of each server this thread started and has not stopped yet."""
+    me = threading.get_ident()
+    return [(f"gunicorn log {server.log_path}", server.log_tail()) for thread, server in RUNNING if thread == me]
 
 
 def stop_gunicorn(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

@@ -422,7 +422,7 @@ def test_config_shares_secret_and_metrics_dir_and_survives_reread(tmp_path: Path
         assert issubclass(gunicorn_worker.KeepAliveThreadWorker, ThreadWorker)  # what the name resolves to
         assert first["threads"] == 2
         assert first["switch_interval"] == pytest.approx(0.0005)
-        assert first["keepalive"] == 5
+        assert first["keepalive"] == gunicorn_worker.DEFAULT_KEEPALIVE
         assert first["preload_app"] is False
         assert first["control_socket_disable"] is True
         assert "%(D)s" in first["access_log_format"]
@@ -531,11 +531,14 @@ def test_keepalive_connections_are_recycled_and_survive_a_restart_mid_request(
       worker: its answer still promises keep-alive (it began before the signal), so the
       client's next request on the same connection must be served, not dropped (stock
       gthread closed that connection: benoitc/gunicorn#1236), with "Connection: close".
+    * A connection idle at the SIGHUP is closed by its stopping worker after
+      STOPPING_KEEPALIVE (5 s), not kept for the 75 s idle timeout nor the (here 120 s)
+      graceful timeout.
     """
     small = json.dumps(predict_body(applicant, reasons=False)).encode()
     slow = json.dumps(predict_body(applicant, n=1000, reasons=True)).encode()
     with running_gunicorn(tmp_path / "gunicorn", str(trained_project.model_dir), token=None,
-                          extra_env={"GUNICORN_KEEPALIVE_REQUESTS": "3"}) as server:
+                          extra_env={"GUNICORN_KEEPALIVE_REQUESTS": "3", "GUNICORN_GRACEFUL_TIMEOUT": "120"}) as server:
         port = int(server.base_url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock, \
                 sock.makefile("rb") as reader:
@@ -546,7 +549,10 @@ def test_keepalive_connections_are_recycled_and_survive_a_restart_mid_request(
 
         old_workers = server.worker_pids()
         with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock, \
-                sock.makefile("rb") as reader:
+                sock.makefile("rb") as reader, \
+                socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as idle, \
+                idle.makefile("rb") as idle_reader:
+            assert http_exchange(idle, small, idle_reader)[1]["connection"] == "keep-alive"  # then idle
             assert http_exchange(sock, small, reader)[1]["connection"] == "keep-alive"  # request 1: a worker owns it
             hup = threading.Timer(0.3, server.sighup)  # lands while the slow request is being scored
             hup.start()
@@ -557,6 +563,8 @@ def test_keepalive_connections_are_recycled_and_survive_a_restart_mid_request(
             status, headers, payload = http_exchange(sock, small, reader)  # stock gthread: connection reset here
             assert status == 200 and json.loads(payload)["results"][0]["decision"]
             assert headers["connection"] == "close"  # the stopping worker ends the connection after this answer
+            idle.settimeout(gunicorn_worker.STOPPING_KEEPALIVE + 25)  # (raises TimeoutError if kept longer)
+            assert idle_reader.read(1) == b"", "a stopping worker closes an idle connection"
         wait_for_new_workers(server, old_workers)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import hcl2
 import pytest
 
+from src.server.worker import DEFAULT_KEEPALIVE
 from tests.conftest import ROOT
 
 TF_DIR = ROOT / "infra" / "terraform"
@@ -187,6 +188,9 @@ def test_load_balancer_https_health_checks_ready_and_fronts_every_host(tf: Terra
     _name, lb = tf.one("aws_lb")
     assert lb["load_balancer_type"] == "application" and lb["internal"] is False
     assert lb["drop_invalid_header_fields"] is True
+    # The service keeps an idle connection longer than the balancer does, so only the balancer closes idle
+    # ones; the other way round it may send a request on a connection the service is closing (a 502).
+    assert 0 < lb["idle_timeout"] < DEFAULT_KEEPALIVE
     assert lb["security_groups"] == ["${aws_security_group.alb.id}"]
     assert tf.variables["alb_deletion_protection"]["default"] is True
     _name, group = tf.one("aws_lb_target_group")
