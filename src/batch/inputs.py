@@ -136,15 +136,20 @@ def _frame(batch: pa.RecordBatch, names: dict[str, str]) -> pd.DataFrame:
     """A batch as a DataFrame under the profile's names: renamed in Arrow (no data copied), one block per
     column (no consolidation copy; each column is converted on its own afterwards anyway)."""
     renamed = batch.rename_columns([names.get(c, c) for c in batch.schema.names])
-    return renamed.to_pandas(split_blocks=True)
+    return renamed.to_pandas(split_blocks=True, use_threads=False)  # (see read_chunks)
 
 
 def read_chunks(file: InputFile, chunk_rows: int, block_bytes: int) -> Iterator[pd.DataFrame]:
-    """Stream a file as DataFrames of at most ``chunk_rows`` rows, columns renamed to the profile's."""
+    """Stream a file as DataFrames of at most ``chunk_rows`` rows, columns renamed to the profile's.
+
+    Parquet is decoded and converted on this thread alone: the engines read here while every core
+    scores, so Arrow's own threads only added switching (4 M rows: 8 % more rows/s without them).
+    """
     columns = list(file.columns)
     with _open(file.url) as handle:
         if file.format == "parquet":
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk_rows, columns=columns):
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk_rows, columns=columns,
+                                                             use_threads=False):
                 yield _frame(batch, file.columns)
             return
         try:
