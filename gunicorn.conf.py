@@ -21,9 +21,7 @@ one-time work lives in ``on_starting``. The choices, and why:
   no measurable CPU cost (figures: docs/performance.md).
 * HTTP keep-alive on: no TCP handshake and per-connection set-up per request,
   about a third of the server CPU of a single-row prediction. An idle connection
-  stays open 75 s, longer than the load balancer's idle timeout (60 s), so the
-  balancer closes idle connections and never sends a request on one the service is
-  closing (a 502 for its client); a stopping worker keeps them 5 s (src/server/worker.py).
+  stays open 75 s, longer than the load balancer's 60 s (src/server/worker.py says why).
 * ``gc.freeze()`` once the model is loaded: the ~250,000 objects the imports
   (Flask, MLflow, pandas, scikit-learn) leave behind are never scanned again. Left
   in the collector, every full collection walked them all and stalled the worker's
@@ -120,9 +118,7 @@ preload_app = False
 timeout = _int_env("GUNICORN_TIMEOUT", 60, minimum=1)
 # On SIGHUP/SIGTERM a worker stops accepting and finishes in-flight requests within this.
 graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 30)
-# Seconds an idle kept-alive connection stays open: longer than the load balancer's idle timeout. Safe
-# across SIGHUP/SIGTERM restarts with KeepAliveThreadWorker (stock gthread closes a kept-alive connection
-# under a client that already sent its next request: benoitc/gunicorn#1236). 0 = "Connection: close".
+# Seconds an idle kept-alive connection stays open (see above); 0 = "Connection: close" on every response.
 keepalive = _int_env("GUNICORN_KEEPALIVE", server_worker.DEFAULT_KEEPALIVE)
 model_wait = _int_env("GUNICORN_MODEL_WAIT", 120)
 # Where `kill -HUP $(cat <pidfile>)` finds the master (restarts every worker: each loads the champion).

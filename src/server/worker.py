@@ -165,7 +165,6 @@ class KeepAliveThreadWorker(ThreadWorker):
         self.requests_per_connection = requests_per_connection()
         self._accept_paused_until = 0.0  # while > now: a busy worker's pause (0 = none)
         self._take_waiting = False  # a pause just ended with a connection still waiting
-        self._stop_capped = False  # once stopping: idle connections' timeouts cut to STOPPING_KEEPALIVE
 
     # -- prefer idle workers for new connections -----------------------------------------------------
     def accept(self, listener: Any) -> None:
@@ -224,13 +223,12 @@ class KeepAliveThreadWorker(ThreadWorker):
         super().wait_for_and_dispatch_events(timeout if self.alive else min(timeout, 1.0))
 
     def murder_keepalived(self) -> None:
-        """Close idle connections past their timeout; once stopping, no later than STOPPING_KEEPALIVE from now.
+        """Close idle connections past their timeout; while stopping, each lives at most STOPPING_KEEPALIVE more.
 
         (Connections that never sent a request, ``pending_conns``, get the same cut: ``run``
         calls ``murder_pending`` right after this.)
         """
-        if not self.alive and not self._stop_capped:
-            self._stop_capped = True
+        if not self.alive:
             cap = time.monotonic() + min(self.cfg.keepalive, STOPPING_KEEPALIVE)
             for conn in (*self.keepalived_conns, *self.pending_conns):
                 conn.timeout = min(conn.timeout, cap)
@@ -245,7 +243,7 @@ class KeepAliveThreadWorker(ThreadWorker):
         """
         try:
             conn.sock.setblocking(False)
-            conn.timeout = time.monotonic() + min(self.cfg.keepalive, STOPPING_KEEPALIVE)
+            conn.set_timeout()
             self.keepalived_conns.append(conn)
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
         except (OSError, ValueError):  # the client already closed it

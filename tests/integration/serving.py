@@ -44,10 +44,10 @@ from tests.conftest import ROOT, TrainedProject, default_applicant
 from tests.integration.conftest import free_port, stop_process_group, tool_env
 
 CONFIG = ROOT / "gunicorn.conf.py"
+APP = "flask_api:create_app()"
 # (thread, server) for every server running now: a failing test's report shows the log of those its thread
 # started (pytest_runtest_makereport in tests/integration/conftest.py), module-scoped ones included.
 RUNNING: list[tuple[int, GunicornServer]] = []
-APP = "flask_api:create_app()"
 # Generous: two workers import mlflow/sklearn and load a model on a 2-core box that may be busy.
 START_TIMEOUT = 240.0
 # Environment a developer's shell may carry that would change what the server under test does.
