@@ -3,8 +3,11 @@
 Two kinds: each API key's requests (``serve.auth.rate_limit``, or the key's own), and
 failed attempts per client address (wrong keys, wrong passwords:
 ``serve.auth.failed_limit``), checked *before* a credential is verified so guessing
-is slowed whatever the guess. A sliding-window counter: constant memory per key (a
-moving window keeps every timestamp, three times the CPU a hit at high limits).
+is slowed whatever the guess. Large limits use a sliding-window counter: constant memory
+per key (a moving window keeps every timestamp, three times the CPU a hit at high limits),
+but an estimate that lets a little more through across a window's edge. Failed attempts
+and limits too small to batch use a moving window instead: exact (never a 21st guess in a
+minute under 20/minute) at the cost of at most that many timestamps per address or key.
 ``memory://`` storage counts per worker process; ``serve.auth.rate_limit_storage:
 redis://...`` counts across workers and hosts.
 
@@ -28,7 +31,7 @@ from functools import lru_cache
 
 from limits import RateLimitItem, parse
 from limits.storage import storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,11 @@ class Throttle:
             raise ValueError(f"serve.auth.rate_limit_storage {storage_uri!r}: {exc}") from None
         if not reachable:
             raise ValueError(f"serve.auth.rate_limit_storage {storage_uri!r} does not answer")
-        self.limiter = SlidingWindowCounterRateLimiter(storage)
+        self.limiter = SlidingWindowCounterRateLimiter(storage)  # large limits, counted in batches
+        try:  # small limits and failed attempts, exactly (memcached has no moving window: estimated there)
+            self.exact: RateLimiter = MovingWindowRateLimiter(storage)
+        except NotImplementedError:
+            self.exact = self.limiter
         self._tally: dict[tuple[str, str], int] = {}  # (limit, key) -> requests not yet counted by the limiter
         self._blocked: dict[str, float] = {}  # key -> time.monotonic() until which it is refused
         self._next_count = 0.0
@@ -101,7 +108,7 @@ class Throttle:
                 item = rate(limit)
                 try:
                     if not self.limiter.hit(item, "key", key, cost=cost):
-                        self._blocked[key] = now + self.retry_after(item, "key", key)
+                        self._blocked[key] = now + self.retry_after(self.limiter, item, "key", key)
                 except Exception as exc:
                     self._store_failed(exc)
             for key in [k for k, until in self._blocked.items() if until <= now]:
@@ -109,7 +116,7 @@ class Throttle:
 
     def failures_block(self, limit: str, address: str) -> int | None:
         """None when ``address`` may try a credential; else the seconds until it may again."""
-        lookback = 2 * rate(limit).get_expiry()  # a sliding window weighs in the window before the current one
+        lookback = rate(limit).get_expiry()  # a moving window (memory:// has one) forgets a failure after this
         if self._local and time.monotonic() - self._failed_at.get(address, -math.inf) >= lookback:
             return None
         return self.blocked(limit, "failed", address)
@@ -118,23 +125,23 @@ class Throttle:
         """A wrong key or password from ``address``."""
         now = time.monotonic()
         if len(self._failed_at) > 10_000:  # forget the addresses whose failures have aged out
-            lookback = 2 * rate(limit).get_expiry()
+            lookback = rate(limit).get_expiry()
             self._failed_at = {a: t for a, t in self._failed_at.items() if now - t < lookback}
         self._failed_at[address] = now
         self.hit(limit, "failed", address)
 
     def hit(self, limit: str, *identity: str) -> int | None:
         """Count one request; None when allowed, else the seconds until the next would be."""
-        return self._ask(self.limiter.hit, limit, identity)
+        return self._ask(self.exact.hit, limit, identity)
 
     def blocked(self, limit: str, *identity: str) -> int | None:
         """Without counting: None when another hit would be allowed, else the seconds to wait."""
-        return self._ask(self.limiter.test, limit, identity)
+        return self._ask(self.exact.test, limit, identity)
 
     def _ask(self, allowed: Callable[..., bool], limit: str, identity: tuple[str, ...]) -> int | None:
         item = rate(limit)
         try:
-            return None if allowed(item, *identity) else self.retry_after(item, *identity)
+            return None if allowed(item, *identity) else self.retry_after(self.exact, item, *identity)
         except Exception as exc:  # a shared store gone away: serve (scoring outranks counting), and say so
             self._store_failed(exc)
             return None
@@ -146,6 +153,7 @@ class Throttle:
             log.error("rate limit store failed (%s: %s); requests are let through uncounted meanwhile",
                       type(exc).__name__, exc)
 
-    def retry_after(self, item: RateLimitItem, *identity: str) -> int:
-        reset = self.limiter.get_window_stats(item, *identity).reset_time
+    @staticmethod
+    def retry_after(limiter: RateLimiter, item: RateLimitItem, *identity: str) -> int:
+        reset = limiter.get_window_stats(item, *identity).reset_time
         return max(1, math.ceil(reset - time.time()))

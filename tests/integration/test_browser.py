@@ -147,7 +147,8 @@ def test_officer_scores_an_applicant_then_fixes_an_invalid_value(browser: WebDri
     browser.find_element(By.ID, "username").send_keys("officer")
     browser.find_element(By.ID, "password").send_keys("not the password")
     browser.find_element(By.CSS_SELECTOR, "form.signin-form button[type=submit]").click()
-    assert "do not match" in browser.find_element(By.CLASS_NAME, "error-summary").text
+    # (the click may return before the answer's page has loaded, on a loaded machine: wait for it)
+    assert "do not match" in wait.until(ec.visibility_of_element_located((By.CLASS_NAME, "error-summary"))).text
     browser.find_element(By.ID, "username").clear()
     browser.find_element(By.ID, "username").send_keys("officer")
     browser.find_element(By.ID, "password").send_keys(PASSWORD)

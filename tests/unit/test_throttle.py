@@ -4,8 +4,10 @@ is counted request by request, and a tally below a batch still reaches the limit
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
+from limits.storage import memory
 
 from src.auth import throttle
 from src.auth.throttle import Throttle, rate
@@ -54,7 +56,25 @@ def test_a_store_failing_later_lets_requests_through_and_says_so(caplog: pytest.
     def broken(*_args: object, **_kwargs: object) -> bool:
         raise ConnectionError("store gone")
 
-    t.limiter.hit = broken  # type: ignore[method-assign]
+    t.exact.hit = broken  # type: ignore[method-assign]
     with caplog.at_level("ERROR"):
         assert [t.hit("1/minute", "k", "a") for _ in range(3)] == [None, None, None]
     assert caplog.text.count("rate limit store failed") == 1  # once per 30 s, not per request
+
+
+def test_failed_attempts_are_counted_exactly_across_a_window_edge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """10 failures just before a minute turns and 10 just after: the 21st attempt is refused. (A sliding-window
+    counter estimates the first 10 at 59/60 of their number there, and would let a 21st guess through.)"""
+    clock = SimpleNamespace(now=60.0 * 29_000_000 + 59.5)  # half a second before a minute's edge
+    monkeypatch.setattr(memory, "time", SimpleNamespace(time=lambda: clock.now))
+    t = Throttle()
+    for _ in range(10):
+        assert t.failures_block("20/minute", "203.0.113.7") is None
+        t.note_failure("20/minute", "203.0.113.7")
+    clock.now += 1.0
+    for _ in range(10):
+        assert t.failures_block("20/minute", "203.0.113.7") is None
+        t.note_failure("20/minute", "203.0.113.7")
+    wait = t.failures_block("20/minute", "203.0.113.7")
+    assert wait is not None and wait >= 1
+    assert t.failures_block("20/minute", "198.51.100.1") is None  # another address is not touched
