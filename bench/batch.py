@@ -17,7 +17,8 @@ is the whole command (interpreter and imports, model load, cluster start). The f
 ``booster.predict`` on an in-memory, already-encoded NumPy matrix (all cores); the runs
 compared with it pass ``--no-adverse-action``, and one run (``--adverse-rows``) measures the
 CLI's default, which adds the decline and referral reason codes (a TreeSHAP pass on those
-rows). Prints Markdown tables on stdout and measures; it asserts nothing.
+rows). One more run scores the same rows as CSV (``--csv-rows``): every column read as text and
+turned into numbers per chunk. Prints Markdown tables on stdout and measures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +70,7 @@ class Run:
     scoring_s: float
     peak_rss_mb: float
     summary: dict
+    input_format: str = "parquet"
 
     @property
     def rows_per_s(self) -> float:
@@ -112,6 +115,19 @@ def ensure_input(base: pd.DataFrame, rows: int, path: Path, id_column: str | Non
     return make_big_input(base, rows, path, id_column, seed=rows)
 
 
+def ensure_csv(parquet: Path, path: Path) -> Path:
+    """The same rows as CSV, written once per work folder, one row group at a time."""
+    rows = pq.ParquetFile(parquet).metadata.num_rows
+    if path.exists() and path.with_suffix(".rows").exists() and path.with_suffix(".rows").read_text() == str(rows):
+        return path
+    source = pq.ParquetFile(parquet)
+    with pacsv.CSVWriter(str(path), source.schema_arrow) as writer:
+        for group in range(source.num_row_groups):
+            writer.write_table(source.read_row_group(group))
+    path.with_suffix(".rows").write_text(str(rows))
+    return path
+
+
 def floor(settings, input_path: Path, rows: int, contrib_rows: int) -> dict[str, float]:
     """Raw booster speed on an in-memory encoded matrix: predict and pred_contrib, in rows/s.
 
@@ -144,7 +160,9 @@ def _timed(fn) -> float:
 
 def bench_run(input_path: Path, rows: int, engine: str, reasons: bool, workdir: Path, env: dict[str, str],
               adverse: bool = False, extra: tuple[str, ...] = ()) -> Run:
-    tag = f"{engine}_{rows}{'_reasons' if reasons else ''}{'_adverse' if adverse else ''}"
+    fmt = "csv" if input_path.suffix == ".csv" else "parquet"
+    tag = "_".join([engine, str(rows), *(["reasons"] if reasons else []), *(["adverse"] if adverse else []),
+                    *(["csv"] if fmt == "csv" else [])])
     out = workdir / f"{tag}.parquet"
     summary_file = workdir / f"{tag}.json"
     args = [str(input_path), "--output", str(out), "--summary", str(summary_file), "--engine", engine, *extra]
@@ -158,7 +176,7 @@ def bench_run(input_path: Path, rows: int, engine: str, reasons: bool, workdir: 
     assert summary["rows_in"] == rows == summary["scored"] + summary["rejected"], summary
     for path in (out, Path(default_rejects(str(out)))):
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    return Run(engine, rows, reasons, adverse, wall, summary["seconds"], peak, summary)
+    return Run(engine, rows, reasons, adverse, wall, summary["seconds"], peak, summary, fmt)
 
 
 def verdict(run: Run) -> str:
@@ -173,10 +191,11 @@ def verdict(run: Run) -> str:
 def print_tables(runs: list[Run], floor_figures: dict[str, float], cpus: int) -> None:
     out = sys.stdout.write
     out(f"\n### Batch scoring ({cpus} cores, chunk_rows from params.yaml, Dask: 2 workers x 1 thread)\n\n")
-    out("| engine | rows | reasons | decline codes | scoring s | rows/s (scoring) | process s | rows/s (process) "
-        "| peak RSS MB | targets |\n|---|---:|:---:|:---:|---:|---:|---:|---:|---:|---|\n")
+    out("| engine | input | rows | reasons | decline codes | scoring s | rows/s (scoring) | process s "
+        "| rows/s (process) | peak RSS MB | targets |\n|---|---|---:|:---:|:---:|---:|---:|---:|---:|---:|---|\n")
     for r in runs:
-        out(f"| {r.engine} | {r.rows:,} | {'yes' if r.reasons else 'no'} | {'yes' if r.adverse else 'no'} "
+        out(f"| {r.engine} | {r.input_format} | {r.rows:,} | {'yes' if r.reasons else 'no'} "
+            f"| {'yes' if r.adverse else 'no'} "
             f"| {r.scoring_s:.1f} | {r.rows_per_s:,.0f} "
             f"| {r.process_s:.1f} | {r.process_rows_per_s:,.0f} | {r.peak_rss_mb:,.0f} | {verdict(r)} |\n")
     out(f"\nFloor: `booster.predict` on an in-memory encoded matrix of {floor_figures['rows']:,} rows "
@@ -201,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engines", nargs="+", default=["pandas", "dask"], choices=["pandas", "dask"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_batch"))
     parser.add_argument("--keep", action="store_true", help="keep the generated inputs in --workdir")
+    parser.add_argument("--csv-rows", type=int, default=1_000_000,
+                        help="input size of the run that reads CSV instead of Parquet (pandas engine; 0: none)")
     parser.add_argument("--chunk-rows", type=int, help="pandas engine runs: the CLI's --chunk-rows (default: "
                                                        "batch.chunk_rows of params.yaml), to try other chunk sizes")
     args = parser.parse_args(argv)
@@ -209,8 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     base = base_rows(settings)
     id_column = settings.profile.id_column
-    inputs = {n: ensure_input(base, n, args.workdir / f"input_{n}.parquet", id_column)
-              for n in sorted({*args.sizes, args.reasons_rows, args.adverse_rows})}
+    sizes = {*args.sizes, args.reasons_rows, args.adverse_rows, *([args.csv_rows] if args.csv_rows else [])}
+    inputs = {n: ensure_input(base, n, args.workdir / f"input_{n}.parquet", id_column) for n in sorted(sizes)}
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
 
@@ -220,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
         for engine in args.engines:
             extra = ("--chunk-rows", str(args.chunk_rows)) if args.chunk_rows and engine == "pandas" else ()
             runs.append(bench_run(inputs[n], n, engine, False, args.workdir, env, extra=extra))
+    if args.csv_rows:
+        csv = ensure_csv(inputs[args.csv_rows], args.workdir / f"input_{args.csv_rows}.csv")
+        runs.append(bench_run(csv, args.csv_rows, "pandas", False, args.workdir, env))
     runs.append(bench_run(inputs[args.adverse_rows], args.adverse_rows, "pandas", False, args.workdir, env, True))
     for engine in args.engines:
         runs.append(bench_run(inputs[args.reasons_rows], args.reasons_rows, engine, True, args.workdir, env, True))
@@ -227,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.keep:
         for path in inputs.values():
             path.unlink(missing_ok=True)
+            for made in (path.with_suffix(".csv"), path.with_suffix(".rows")):
+                made.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from src.data.schemas import (
     build_schema,
     combine_failures,
     normalise,
+    plain_decimals,
     reason_texts,
     row_failures,
 )
@@ -167,13 +168,17 @@ def _typed_ids(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.DataFrame]:
         return raw.astype("string"), no_failures
     if pd.api.types.is_integer_dtype(raw.dtype):
         return raw.astype("Int64"), no_failures
-    text = raw if pd.api.types.is_numeric_dtype(raw.dtype) else raw.astype("string").str.strip()
-    missing = (text.isna() | (text == "")).to_numpy(bool) if text is not raw else raw.isna().to_numpy(bool)
-    number = pd.to_numeric(text.mask(missing), errors="coerce")
-    unreadable = number.isna().to_numpy(bool) & ~missing
-    if pd.api.types.is_integer_dtype(number.dtype) and not unreadable.any():  # no float round trip
-        return number.astype("Int64"), no_failures
-    values = number.to_numpy(dtype="float64", na_value=np.nan)
+    plain = plain_decimals(raw)
+    if plain is not None and plain[1].all():  # every id a short plain decimal, read by Arrow: exact in float64
+        values, missing = plain[0], np.zeros(len(raw), dtype=bool)
+    else:
+        text = raw if pd.api.types.is_numeric_dtype(raw.dtype) else raw.astype("string").str.strip()
+        missing = (text.isna() | (text == "")).to_numpy(bool) if text is not raw else raw.isna().to_numpy(bool)
+        number = pd.to_numeric(text.mask(missing), errors="coerce")
+        unreadable = number.isna().to_numpy(bool) & ~missing
+        if pd.api.types.is_integer_dtype(number.dtype) and not unreadable.any():  # no float round trip
+            return number.astype("Int64"), no_failures
+        values = number.to_numpy(dtype="float64", na_value=np.nan)
     with np.errstate(invalid="ignore"):
         whole = np.isfinite(values) & (np.floor(values) == values)
     bad = ~whole & ~missing

@@ -11,6 +11,9 @@ import re
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow as pa_lib
+import pyarrow.compute as pc
+from pyarrow import types as pa_types
 
 from src.config import FeatureSpec, Profile
 
@@ -33,10 +36,74 @@ def _code(value: object, kind: type) -> object:
     return str(value).strip()
 
 
+# A cell Arrow can read for pandas: a plain decimal (no exponent) of at most 15 characters, so at most
+# 15 digits. Both readers then give the one correctly rounded float (mantissa and power of ten exact).
+_PLAIN_DECIMAL = r"^\s*[+-]?(\d+\.?\d*|\.\d+)\s*$"
+_PLAIN_CHARS = 15
+
+
+def plain_decimals(series: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """For Arrow-backed text (pandas' default ``str``, what the CSV readers give): each cell's float64
+    where it is a plain decimal, read by Arrow without a Python string per cell, and the mask of those
+    cells. Other cells (blank, ``1e5``, ``-0``, words...) are left to pandas. None for other columns."""
+    array = series.array
+    if not (isinstance(series.dtype, pd.StringDtype | pd.ArrowDtype) and hasattr(array, "__arrow_array__")):
+        return None
+    text = array.__arrow_array__()
+    if not (pa_types.is_string(text.type) or pa_types.is_large_string(text.type)):
+        return None
+    try:  # the usual column: Arrow reads every cell, so only its exponents and inf/nan are not plain
+        number = pc.cast(text, pa_lib.float64())
+        trimmed = text
+        plain = pc.and_(pc.less_equal(pc.binary_length(text), _PLAIN_CHARS), pc.is_finite(number))
+        if _may_hold_exponents(text):
+            for letter in "eE":
+                plain = pc.and_(plain, pc.equal(pc.find_substring(text, letter), -1))
+    except pa_lib.ArrowInvalid:  # some cell is not a number to Arrow (padded, a word...): cell by cell
+        trimmed = pc.ascii_trim_whitespace(text)
+        plain = pc.and_(pc.match_substring_regex(text, _PLAIN_DECIMAL),
+                        pc.less_equal(pc.utf8_length(trimmed), _PLAIN_CHARS))
+        try:
+            number = pc.cast(pc.if_else(plain, trimmed, None), pa_lib.float64())
+        except pa_lib.ArrowInvalid:  # a shape Arrow does not read after all: pandas reads the column
+            return None
+    # "-0" is -0.0 to Arrow but 0.0 to pandas when the column holds only whole numbers: pandas decides
+    negative_zero = pc.and_(pc.equal(number, 0.0), pc.starts_with(trimmed, "-"))
+    fast = pc.fill_null(pc.and_not(plain, negative_zero), False).to_numpy(zero_copy_only=False)
+    values = pc.fill_null(number, np.nan).to_numpy(zero_copy_only=False)
+    return np.where(fast, values, np.nan), fast
+
+
+def _may_hold_exponents(text: pa_lib.ChunkedArray) -> bool:
+    """False when no cell holds an ``e`` or ``E``: one pass over the raw bytes (a slice's buffer may hold
+    its neighbours' too, which can only say yes), a tenth of the cost of asking cell by cell."""
+    for chunk in text.chunks:
+        data = chunk.buffers()[2]
+        if data is not None:
+            raw = np.frombuffer(data, dtype=np.uint8)
+            if ((raw == ord("e")) | (raw == ord("E"))).any():
+                return True
+    return False
+
+
 def _to_float(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Coerce to float64; return it and a mask of cells that held something that is not a number."""
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         return series.astype("float64"), pd.Series(False, index=series.index)
+    plain = plain_decimals(series)
+    if plain is None:
+        return _text_to_float(series)
+    values, fast = plain
+    bad = np.zeros(len(series), dtype=bool)
+    rest = np.flatnonzero(~fast)
+    if len(rest):
+        coerced, rest_bad = _text_to_float(series.iloc[rest])
+        values[rest], bad[rest] = coerced.to_numpy(), rest_bad.to_numpy()
+    return pd.Series(values, index=series.index), pd.Series(bad, index=series.index)
+
+
+def _text_to_float(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """:func:`_to_float` by pandas alone, one Python string per cell."""
     text = series.astype("string").str.strip()
     blank = text.isna() | (text == "")
     coerced = pd.to_numeric(text.mask(blank), errors="coerce").astype("float64")
@@ -117,13 +184,15 @@ def _to_codes(series: pd.Series, kind: type) -> tuple[pd.Series, np.ndarray]:
         with np.errstate(invalid="ignore"):  # whole numbers too big for float64's exact range: ask _code
             unsure = np.isfinite(number) & (np.floor(number) == number) & (np.abs(number) >= _EXACT_FLOAT_INT)
     else:
-        text = _stripped(series) if _is_text(series) else None
-        if text is None:  # mixed Python objects: let the per-value rule decide every cell
-            missing = series.map(lambda v: pd.isna(v) or (isinstance(v, str) and not v.strip())).to_numpy(bool)
-            number = np.full(len(series), np.nan)
+        plain = plain_decimals(series)
+        if plain is None:
+            missing, number = _text_numbers(series)
         else:
-            missing = (text.isna() | (text == "")).to_numpy(bool)
-            number = pd.to_numeric(text.mask(missing), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            number, fast = plain
+            missing = np.zeros(len(series), dtype=bool)
+            rest = np.flatnonzero(~fast)
+            if len(rest):
+                missing[rest], number[rest] = _text_numbers(series.iloc[rest])
         unsure = ~missing
     with np.errstate(invalid="ignore"):
         exact = np.isfinite(number) & (np.floor(number) == number) & (np.abs(number) < _EXACT_FLOAT_INT)
@@ -136,6 +205,17 @@ def _to_codes(series: pd.Series, kind: type) -> tuple[pd.Series, np.ndarray]:
         except (TypeError, ValueError, OverflowError):
             bad[pos] = True
     return pd.Series(pd.arrays.IntegerArray(values, mask), index=index), bad
+
+
+def _text_numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Missing cells and the number pandas reads in each other cell (NaN where it reads none) of a
+    column that is not numeric, one Python object per cell."""
+    text = _stripped(series) if _is_text(series) else None
+    if text is None:  # mixed Python objects: let the per-value rule decide every cell
+        missing = series.map(lambda v: pd.isna(v) or (isinstance(v, str) and not v.strip())).to_numpy(bool)
+        return missing, np.full(len(series), np.nan)
+    missing = (text.isna() | (text == "")).to_numpy(bool)
+    return missing, pd.to_numeric(text.mask(missing), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
 def _feature_column(spec: FeatureSpec) -> pa.Column:

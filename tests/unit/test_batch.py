@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from src.batch import chunk as chunk_module
 from src.batch.__main__ import main as batch_main
 from src.batch.chunk import BatchJob, score_chunk
 from src.batch.inputs import ID_INT
@@ -471,6 +472,54 @@ def test_vectorised_codes_equal_the_per_value_rule(values: list[object], dtype: 
         got, bad = schemas._to_codes(series, kind)
         pd.testing.assert_series_equal(got.reset_index(drop=True), expected, check_names=False)
         assert list(series.index[bad]) == ref_bad
+
+
+DECIMALS = st.builds(
+    lambda pad, sign, whole, point, frac, exp, pad2: f"{pad}{sign}{whole}{point}{frac}{exp}{pad2}",
+    st.sampled_from(["", " ", "\t", "\xa0", "\v"]), st.sampled_from(["", "-", "+"]),
+    st.text("0123456789", max_size=18), st.sampled_from(["", ".", "."]), st.text("0123456789", max_size=18),
+    st.sampled_from(["", "", "", "e5", "E-3"]), st.sampled_from(["", " ", "\n"]))
+TEXT_CELLS = st.one_of(DECIMALS, st.none(), st.sampled_from(["", " ", "-0", "-0.0", "+0", "inf", "abc", "1_0",
+                                                             "٣", ".", "-", "0x1", "1.2.3"]))
+
+
+# Cells Arrow reads, every one: a column of them takes the whole-column path, any other cell the per-cell one
+ARROW_NUMBERS = st.one_of(st.builds(lambda sign, whole, frac, exp: f"{sign}{whole}{frac}{exp}",
+                                    st.sampled_from(["", "-", "+"]), st.text("0123456789", min_size=1, max_size=18),
+                                    st.sampled_from(["", ".", ".5", ".25", ".0001", ".123456789012"]),
+                                    st.sampled_from(["", "", "", "e5", "E-3"])),
+                          st.sampled_from(["-0", "-0.0", "0", "inf", "NaN", "-Infinity"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.lists(TEXT_CELLS, min_size=1, max_size=40), st.lists(ARROW_NUMBERS, min_size=1, max_size=40)))
+def test_text_read_by_arrow_equals_pandas_reading_it(values: list[str | None]) -> None:
+    """Plain decimals in Arrow-backed text (what the CSV readers give) are read by Arrow, not a Python string
+    per cell; every value and every "not a number" must be what pandas alone reads."""
+    series = pd.Series(values, dtype="str")  # pandas' default text, on Arrow
+    assert schemas.plain_decimals(series) is not None
+    got, bad = schemas._to_float(series)
+    want, want_bad = schemas._text_to_float(series)  # what pandas reads in the same column
+    np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())  # NaN where NaN; -0.0 equals 0.0
+    assert list(np.asarray(bad, dtype=bool)) == list(np.asarray(want_bad, dtype=bool))
+    ref_codes, ref_bad = reference_codes(pd.Series(values, dtype=object), int)
+    try:
+        expected = pd.Series(ref_codes, dtype="Int64")
+    except (OverflowError, TypeError):  # whole numbers beyond int64: as in the test above
+        return
+    codes, code_bad = schemas._to_codes(series, int)
+    pd.testing.assert_series_equal(codes, expected, check_names=False)
+    assert list(series.index[code_bad]) == ref_bad
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.lists(st.integers(-10**15, 10**15).map(str), min_size=1, max_size=30),
+                 st.lists(st.one_of(ARROW_NUMBERS, TEXT_CELLS), min_size=1, max_size=30)))
+def test_text_ids_read_by_arrow_equal_pandas_reading_them(values: list[str | None]) -> None:
+    ids, failures = chunk_module._typed_ids(pd.Series(values, dtype="str", name="id"), ID_INT)
+    want, want_failures = chunk_module._typed_ids(pd.Series(values, dtype=object, name="id"), ID_INT)
+    pd.testing.assert_series_equal(ids, want, check_names=False)
+    assert failures["index"].tolist() == want_failures["index"].tolist()
 
 
 def test_normalise_keeps_validate_outputs_on_real_rows(raw_rows, tmp_path) -> None:
