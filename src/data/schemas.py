@@ -133,14 +133,13 @@ def normalise(df: pd.DataFrame, profile: Profile, with_target: bool = True,
             continue
         series = out[col]
         if spec is None or not spec.is_categorical:
-            coerced, bad = _to_float(series)
-            out[col] = coerced
-            failures += [{"index": i, "column": col, "check": "not a number", "value": series[i]}
-                         for i in series.index[bad]]
+            out[col], bad = _to_float(series)
+            check = "not a number"
         else:
             out[col], bad = _to_codes(series, spec.value_kind)
-            failures += [{"index": i, "column": col, "check": "not a valid code", "value": series[i]}
-                         for i in series.index[bad]]
+            check = "not a valid code"
+        if bad.any():
+            failures += [{"index": i, "column": col, "check": check, "value": series[i]} for i in series.index[bad]]
     return out, pd.DataFrame(failures, columns=FAILURE_COLUMNS)
 
 
