@@ -116,15 +116,16 @@ def ensure_input(base: pd.DataFrame, rows: int, path: Path, id_column: str | Non
 
 
 def ensure_csv(parquet: Path, path: Path) -> Path:
-    """The same rows as CSV, written once per work folder, one row group at a time."""
-    rows = pq.ParquetFile(parquet).metadata.num_rows
-    if path.exists() and path.with_suffix(".rows").exists() and path.with_suffix(".rows").read_text() == str(rows):
+    """The same rows as CSV, written once per work folder (one row group at a time, then renamed into place,
+    so an interrupted write is never taken for a finished file)."""
+    if path.exists():
         return path
     source = pq.ParquetFile(parquet)
-    with pacsv.CSVWriter(str(path), source.schema_arrow) as writer:
+    partial = path.with_suffix(".partial")
+    with pacsv.CSVWriter(str(partial), source.schema_arrow) as writer:
         for group in range(source.num_row_groups):
             writer.write_table(source.read_row_group(group))
-    path.with_suffix(".rows").write_text(str(rows))
+    partial.rename(path)
     return path
 
 
@@ -251,8 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.keep:
         for path in inputs.values():
             path.unlink(missing_ok=True)
-            for made in (path.with_suffix(".csv"), path.with_suffix(".rows")):
-                made.unlink(missing_ok=True)
+            path.with_suffix(".csv").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ trained on and a row it scores are judged by one rule set and rejected in the sa
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -90,16 +92,23 @@ def _to_float(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Coerce to float64; return it and a mask of cells that held something that is not a number."""
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         return series.astype("float64"), pd.Series(False, index=series.index)
+    values, bad = _read_numbers(series, _text_to_float)
+    return pd.Series(values, index=series.index), pd.Series(bad, index=series.index)
+
+
+def _read_numbers(series: pd.Series, by_pandas: Callable[[pd.Series], tuple[Any, Any]]) -> tuple[Any, Any]:
+    """``by_pandas(series)`` -> (numbers, flags), with the plain decimals of Arrow text read by Arrow and
+    ``by_pandas`` asked only about the other cells (flags: False for a plain decimal)."""
     plain = plain_decimals(series)
     if plain is None:
-        return _text_to_float(series)
+        return by_pandas(series)
     values, fast = plain
-    bad = np.zeros(len(series), dtype=bool)
+    flags = np.zeros(len(series), dtype=bool)
     rest = np.flatnonzero(~fast)
     if len(rest):
-        coerced, rest_bad = _text_to_float(series.iloc[rest])
-        values[rest], bad[rest] = coerced.to_numpy(), rest_bad.to_numpy()
-    return pd.Series(values, index=series.index), pd.Series(bad, index=series.index)
+        rest_values, rest_flags = by_pandas(series.iloc[rest])
+        values[rest], flags[rest] = np.asarray(rest_values, dtype="float64"), np.asarray(rest_flags, dtype=bool)
+    return values, flags
 
 
 def _text_to_float(series: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -183,15 +192,7 @@ def _to_codes(series: pd.Series, kind: type) -> tuple[pd.Series, np.ndarray]:
         with np.errstate(invalid="ignore"):  # whole numbers too big for float64's exact range: ask _code
             unsure = np.isfinite(number) & (np.floor(number) == number) & (np.abs(number) >= _EXACT_FLOAT_INT)
     else:
-        plain = plain_decimals(series)
-        if plain is None:
-            missing, number = _text_numbers(series)
-        else:
-            number, fast = plain
-            missing = np.zeros(len(series), dtype=bool)
-            rest = np.flatnonzero(~fast)
-            if len(rest):
-                missing[rest], number[rest] = _text_numbers(series.iloc[rest])
+        number, missing = _read_numbers(series, _text_numbers)
         unsure = ~missing
     with np.errstate(invalid="ignore"):
         exact = np.isfinite(number) & (np.floor(number) == number) & (np.abs(number) < _EXACT_FLOAT_INT)
@@ -207,14 +208,14 @@ def _to_codes(series: pd.Series, kind: type) -> tuple[pd.Series, np.ndarray]:
 
 
 def _text_numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Missing cells and the number pandas reads in each other cell (NaN where it reads none) of a
-    column that is not numeric, one Python object per cell."""
+    """The number pandas reads in each cell of a column that is not numeric (NaN where it reads none), and
+    the missing cells; one Python object per cell."""
     text = _stripped(series) if _is_text(series) else None
     if text is None:  # mixed Python objects: let the per-value rule decide every cell
         missing = series.map(lambda v: pd.isna(v) or (isinstance(v, str) and not v.strip())).to_numpy(bool)
-        return missing, np.full(len(series), np.nan)
+        return np.full(len(series), np.nan), missing
     missing = (text.isna() | (text == "")).to_numpy(bool)
-    return missing, pd.to_numeric(text.mask(missing), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    return pd.to_numeric(text.mask(missing), errors="coerce").to_numpy(dtype="float64", na_value=np.nan), missing
 
 
 def _feature_column(spec: FeatureSpec) -> pa.Column:
