@@ -13,14 +13,18 @@ from typing import Any
 
 import yaml
 
+# libyaml's parser when PyYAML was built with it (its wheels are): ~10x faster on params.yaml, which every
+# stage and CLI reads at start-up; the resolvers below are Python either way.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-class _Yaml12Loader(yaml.SafeLoader):
+
+class _Yaml12Loader(_SafeLoader):  # type: ignore[misc,valid-type]
     """SafeLoader with YAML 1.2 booleans."""
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    for first, resolvers in _SafeLoader.yaml_implicit_resolvers.items()
 }
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import s3fs
@@ -30,10 +31,10 @@ LANES = 2  # background stories at once (each is mostly other processes, one cor
 _story = threading.local()  # .environ: what tool_env() starts from in a background story's thread
 
 
-def _pinned(environ: dict[str, str], run: Callable[[], None]) -> None:
+def _pinned(environ: dict[str, str], run: Callable[[], Any]) -> Any:
     _story.environ = environ
     try:
-        run()
+        return run()
     finally:
         del _story.environ
 
@@ -202,24 +203,27 @@ def moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 
 @pytest.fixture(scope="session", autouse=True)
 def background_stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                       ) -> Iterator[dict[str, Future[None]]]:
-    """The long stories of the selected tests marked ``story(start=...)``, by test id, started at the session's
-    first integration test on two background lanes, in the tests' order.
+                       ) -> Iterator[dict[str, Future[Any]]]:
+    """The long stories of the selected tests marked ``story(start=..., minutes=...)``, by test id, started at the
+    session's first integration test on two background lanes, the longest (``minutes``, about what it takes on
+    a busy machine) first, so the short ones fill the lanes' ends.
 
     ``start(request, workdir)`` runs here, in the foreground (fixtures, copies), and returns what the lane
     runs: mostly other processes (builds, DVC, servers), so the session's other tests go on meanwhile. Those
-    tests run last (tests/conftest.py) and each waits for its story; an assertion failing in a story fails
-    its test. A story's ``tool_env()`` is the environment as it was here, whatever tests change later.
+    tests run last (tests/conftest.py) and each waits for its story (and gets what the story returned); an
+    assertion failing in a story fails its test. A story's ``tool_env()`` is the environment as it was here,
+    whatever tests change later.
     """
-    marked = [(item.nodeid, mark.kwargs["start"]) for item in request.session.items
+    marked = [(item.nodeid, mark.kwargs["start"], mark.kwargs["minutes"]) for item in request.session.items
               if (mark := item.get_closest_marker("story"))]
+    marked.sort(key=lambda story: -story[2])
     if not marked:
         yield {}
         return
-    futures: dict[str, Future[None]] = {}
+    futures: dict[str, Future[Any]] = {}
     lanes = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="story")
     try:
-        for nodeid, start in marked:
+        for nodeid, start, _ in marked:
             try:
                 run = start(request, tmp_path_factory.mktemp("story"))
             except Exception as exc:  # the story's own test fails with it, not the session
@@ -232,15 +236,15 @@ def background_stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.
         lanes.shutdown(wait=True, cancel_futures=True)
 
 
-def on_a_copy(scenario: Callable[[Path, Path], None]) -> Callable[[pytest.FixtureRequest, Path], Callable[[], None]]:
+def on_a_copy(scenario: Callable[[Path, Path], Any]) -> Callable[[pytest.FixtureRequest, Path], Callable[[], Any]]:
     """A ``story(start=...)`` for a scenario needing only its own copy of the project: ``scenario(repo, workdir)``."""
-    def start(request: pytest.FixtureRequest, workdir: Path) -> Callable[[], None]:
+    def start(request: pytest.FixtureRequest, workdir: Path) -> Callable[[], Any]:
         return partial(scenario, copy_project(workdir / "repo"), workdir)
     return start
 
 
 @pytest.fixture
-def story(request: pytest.FixtureRequest, background_stories: dict[str, Future[None]]) -> Future[None]:
+def story(request: pytest.FixtureRequest, background_stories: dict[str, Future[Any]]) -> Future[Any]:
     """This test's story (marker ``story``), started at the session's start: ``.result()`` waits for it."""
     assert request.node.nodeid in background_stories, "not a story test: mark it story(start=...)"
     return background_stories[request.node.nodeid]

@@ -31,6 +31,6 @@ from tests.integration import container
 pytestmark = [pytest.mark.container, pytest.mark.integration]
 
 
-@pytest.mark.story(start=container.start)
+@pytest.mark.story(start=container.start, minutes=8)
 def test_image_builds_runs_ships_through_a_registry_and_runs_again(story: Future[None]) -> None:
     story.result()

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.conftest import ALL_DATASETS, load_params, real_file
-from tests.integration.conftest import SAMPLE_ROWS, copy_project, dvc, link_data, read_json, sh
+from tests.integration.conftest import SAMPLE_ROWS, dvc, link_data, on_a_copy, read_json, sh
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +40,11 @@ class ProfileRun:
     plots_diff: subprocess.CompletedProcess[str]
 
 
-def run_profile(root: Path, dataset: str) -> ProfileRun:
-    repo = copy_project(root / "repo")
+def run_profile(dataset: str, repo: Path, workdir: Path) -> ProfileRun:
+    """A profile's story in its own copy of the project (the asserts are the test's)."""
     link_data(repo, dataset)
     dvc(repo, "exp", "run", "-S", f"dataset={dataset}", "-S", f"ingest.sample_rows={SAMPLE_ROWS}")
-    first = root / "first"
+    first = workdir / "first"
     for rel in FIRST_RUN:
         if (repo / rel).is_dir():
             shutil.copytree(repo / rel, first / rel)
@@ -60,21 +60,14 @@ def run_profile(root: Path, dataset: str) -> ProfileRun:
                       plots_diff=dvc(repo, "plots", "diff", "--json"))
 
 
-@pytest.fixture(scope="module")
-def profile_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                 ) -> Iterator[dict[str, Future[ProfileRun]]]:
-    """The selected profiles' runs, started together two at a time (each DVC stage is mostly one process
-    starting up on one core; the machine has two), each test waiting for its own."""
-    wanted = [item.callspec.params["dataset"] for item in request.session.items
-              if getattr(item, "originalname", "") == "test_switch_profile_and_compare_runs"]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        yield {dataset: pool.submit(run_profile, tmp_path_factory.mktemp(dataset), dataset) for dataset in wanted}
-
-
-@pytest.mark.parametrize("dataset", ALL_DATASETS)
-def test_switch_profile_and_compare_runs(profile_runs: dict[str, Future[ProfileRun]], dataset: str) -> None:
+# Each profile's runs are a background story (tests/integration/conftest.py): mostly DVC stages, each a
+# process starting up on one core, so the session's other tests go on meanwhile and this test waits for its own.
+@pytest.mark.parametrize("dataset", [
+    pytest.param(dataset, marks=pytest.mark.story(start=on_a_copy(partial(run_profile, dataset)), minutes=2))
+    for dataset in ALL_DATASETS])
+def test_switch_profile_and_compare_runs(story: Future[ProfileRun], dataset: str) -> None:
     """`dvc exp run -S dataset=...` runs every stage for that profile; a train param change shows in metrics diff."""
-    run = profile_runs[dataset].result(timeout=1800)
+    run = story.result(timeout=1800)
     repo, first = run.repo, run.first
     quality = read_json(first / "metrics" / "data_quality.json")
     test = read_json(first / "metrics" / "test.json")

@@ -88,7 +88,8 @@ def store_story(store: str, repo: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("store", [
-    pytest.param(store, marks=pytest.mark.story(start=on_a_copy(partial(store_story, store)))) for store in STORES])
+    pytest.param(store, marks=pytest.mark.story(start=on_a_copy(partial(store_story, store)), minutes=4))
+    for store in STORES])
 def test_champion_challenger_gate_rollback_export(story: Future[None], store: str) -> None:
     story.result()
 

@@ -103,6 +103,6 @@ def retrain_story(repo: Path, tmp_path: Path) -> None:
         assert served_version(url) == "2"
 
 
-@pytest.mark.story(start=on_a_copy(retrain_story))
+@pytest.mark.story(start=on_a_copy(retrain_story), minutes=4)
 def test_retrain_loop_promotes_pushes_and_reloads(story: Future[None]) -> None:
     story.result()
