@@ -214,18 +214,17 @@ def background_stories(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     assertion failing in a story fails its test. A story's ``tool_env()`` is the environment as it was here,
     whatever tests change later.
     """
-    marked = [(item.nodeid, mark.kwargs["start"], mark.kwargs["minutes"]) for item in request.session.items
-              if (mark := item.get_closest_marker("story"))]
-    marked.sort(key=lambda story: -story[2])
+    marked = sorted(((item.nodeid, mark.kwargs) for item in request.session.items
+                     if (mark := item.get_closest_marker("story"))), key=lambda story: -story[1]["minutes"])
     if not marked:
         yield {}
         return
     futures: dict[str, Future[Any]] = {}
     lanes = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="story")
     try:
-        for nodeid, start, _ in marked:
+        for nodeid, kwargs in marked:
             try:
-                run = start(request, tmp_path_factory.mktemp("story"))
+                run = kwargs["start"](request, tmp_path_factory.mktemp("story"))
             except Exception as exc:  # the story's own test fails with it, not the session
                 futures[nodeid] = Future()
                 futures[nodeid].set_exception(exc)
@@ -246,5 +245,5 @@ def on_a_copy(scenario: Callable[[Path, Path], Any]) -> Callable[[pytest.Fixture
 @pytest.fixture
 def story(request: pytest.FixtureRequest, background_stories: dict[str, Future[Any]]) -> Future[Any]:
     """This test's story (marker ``story``), started at the session's start: ``.result()`` waits for it."""
-    assert request.node.nodeid in background_stories, "not a story test: mark it story(start=...)"
+    assert request.node.nodeid in background_stories, "not a story test: mark it story(start=..., minutes=...)"
     return background_stories[request.node.nodeid]
