@@ -215,7 +215,11 @@ def _text_numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         missing = series.map(lambda v: pd.isna(v) or (isinstance(v, str) and not v.strip())).to_numpy(bool)
         return np.full(len(series), np.nan), missing
     missing = (text.isna() | (text == "")).to_numpy(bool)
-    return pd.to_numeric(text.mask(missing), errors="coerce").to_numpy(dtype="float64", na_value=np.nan), missing
+    number = pd.to_numeric(text.mask(missing), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    # pandas' reader is not correctly rounded beyond 15 digits ("+400000000000000032E-3" reads as a whole
+    # number, Python's float() as one 1/16 above): such cells are left to the per-value rule
+    number[(text.str.len() > _PLAIN_CHARS).fillna(False).to_numpy(bool)] = np.nan
+    return number, missing
 
 
 def _feature_column(spec: FeatureSpec) -> pa.Column:
