@@ -301,6 +301,26 @@ def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return sum(v for (n, lab), v in samples.items() if n == name and wanted <= lab)
 
 
+def settled_scrape(base_url: str, name: str, quiet: float = 0.6, timeout: float = 30, **labels: str,
+                   ) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A scrape once ``name`` (with ``labels``) has stopped moving for ``quiet`` seconds.
+
+    Each worker publishes what it served every quarter second (flask_api/metrics.py), so requests
+    answered just before (the previous test's, on a shared server) may still be counted after a first
+    scrape; a test that measures a difference takes its starting point here.
+    """
+    deadline = time.monotonic() + timeout
+    last = scrape(base_url)
+    while True:
+        time.sleep(quiet)
+        samples = scrape(base_url)
+        if metric(samples, name, **labels) == metric(last, name, **labels):
+            return samples
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} {labels} still moving after {timeout:.0f} s with no requests sent")
+        last = samples
+
+
 def logged_rows(db_path: Path, after_id: int = 0) -> list[tuple[int, str]]:
     """(id, request_id) of every prediction-log row with id > ``after_id``."""
     engine = sa.create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30})

@@ -63,6 +63,7 @@ from tests.integration.serving import (  # noqa: F401  (the *_fixture names regi
     scrape,
     served_meta_fixture,
     settled_rows,
+    settled_scrape,
     wait_for,
 )
 
@@ -154,7 +155,8 @@ def test_metrics_are_aggregated_across_workers(gunicorn_server: GunicornServer, 
     server = gunicorn_server
     workers = server.worker_pids()
     assert len(workers) == 2
-    before = scrape(server.base_url)
+    # the previous test's last requests may be published a quarter second after they were answered
+    before = settled_scrape(server.base_url, "http_requests_total", endpoint=PREDICT)
     served_before = server.access_pids("POST", PREDICT)
     sent = rows = 0
     lock = threading.Lock()
