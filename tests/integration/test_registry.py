@@ -29,6 +29,7 @@ import pytest
 from mlflow import MlflowClient
 
 from src.modeling.register import registration
+from tests.conftest import TrainedProject
 from tests.integration.conftest import (
     dvc,
     free_port,
@@ -213,11 +214,14 @@ def predict_with(cwd: Path, model_uri: str, rows: Path, out: Path, env: dict[str
     return pd.read_parquet(out)["probability_of_default"].to_numpy()
 
 
-def test_registry_cli_errors_are_one_clear_line(repo: Path) -> None:
-    """Unknown model / alias and an unreachable server: exit 1, one line naming what exists, no traceback."""
-    link_data(repo, "taiwan_credit")
-    dvc(repo, "exp", "run", *BASELINE)
-    env: dict[str, str] = {}
+def test_registry_cli_errors_are_one_clear_line(repo: Path, trained_project: TrainedProject) -> None:
+    """Unknown model / alias and an unreachable server: exit 1, one line naming what exists, no traceback.
+
+    Against the session's trained project (one version, champion and challenger): every call here only
+    reads its registry, and fails before it would change anything.
+    """
+    assert trained_project.model_name == MODEL
+    env = {"MLFLOW_TRACKING_URI": trained_project.tracking_uri}
 
     unknown_model = registry(repo, "--model", "no-such-model", "list", env=env, check=False)
     assert unknown_model.returncode == 1
