@@ -58,6 +58,17 @@ def test_jobs_import_no_web_framework(entry_point: str) -> None:
     assert proc.stdout.strip() == "none", f"{entry_point} imports {proc.stdout.strip()}"
 
 
+def test_the_deploy_cli_loads_no_mlflow_or_pandas() -> None:
+    """The workflows call ``python -m src.deploy`` many times per release: only the registry commands need
+    MLflow (1.2 s of imports) and none needs pandas, so importing the CLI loads neither."""
+    code = ("import sys, src.deploy.cli\n"
+            "print(','.join(sorted(m for m in ('mlflow', 'pandas', 'lightgbm') if m in sys.modules)) or 'none')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "none", f"src.deploy.cli imports {proc.stdout.strip()}"
+
+
 def test_openmp_threads_spin_only_briefly_once_the_project_is_imported() -> None:
     """libgomp reads its spin count when LightGBM loads: importing any entry point first bounds it.
 
