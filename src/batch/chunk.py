@@ -18,6 +18,7 @@ import pandera.pandas as pa_schema
 import pyarrow as pa
 
 from src.batch.inputs import ID_STR
+from src.batch.plain import PlainPlan
 from src.config import Profile
 from src.data.schemas import (
     FAILURE_COLUMNS,
@@ -57,6 +58,13 @@ class BatchJob:
     @property
     def profile(self) -> Profile:
         return self.scorer.profile
+
+    @cached_property
+    def plain_plan(self) -> PlainPlan | None:
+        """The fast path's plan for chunks of clean number columns (None: every chunk takes the general path)."""
+        if self.id_kind == ID_STR:
+            return None
+        return PlainPlan.build(self.profile, self.scorer, self.profile.id_column if self.id_kind else None)
 
     @cached_property
     def rules(self) -> pa_schema.DataFrameSchema:
@@ -193,17 +201,21 @@ def _repeated(text: str, rows: int) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int8)), pa.array([text]))
 
 
-def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult:
-    """Validate, score and explain one chunk whose first row is input row ``first_row`` (0-based).
+@dataclass(frozen=True)
+class Judged:
+    """A chunk after validation: the booster's matrix of the rows kept, their ids and typed features."""
 
-    ``raw`` has the profile's column names (as read, untyped). Rows failing any per-row rule of
-    the validate stage become rejects with every reason; the others are encoded as one matrix
-    and scored with one booster call (and one ``pred_contrib`` call with reasons).
-    """
+    matrix: np.ndarray
+    ids: np.ndarray  # int64 (or text) ids of the rows kept, or their input row numbers
+    features: dict[str, Any]  # feature -> the kept rows' validated values (for --include-features)
+    counts: Counts
+    rejects: pa.Table
+
+
+def _judge(raw: pd.DataFrame, job: BatchJob, rows: np.ndarray) -> Judged:
+    """The general path: every rule of the validate stage, rejects with every reason (any input)."""
     profile = job.profile
-    raw = raw.reset_index(drop=True)
     n = len(raw)
-    rows = np.arange(first_row, first_row + n, dtype=np.int64)
     typed, type_failures = normalise(raw, profile, with_target=False)
     id_col = profile.id_column if job.id_kind else None
     if id_col:
@@ -238,24 +250,49 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
 
     good = typed if not len(bad) else typed.loc[keep]
     scorer = job.scorer
-    m = len(good)
+    matrix = scorer.encode_frame(good) if len(good) else np.empty((0, len(scorer.columns)))
+    ids = rows[keep] if not id_col else good[id_col].to_numpy(object if job.id_kind == ID_STR else np.int64)
+    features = {name: good[name] for name in profile.features} if job.include_features else {}
+    return Judged(matrix, ids, features, counts, rejects)
+
+
+def _clean(raw: pd.DataFrame, job: BatchJob, rows: np.ndarray) -> Judged | None:
+    """The fast path (src/batch/plain.py): a chunk of plain number columns with no row to reject."""
+    plan = job.plain_plan
+    clean = plan.read(raw, job.scorer, job.include_features) if plan is not None else None
+    if clean is None:
+        return None
+    return Judged(clean.matrix, rows if clean.ids is None else clean.ids, clean.features,
+                  Counts(rows_in=len(raw), scored=len(raw)), job.rejects_schema().empty_table())
+
+
+def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult:
+    """Validate, score and explain one chunk whose first row is input row ``first_row`` (0-based).
+
+    ``raw`` has the profile's column names (as read, untyped). Rows failing any per-row rule of
+    the validate stage become rejects with every reason; the others are encoded as one matrix
+    and scored with one booster call (and one ``pred_contrib`` call with reasons).
+    """
+    profile = job.profile
+    raw = raw.reset_index(drop=True)
+    rows = np.arange(first_row, first_row + len(raw), dtype=np.int64)
+    judged = _clean(raw, job, rows) or _judge(raw, job, rows)
+    matrix, counts, scorer = judged.matrix, judged.counts, job.scorer
+    m = len(matrix)
     if m:
-        matrix = scorer.encode_frame(good)
         if job.top_reasons:
             proba, contrib = scorer.probabilities_and_contributions(matrix)
         else:
             proba = scorer.probabilities(matrix)
     else:
-        matrix, proba = np.empty((0, len(scorer.columns))), np.empty(0)
-        contrib = np.empty((0, len(scorer.columns) + 1))
+        proba, contrib = np.empty(0), np.empty((0, len(scorer.columns) + 1))
     codes = scorer.decision_codes(proba)
     counts.decisions.update({name: int(n) for name, n in zip(DECISIONS, np.bincount(codes, minlength=3), strict=True)
                              if n})
     decisions = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(DECISIONS))
     schema = job.table_schema()
     arrays: dict[str, pa.Array] = {
-        "id": pa.array(rows[keep] if not id_col else good[id_col].to_numpy(
-            object if job.id_kind == ID_STR else np.int64), type=schema.field("id").type),
+        "id": pa.array(judged.ids, type=schema.field("id").type),
         "probability": pa.array(proba, pa.float64()),
         "decision": decisions,
         "model_name": _repeated(job.model_name, m),
@@ -272,6 +309,6 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
             arrays[f"reason_{i + 1}_contribution"] = pa.array(contrib[np.arange(m), order[:, i]], pa.float64())
     if job.include_features:
         for name in profile.features:
-            arrays[name] = pa.Array.from_pandas(good[name]).cast(schema.field(name).type)
+            arrays[name] = pa.Array.from_pandas(judged.features[name]).cast(schema.field(name).type)
     scored = pa.Table.from_arrays([arrays[name] for name in schema.names], schema=schema)
-    return ChunkResult(scored=scored, rejects=rejects, counts=counts)
+    return ChunkResult(scored=scored, rejects=judged.rejects, counts=counts)

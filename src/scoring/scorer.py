@@ -197,7 +197,16 @@ class Scorer:
             lookup = np.array([table.get(_key(v), default) for v in uniques.tolist()] + [table.get(None, default)],
                               dtype=np.float64)
             out[j] = lookup[codes]  # code -1 (missing) takes the last entry
-        return out.T if self.predict_options.get("num_threads") == 1 else np.ascontiguousarray(out.T)
+        return self.arrange(out)
+
+    @property
+    def encoding_plan(self) -> list[tuple[str, str, Any]]:
+        """(column, "number" or "lookup", (table, default) or None) in the booster's column order."""
+        return list(self._plan)
+
+    def arrange(self, by_column: np.ndarray) -> np.ndarray:
+        """A (columns x rows) array filled column by column -> the matrix the booster is given."""
+        return by_column.T if self.predict_options.get("num_threads") == 1 else np.ascontiguousarray(by_column.T)
 
     # -- scoring ------------------------------------------------------------------
     @property
