@@ -15,7 +15,8 @@ scheduler-side client and worker processes included), sampled every 50 ms with p
 Two times per run: ``scoring`` is what the CLI's summary reports (read, validate,
 score, write, Parquet I/O included; Dask: the cluster start is excluded), ``process``
 is the whole command (interpreter and imports, model load, cluster start). The floor is
-``booster.predict`` on an in-memory, already-encoded NumPy matrix (all cores); the runs
+``booster.predict`` on an in-memory, already-encoded NumPy matrix (all cores), sustained over
+as many rows as the largest run scores (its best single pass is printed too); the runs
 compared with it pass ``--no-adverse-action``, and one run (``--adverse-rows``) measures the
 CLI's default, which adds the decline and referral reason codes (a TreeSHAP pass on those
 rows). One more run scores the same rows as CSV (``--csv-rows``): every column read as text and
@@ -131,11 +132,15 @@ def ensure_csv(parquet: Path, path: Path) -> Path:
     return path
 
 
-def floor(settings, input_path: Path, rows: int, contrib_rows: int) -> dict[str, float]:
+def floor(settings, input_path: Path, rows: int, contrib_rows: int, loop_rows: int) -> dict[str, float]:
     """Raw booster speed on an in-memory encoded matrix: predict and pred_contrib, in rows/s.
 
     Two ways to use the cores: one call with OpenMP threads (LightGBM's default), and one
-    single-threaded call per core on a slice each (what the batch engines do).
+    single-threaded call per core on a slice each (what the batch engines do), each the best of
+    three passes over the matrix. The sliced way is also timed *sustained*: as many passes back
+    to back as make ``loop_rows`` rows, timed as a whole, as the scoring loop is. On a shared
+    machine a pass of a second or so can land on a fast moment that a run of many seconds cannot,
+    so the loop is judged against the sustained figure.
     """
     job = load_job(settings, None, num_threads=0)
     booster, it = job.scorer.booster, job.scorer.num_iteration
@@ -144,14 +149,17 @@ def floor(settings, input_path: Path, rows: int, contrib_rows: int) -> dict[str,
     matrix = job.scorer.encode_frame(typed)
     cores = os.cpu_count() or 1
     slices = np.array_split(matrix, cores)
+    passes = max(1, round(loop_rows / len(matrix)))
     with ThreadPoolExecutor(cores) as pool:
         def per_core() -> None:
             list(pool.map(lambda part: booster.predict(part, num_iteration=it, num_threads=1), slices))
 
         openmp = min(_timed(lambda: booster.predict(matrix, num_iteration=it)) for _ in range(3))
         sliced = min(_timed(per_core) for _ in range(3))
+        sustained = _timed(lambda: [per_core() for _ in range(passes)])
     contrib = _timed(lambda: booster.predict(matrix[:contrib_rows], num_iteration=it, pred_contrib=True))
     return {"rows": len(matrix), "openmp_rows_per_s": len(matrix) / openmp, "sliced_rows_per_s": len(matrix) / sliced,
+            "sustained_rows_per_s": passes * len(matrix) / sustained, "sustained_rows": passes * len(matrix),
             "contrib_rows_per_s": contrib_rows / contrib, "trees": it, "cores": cores}
 
 
@@ -203,7 +211,9 @@ def print_tables(runs: list[Run], floor_figures: dict[str, float], cpus: int) ->
             f"| {r.process_s:.1f} | {r.process_rows_per_s:,.0f} | {r.peak_rss_mb:,.0f} | {verdict(r)} |\n")
     out(f"\nFloor: `booster.predict` on an in-memory encoded matrix of {floor_figures['rows']:,} rows "
         f"({floor_figures['trees']} trees): **{floor_figures['sliced_rows_per_s']:,.0f} rows/s** with one "
-        f"single-threaded call per core on a slice each, {floor_figures['openmp_rows_per_s']:,.0f} rows/s with one "
+        f"single-threaded call per core on a slice each (best of three passes; sustained over "
+        f"{floor_figures['sustained_rows']:,} rows: {floor_figures['sustained_rows_per_s']:,.0f} rows/s), "
+        f"{floor_figures['openmp_rows_per_s']:,.0f} rows/s with one "
         f"call on {floor_figures['cores']} OpenMP threads; `pred_contrib` (TreeSHAP, all cores): "
         f"{floor_figures['contrib_rows_per_s']:,.0f} rows/s.\n")
     with_reasons = {r.engine: r for r in runs if r.reasons}
@@ -218,22 +228,24 @@ def print_rounds(rounds: list[tuple[dict[str, float], list[Run]]]) -> None:
     target is judged on: one 10 M-row run moves by a tenth either way on this machine."""
     out = sys.stdout.write
     keys = [(r.engine, r.rows) for r in rounds[0][1]]
-    out("\n### Rounds: the scoring loop (`--no-adverse-action`) as a share of the same round's floor\n\n")
-    out("| round | floor rows/s | " + " | ".join(f"{engine} {rows:,}" for engine, rows in keys) + " |\n")
-    out("|---:|---:|" + "---:|" * len(keys) + "\n")
+    out("\n### Rounds: the scoring loop (`--no-adverse-action`) as a share of the same round's sustained floor\n\n")
+    out("| round | floor rows/s, best pass | floor rows/s, sustained | "
+        + " | ".join(f"{engine} {rows:,} (share of sustained / of best)" for engine, rows in keys) + " |\n")
+    out("|---:|---:|---:|" + "---:|" * len(keys) + "\n")
     shares: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
     for number, (figures, loop) in enumerate(rounds, 1):
         cells = []
         for run in loop:
-            share = run.rows_per_s / figures["sliced_rows_per_s"]
+            share = run.rows_per_s / figures["sustained_rows_per_s"]
             shares[(run.engine, run.rows)].append(share)
-            cells.append(f"{run.rows_per_s:,.0f} ({share:.0%})")
-        out(f"| {number} | {figures['sliced_rows_per_s']:,.0f} | " + " | ".join(cells) + " |\n")
+            cells.append(f"{run.rows_per_s:,.0f} ({share:.0%} / {run.rows_per_s / figures['sliced_rows_per_s']:.0%})")
+        out(f"| {number} | {figures['sliced_rows_per_s']:,.0f} | {figures['sustained_rows_per_s']:,.0f} | "
+            + " | ".join(cells) + " |\n")
     for (engine, rows), values in shares.items():
         median = float(np.median(values))
         target = f"; ≥ {TARGET_FLOOR_SHARE:.0%}: {'met' if median >= TARGET_FLOOR_SHARE else 'NOT met'}" \
             if engine == "pandas" and rows >= 10_000_000 else ""
-        out(f"\n{engine}, {rows:,} rows: median {median:.1%} of the floor (from {min(values):.0%} to "
+        out(f"\n{engine}, {rows:,} rows: median {median:.1%} of the sustained floor (from {min(values):.0%} to "
             f"{max(values):.0%}){target}\n")
 
 
@@ -270,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     rounds: list[tuple[dict[str, float], list[Run]]] = []
     for number in range(1, args.rounds + 1):  # the floor first in every round, then the scoring loop
         log.info("round %d of %d", number, args.rounds)
-        floor_figures = floor(settings, inputs[min(args.sizes)], min(*args.sizes, 1000000), 10_000)
+        floor_figures = floor(settings, inputs[min(args.sizes)], min(*args.sizes, 1000000), 10_000, max(args.sizes))
         loop = []
         for n in sorted(args.sizes):
             for engine in args.engines:
