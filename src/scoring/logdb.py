@@ -19,6 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
+from src.scoring.pacer import ROWS_PER_CHECK
+
 SQLITE_BUSY_MS = 30_000
 CREATE_ATTEMPTS = 10
 
@@ -175,11 +177,26 @@ class FastInsert:
                 out.append(tuple(values) if positional else dict(zip(order, values, strict=True)))
         return out
 
-    def execute(self, conn: sa.Connection, batch: Sequence[Entry]) -> int:
-        parameters = self.parameters(batch)
-        if parameters:
-            conn.exec_driver_sql(self.sql, parameters)
-        return len(parameters)
+    def execute(self, conn: sa.Connection, batch: Sequence[Entry], pause: Callable[[int], None] | None = None,
+                chunk_rows: int = ROWS_PER_CHECK) -> int:
+        """Insert every row of ``batch``; with ``pause``, in chunks of about ``chunk_rows`` rows, calling
+        ``pause(rows)`` after each (the shipper's pacer: src/scoring/pacer.py)."""
+        if pause is None:
+            parameters = self.parameters(batch)
+            if parameters:
+                conn.exec_driver_sql(self.sql, parameters)
+            return len(parameters)
+        done, start, rows = 0, 0, 0
+        for end, entry in enumerate(batch, 1):
+            rows += len(entry[5])
+            if rows >= chunk_rows or end == len(batch):
+                parameters = self.parameters(batch[start:end])
+                if parameters:
+                    conn.exec_driver_sql(self.sql, parameters)
+                done += len(parameters)
+                pause(len(parameters))
+                start, rows = end, 0
+        return done
 
 
 def transient(exc: BaseException) -> bool:

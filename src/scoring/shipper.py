@@ -9,7 +9,9 @@ crashes). A database that is down or locked fails the pass, which is retried wit
 backoff: the rows wait on disk and /metrics shows the backlog. A record the
 database refuses for good is set aside in ``<spool>/rejected/`` and counted, so one
 bad row never holds up the rest. One shipper per spool (``flock`` on
-``<spool>/.shipper.lock``); others stand by.
+``<spool>/.shipper.lock``); others stand by. While it keeps up, a pass spends its CPU
+in short slices with rests between them (src/scoring/pacer.py), so shipping does not
+stall the workers it shares the cores with.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from src.scoring.logdb import (
     spool_offsets,
     transient,
 )
+from src.scoring.pacer import PACE_BACKLOG_BYTES, Pacer
 from src.scoring.spool import SUFFIX, try_lock
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,7 @@ class Shipper:
         self.interval = max(0.001, float(interval))
         self.engine = engine if engine is not None else make_engine(url)
         self.insert = FastInsert(self.engine.dialect)
+        self.pacer = Pacer()
         self.metrics = ShipperMetrics(registry)
         self.wake = threading.Event()
         self._offsets: dict[str, int] = {}  # segment -> bytes in the database
@@ -126,11 +130,16 @@ class Shipper:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def ship_once(self) -> int:
-        """Copy everything spooled so far; the rows shipped. Raises when the database cannot be reached."""
+    def ship_once(self, pace: bool = False) -> int:
+        """Copy everything spooled so far; the rows shipped. Raises when the database cannot be reached.
+
+        ``pace``: rest between slices of the work (src/scoring/pacer.py) unless more than
+        PACE_BACKLOG_BYTES are waiting.
+        """
         with self._pass:
             if not self.acquire():
                 return 0
+            self.pacer.start(pace and self.backlog() <= PACE_BACKLOG_BYTES)
             try:
                 if self._stale:  # only this shipper moves the offsets: read them once, then after a failure
                     create_tables(self.engine)  # here, not at start: a database that is down must not stop us
@@ -200,6 +209,7 @@ class Shipper:
                 self._reject(segment, position, line, first_line(exc), rows=0)
             batch.append((line, entry, position))
             rows += len(entry[5]) if entry else 0
+            self.pacer.rest(len(entry[5]) if entry else 1)
             if rows >= MAX_ROWS_PER_TRANSACTION:
                 shipped += self._commit(segment, batch)
                 batch, rows = [], 0
@@ -228,7 +238,7 @@ class Shipper:
 
     def _insert(self, segment: str, entries: Sequence[Entry], end: int) -> int:
         with self.engine.begin() as conn:
-            rows = self.insert.execute(conn, entries)
+            rows = self.insert.execute(conn, entries, self.pacer.rest if self.pacer.active else None)
             if segment in self._offsets:
                 conn.execute(spool_offsets.update().where(spool_offsets.c.segment == segment)
                              .values(shipped_bytes=end))
@@ -266,7 +276,7 @@ class Shipper:
             if not stopped_at and (stop.is_set() or (parent is not None and os.getppid() != parent)):
                 stopped_at = time.monotonic()
             try:
-                self.ship_once()
+                self.ship_once(pace=not stopped_at)  # the last pass on the way out: flat out
             except Exception as exc:
                 self.metrics.errors.inc()
                 now = time.monotonic()

@@ -138,10 +138,10 @@ def test_a_record_the_database_refuses_is_set_aside_and_the_rest_shipped(
     shipper = Shipper(url, spool)
     real_execute = FastInsert.execute
 
-    def refuse_bad(self: FastInsert, conn: sa.Connection, batch: Any) -> int:
+    def refuse_bad(self: FastInsert, conn: sa.Connection, batch: Any, *pacing: Any) -> int:
         if any(entry[0] == "bad" for entry in batch):
             raise sa.exc.IntegrityError("INSERT", {}, Exception("value too long for type character varying"))
-        return real_execute(self, conn, batch)
+        return real_execute(self, conn, batch, *pacing)
 
     monkeypatch.setattr(FastInsert, "execute", refuse_bad)
     with caplog.at_level("WARNING", logger="src.scoring.shipper"):
