@@ -105,6 +105,13 @@ class BatchJob:
         return [f.name for f in self.table_schema() if f.name != "id" and (
             pa.types.is_dictionary(f.type) or pa.types.is_string(f.type) or pa.types.is_timestamp(f.type))]
 
+    def statistics_columns(self) -> list[str]:
+        """Columns Parquet keeps min/max statistics for: the ones a reader filters on (ids, probabilities,
+        contributions, number features). The few-valued columns' statistics say little and cost ~2 ms of
+        a 100,000-row chunk's writing."""
+        dictionary = set(self.dictionary_columns())
+        return [f.name for f in self.table_schema() if f.name not in dictionary and not pa.types.is_nested(f.type)]
+
     def rejects_schema(self) -> pa.Schema:
         """Input row number, failing columns, reasons, then every input column's raw value as text."""
         raw = [c for c in (self.profile.id_column if self.id_kind else None, *self.profile.features) if c]

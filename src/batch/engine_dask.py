@@ -31,7 +31,8 @@ def _score_partition(part: pd.DataFrame, job: BatchJob, columns: dict[str, str],
     """One Dask partition: :func:`score_chunk`, then its part files; returns its counts as one row."""
     number = partition_info["number"] if partition_info else 0
     result = score_chunk(part.rename(columns=columns), job, offsets[number])
-    _write_table(result.scored, f"{output}/part-{number:05d}.parquet", compression, job.dictionary_columns())
+    _write_table(result.scored, f"{output}/part-{number:05d}.parquet", compression, job.dictionary_columns(),
+                 job.statistics_columns())
     _write_table(result.rejects, f"{rejects}/part-{number:05d}.parquet", compression)
     return pd.DataFrame({"partition": [number], "counts": [json.dumps(result.counts.as_dict())]})
 

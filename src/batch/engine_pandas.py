@@ -35,9 +35,11 @@ def _codec(compression: str) -> str | None:
 WRITE_OPTIONS = {"store_schema": False}
 
 
-def _write_table(table: pa.Table, url: str, compression: str, dictionary: list[str] | bool = True) -> None:
+def _write_table(table: pa.Table, url: str, compression: str, dictionary: list[str] | bool = True,
+                 statistics: list[str] | bool = True) -> None:
     with fsspec.open(url, "wb") as fh:
-        pq.write_table(table, fh, compression=_codec(compression), use_dictionary=dictionary, **WRITE_OPTIONS)
+        pq.write_table(table, fh, compression=_codec(compression), use_dictionary=dictionary,
+                       write_statistics=statistics, **WRITE_OPTIONS)
 
 
 def _clear(url: str) -> None:
@@ -85,7 +87,8 @@ def run_pandas(files: list[InputFile], job: BatchJob, output: str, rejects: str,
         _clear(url)
     with fsspec.open(output, "wb") as out_fh, fsspec.open(rejects, "wb") as rej_fh, \
             pq.ParquetWriter(out_fh, job.table_schema(), compression=_codec(batch.compression),
-                             use_dictionary=job.dictionary_columns(), **WRITE_OPTIONS) as out, \
+                             use_dictionary=job.dictionary_columns(), write_statistics=job.statistics_columns(),
+                             **WRITE_OPTIONS) as out, \
             pq.ParquetWriter(rej_fh, job.rejects_schema(), compression=_codec(batch.compression),
                              **WRITE_OPTIONS) as rej, \
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score") as pool:

@@ -98,13 +98,14 @@ def column_plan(names: list[str], profile: Profile, source: str) -> dict[str, st
 def _open(url: str) -> Any:
     """A binary file object for a local path or URL; CSVs are decompressed by their suffix (.gz...).
 
-    A local Parquet file is opened by Arrow itself: Arrow then reads it without calling back into
-    Python for every column chunk (10 M rows: ~2 ms less CPU a 100,000-row chunk).
+    A local Parquet file is memory-mapped by Arrow itself: Arrow then reads it without calling back
+    into Python for every column chunk, and decodes straight from the page cache instead of copying
+    each column chunk into freshly allocated (and freshly zeroed) memory first.
     """
     fmt = _format_of(url)
     fs, path = fsspec.core.url_to_fs(url)
     if fmt == "parquet" and isinstance(fs, LocalFileSystem):
-        return pa.OSFile(path)
+        return pa.memory_map(path)
     return fsspec.open(url, "rb", compression="infer" if fmt == "csv" else None).open()
 
 
