@@ -9,6 +9,7 @@ passes never copies a row twice or skips one.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -179,22 +180,19 @@ class FastInsert:
 
     def execute(self, conn: sa.Connection, batch: Sequence[Entry], pause: Callable[[int], None] | None = None,
                 chunk_rows: int = ROWS_PER_CHECK) -> int:
-        """Insert every row of ``batch``; with ``pause``, in chunks of about ``chunk_rows`` rows, calling
-        ``pause(rows)`` after each (the shipper's pacer: src/scoring/pacer.py)."""
-        if pause is None:
-            parameters = self.parameters(batch)
-            if parameters:
-                conn.exec_driver_sql(self.sql, parameters)
-            return len(parameters)
+        """Insert every row of ``batch``: in one executemany, or with ``pause`` in chunks of about
+        ``chunk_rows`` rows, calling ``pause(rows)`` after each (the shipper's pacer: src/scoring/pacer.py)."""
+        limit = chunk_rows if pause is not None else math.inf
         done, start, rows = 0, 0, 0
         for end, entry in enumerate(batch, 1):
             rows += len(entry[5])
-            if rows >= chunk_rows or end == len(batch):
+            if rows >= limit or end == len(batch):
                 parameters = self.parameters(batch[start:end])
                 if parameters:
                     conn.exec_driver_sql(self.sql, parameters)
                 done += len(parameters)
-                pause(len(parameters))
+                if pause is not None:
+                    pause(len(parameters))
                 start, rows = end, 0
         return done
 
