@@ -17,7 +17,7 @@ import pandas as pd
 import pandera.pandas as pa_schema
 import pyarrow as pa
 
-from src.batch.inputs import ID_STR
+from src.batch.inputs import ID_STR, InputError
 from src.batch.plain import PlainPlan
 from src.config import Profile
 from src.data.schemas import (
@@ -281,6 +281,10 @@ def score_chunk(raw: pd.DataFrame, job: BatchJob, first_row: int) -> ChunkResult
     and scored with one booster call (and one ``pred_contrib`` call with reasons).
     """
     profile = job.profile
+    missing = [name for name in profile.features if name not in raw.columns]
+    if missing:  # the engines plan columns per file first (inputs.column_plan); a direct caller gets the same word
+        raise InputError(f"rows from input row {first_row}: missing required column(s) for profile "
+                         f"'{profile.name}': {', '.join(missing)}")
     raw = raw.reset_index(drop=True)
     rows = np.arange(first_row, first_row + len(raw), dtype=np.int64)
     judged = _clean(raw, job, rows) or _judge(raw, job, rows)

@@ -24,7 +24,7 @@ from src.batch import chunk as chunk_module
 from src.batch import inputs as inputs_module
 from src.batch.__main__ import main as batch_main
 from src.batch.chunk import BatchJob, score_chunk
-from src.batch.inputs import ID_INT
+from src.batch.inputs import ID_INT, InputError
 from src.batch.run import load_job, score_batch
 from src.config import Profile
 from src.data import schemas
@@ -319,6 +319,12 @@ def test_csv_rejects_match_the_stage_reading_the_same_csv(trained_project, job, 
     assert summary["rejected_per_reason"] == stage.report["rejected_per_reason"]
     assert rejects.loc[rejects[ROW_COLUMN] == 3, "pay_0"].item() == "15"  # the raw value, as text
     assert rejects.loc[rejects[ROW_COLUMN] == 40, REASON_COLUMN].item() == "education: not a valid code (value '1.5')"
+
+
+def test_a_chunk_missing_a_required_column_is_an_input_error_naming_it(job, raw_rows) -> None:
+    """score_chunk called directly (not through the engines' column plan) names the column, no TypeError."""
+    with pytest.raises(InputError, match=r"from input row 500: missing required column\(s\).*: limit_bal, pay_0$"):
+        score_chunk(raw_rows.drop(columns=["limit_bal", "pay_0"]), job, 500)
 
 
 def test_a_local_parquet_input_is_memory_mapped(tmp_path) -> None:
