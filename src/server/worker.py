@@ -57,7 +57,6 @@ import inspect
 import logging
 import select
 import selectors
-import threading
 import time
 from concurrent.futures import Future
 from functools import partial
@@ -134,10 +133,6 @@ DEFAULT_REQUESTS_PER_CONNECTION = 100
 ACCEPT_DELAY = 0.001  # seconds a busy worker leaves a new connection to an idle one
 
 
-def _nothing() -> None:
-    """Posted to the worker's method queue only to wake its event loop."""
-
-
 def requests_per_connection() -> int:
     """$GUNICORN_KEEPALIVE_REQUESTS (0 = unlimited), else 100; a bad value is a start-up error naming it."""
     raw = env.text(REQUESTS_ENV, "") or ""
@@ -178,11 +173,8 @@ class KeepAliveThreadWorker(ThreadWorker):
             super().accept(listener)
             return
         if self.busy() and self.alive:
-            self._accept_paused_until = time.monotonic() + ACCEPT_DELAY
+            self._accept_paused_until = time.monotonic() + ACCEPT_DELAY  # the event loop wakes then (below)
             ThreadWorker.set_accept_enabled(self, False)
-            timer = threading.Timer(ACCEPT_DELAY, self.method_queue.defer, args=(_nothing,))
-            timer.daemon = True
-            timer.start()  # wakes the event loop when the pause is over
             return
         super().accept(listener)
 
@@ -215,11 +207,14 @@ class KeepAliveThreadWorker(ThreadWorker):
         super().finish_request(conn, fs)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        """While stopping, wake at least once a second, so idle connections are closed on time.
+        """Wake when an accept pause is over (``run`` then accepts again); while stopping, wake at least once
+        a second, so idle connections are closed on time.
 
         (``run``'s drain loop waits for the whole remaining graceful timeout, so an idle
         connection kept a stopping worker alive, and a restart or stop waiting, that long.)
         """
+        if self._accept_paused_until:
+            timeout = min(timeout, max(0.0, self._accept_paused_until - time.monotonic()))
         super().wait_for_and_dispatch_events(timeout if self.alive else min(timeout, 1.0))
 
     def murder_keepalived(self) -> None:

@@ -297,6 +297,32 @@ def test_the_keepalive_worker_was_verified_against_the_installed_gunicorn() -> N
         f"Re-verify it (tests/integration/test_gunicorn.py) and record {gunicorn_worker.internals_digest()}")
 
 
+def test_a_busy_workers_accept_pause_bounds_its_next_poll_and_starts_no_thread() -> None:
+    """A busy worker leaves a new connection to the others for ACCEPT_DELAY; its event loop then wakes by itself
+    (its poll waits no longer than the pause) to accept again, with no timer thread per pause."""
+    worker = gunicorn_worker.KeepAliveThreadWorker.__new__(gunicorn_worker.KeepAliveThreadWorker)
+    waits: list[float] = []
+    unregistered: list[Any] = []
+    worker.poller = SimpleNamespace(select=lambda timeout: waits.append(timeout) or [],
+                                    unregister=unregistered.append)
+    worker.cfg = SimpleNamespace(workers=2)
+    worker.sockets, worker.nr_conns, worker.keepalived_conns = ["listener"], 1, []  # one connection being served
+    worker.alive, worker._accepting, worker._take_waiting, worker._accept_paused_until = True, True, False, 0.0
+
+    worker.wait_for_and_dispatch_events(1.0)  # no pause: the loop's own timeout
+    threads = threading.active_count()
+    worker.accept("listener")
+    assert unregistered == ["listener"] and not worker._accepting and worker._accept_paused_until > 0
+    assert threading.active_count() == threads
+    worker.wait_for_and_dispatch_events(1.0)
+    worker._accept_paused_until = time.monotonic() - 0.5  # the pause is over: poll without waiting
+    worker.wait_for_and_dispatch_events(1.0)
+    worker.alive = False  # stopping: at most a second, as before
+    worker._accept_paused_until = 0.0
+    worker.wait_for_and_dispatch_events(30.0)
+    assert waits[0] == 1.0 and 0 < waits[1] <= gunicorn_worker.ACCEPT_DELAY and waits[2] == 0.0 and waits[3] == 1.0
+
+
 @pytest.mark.parametrize(("raw", "expected"), [(None, gunicorn_worker.KEEPALIVE_WORKER),
                                                ("keepalive", gunicorn_worker.KEEPALIVE_WORKER),
                                                (" GThread ", "gthread")])
