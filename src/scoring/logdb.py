@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 from src.scoring.pacer import ROWS_PER_CHECK
 
 SQLITE_BUSY_MS = 30_000
+WAL_CHECKPOINT_PAGES = 100
 CREATE_ATTEMPTS = 10
 
 metadata = sa.MetaData()
@@ -67,6 +68,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
     cursor.close()
 
 
