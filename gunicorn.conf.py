@@ -60,7 +60,6 @@ LOG_LEVEL (info).
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import secrets
@@ -79,6 +78,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # `gunicorn -c /path/t
 from src.auth.policy import CredentialSource, open_or_refuse
 from src.auth.store import CredentialsError
 from src.auth.throttle import Throttle
+from src.common import freeze_survivors
 from src.config import ConfigError, env, load_settings
 from src.server import worker as server_worker
 
@@ -241,9 +241,7 @@ def post_worker_init(worker: Any) -> None:
     if not worker.alive:  # told to stop (SIGHUP/SIGTERM) before its model was ready: it will not serve
         worker.log.info("worker %s stopping before serving (after %.1f s)", worker.pid, waited)
         return
-    # Everything alive now (imports, the model) moves to the collector's permanent generation.
-    gc.collect()
-    gc.freeze()
+    freeze_survivors()  # the imports and the model (~250,000 objects)
     state = "loaded" if models.current is not None else f"NOT loaded ({models.error or 'still loading'})"
     worker.log.info("worker %s accepting requests: model %s after %.1f s", worker.pid, state, waited)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -29,6 +30,15 @@ class _MainModuleName(logging.Filter):
             spec = getattr(sys.modules.get("__main__"), "__spec__", None)
             record.name = spec.name if spec else record.name
         return True
+
+
+def freeze_survivors() -> None:
+    """Move everything alive now (imports, a loaded model, an engine) to the garbage collector's permanent
+    generation, for a long-running process about to start its loop (a gunicorn worker, the log shipper).
+    Left in the collector, every full collection walks those objects again: a CPU burst of several ms,
+    a few times a minute, that requests queue behind. Collections then scan only what the loop creates."""
+    gc.collect()
+    gc.freeze()
 
 
 def setup_logging() -> None:

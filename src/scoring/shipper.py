@@ -17,7 +17,6 @@ stall the workers it shares the cores with.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
@@ -33,6 +32,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.engine import Engine
 
+from src.common import freeze_survivors
 from src.config.env import safe_url
 from src.scoring.logdb import (
     Entry,
@@ -305,14 +305,6 @@ class Shipper:
         self.release()
 
 
-def freeze_imports() -> None:
-    """Move everything alive now (the imports, the engine: ~55,000 objects) to the collector's permanent
-    generation. Each full collection walked them all, an unpaced CPU burst of several milliseconds that
-    the workers' requests queued behind; a pass's own garbage is all it scans now."""
-    gc.collect()
-    gc.freeze()
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m src.scoring.shipper [--parent PID] [--once]``: the shipper for params.yaml's log."""
     from src.config import env, load_settings  # noqa: PLC0415 (keeps the module importable without a project)
@@ -343,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("shipping the prediction log spool %s to %s", directory, safe_url(url))
-    freeze_imports()
+    freeze_survivors()  # the imports and the engine (~55,000 objects): no unpaced full collections
     shipper.run(stop, parent=args.parent, drain_seconds=args.drain_seconds)
     log.info("prediction log shipper stopped (%d byte(s) left in %s)", shipper.backlog(), directory)
     return 0
