@@ -5,7 +5,8 @@
         [--engine pandas|dask] [--scheduler tcp://host:8786]
 
 Bad input (a missing column, an unreadable file, a model for another profile) is one
-line naming it and exit code 2, never a traceback.
+line naming it and exit code 2, never a traceback. The outputs appear only once whole
+(src/batch/run.py): a failed or interrupted run leaves none of its rows behind.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     except PipelineError as exc:
         log.error("%s", exc)
         sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        log.error("interrupted: %s was not written (a result already there is unchanged)", args.output)
+        sys.exit(EXIT_INTERRUPTED)
     line = (f"rows in {summary['rows_in']:,}: scored {summary['scored']:,}, rejected {summary['rejected']:,} "
             f"-> {summary['output']} (rejects: {summary['rejects']}); "
             f"{summary['seconds']:.1f} s, {summary['rows_per_second'] or 0:,} rows/s")

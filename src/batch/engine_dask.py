@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from src.batch.chunk import BatchJob, Counts, score_chunk
-from src.batch.engine_pandas import Progress, _clear, _write_table
+from src.batch.engine_pandas import Progress, _write_table, remove_result
 from src.batch.inputs import InputError, InputFile
 from src.common import PipelineError
 from src.config import BatchSettings
@@ -97,7 +97,7 @@ def _run(files: list[InputFile], job: BatchJob, output: str, rejects: str, batch
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
     log.info("%d partitions, %s rows, on %s", len(lengths), f"{sum(lengths):,}", client.scheduler.address)
     for url in (output, rejects):
-        _clear(url)
+        remove_result(url)
         fs, path = fsspec.core.url_to_fs(url)
         fs.makedirs(path, exist_ok=True)
     meta = pd.DataFrame({"partition": pd.Series(dtype="int64"), "counts": pd.Series(dtype=object)})
@@ -105,10 +105,15 @@ def _run(files: list[InputFile], job: BatchJob, output: str, rejects: str, batch
                                 batch.compression, meta=meta, align_dataframes=False)
     counts = Counts()
     progress = Progress(batch.log_every_rows)
-    for _, frame in as_completed(client.compute(scored.to_delayed()), with_results=True):
-        part = Counts.from_dict(json.loads(frame["counts"].iloc[0]))
-        counts.add(part)
-        progress.update(part.rows_in)
+    futures = client.compute(scored.to_delayed())
+    try:
+        for _, frame in as_completed(futures, with_results=True):
+            part = Counts.from_dict(json.loads(frame["counts"].iloc[0]))
+            counts.add(part)
+            progress.update(part.rows_in)
+    except BaseException:  # no partition starts after a failure (one already running finishes its part)
+        client.cancel(futures)
+        raise
     if counts.rows_in != sum(lengths):
         raise PipelineError(f"partitions held {sum(lengths)} rows but {counts.rows_in} were scored or rejected")
     return counts

@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from src.batch.chunk import BatchJob, ChunkResult, Counts, score_chunk
 from src.batch.inputs import InputFile, read_chunks
@@ -42,11 +43,33 @@ def _write_table(table: pa.Table, url: str, compression: str, dictionary: list[s
                        write_statistics=statistics, **WRITE_OPTIONS)
 
 
-def _clear(url: str) -> None:
+def remove_result(url: str) -> None:
     """Remove an earlier result at ``url`` (file or part folder), so no stale part survives a rerun."""
     fs, path = fsspec.core.url_to_fs(url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+PARTIAL = ".partial"
+
+
+def partial_url(url: str) -> str:
+    """Where a result is written until it is whole: beside it, under a name no ``*.parquet`` glob matches."""
+    return url.rstrip("/") + PARTIAL
+
+
+def publish(partial: str, final: str) -> None:
+    """Put a whole result (file or part folder) in place of any earlier one: one rename on local disk; in an
+    object store (s3://), which has no folders to rename, a part folder's files are moved one by one."""
+    fs, source = fsspec.core.url_to_fs(partial)
+    target = fsspec.core.url_to_fs(final)[1]
+    remove_result(final)
+    if isinstance(fs, LocalFileSystem) or not fs.isdir(source):
+        fs.mv(source, target)
+        return
+    for path in fs.find(source):
+        fs.mv(path, target + path[len(source):])
+    remove_result(partial)
 
 
 class Progress:
@@ -84,7 +107,7 @@ def run_pandas(files: list[InputFile], job: BatchJob, output: str, rejects: str,
     progress = Progress(batch.log_every_rows, report)
     threads = batch.num_threads or os.cpu_count() or 1
     for url in (output, rejects):
-        _clear(url)
+        remove_result(url)
     with fsspec.open(output, "wb") as out_fh, fsspec.open(rejects, "wb") as rej_fh, \
             pq.ParquetWriter(out_fh, job.table_schema(), compression=_codec(batch.compression),
                              use_dictionary=job.dictionary_columns(), write_statistics=job.statistics_columns(),
@@ -102,13 +125,18 @@ def run_pandas(files: list[InputFile], job: BatchJob, output: str, rejects: str,
             progress.update(result.counts.rows_in)
 
         offset = 0
-        for file in files:
-            log.info("scoring %s", file.url)
-            for raw in read_chunks(file, chunk_rows, batch.csv_block_bytes):
-                pending.append(pool.submit(score_chunk, raw, job, offset))
-                offset += len(raw)
-                while len(pending) > 2 * threads:
-                    write_oldest()
-        while pending:
-            write_oldest()
+        try:
+            for file in files:
+                log.info("scoring %s", file.url)
+                for raw in read_chunks(file, chunk_rows, batch.csv_block_bytes):
+                    pending.append(pool.submit(score_chunk, raw, job, offset))
+                    offset += len(raw)
+                    while len(pending) > 2 * threads:
+                        write_oldest()
+            while pending:
+                write_oldest()
+        except BaseException:  # a failure or Ctrl-C: wait only for the chunks already running
+            for future in pending:
+                future.cancel()
+            raise
     return counts

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from src import notify
 from src.batch.chunk import BatchJob
-from src.batch.engine_pandas import default_rejects, run_pandas
+from src.batch.engine_pandas import default_rejects, partial_url, publish, remove_result, run_pandas
 from src.batch.inputs import InputError, plan_inputs
 from src.common import PipelineError
 from src.config import BatchSettings, Settings, env
@@ -41,17 +41,27 @@ def score_batch(source: str, output: str, job: BatchJob, batch: BatchSettings, *
     rejects = rejects or default_rejects(output)
     files, id_kind = plan_inputs(source, job.profile, batch.csv_block_bytes)
     job = replace(job, id_kind=id_kind)
-    if engine == "dask":
-        from src.batch.engine_dask import run_dask  # noqa: PLC0415  (Dask only when asked for)
+    # Written under partial names and put in place only once whole: a run that fails or is stopped
+    # half-way never leaves a readable file of some of the rows where the result belongs.
+    scored_to, rejects_to = partial_url(output), partial_url(rejects)
+    try:
+        if engine == "dask":
+            from src.batch.engine_dask import run_dask  # noqa: PLC0415  (Dask only when asked for)
 
-        counts = run_dask(files, job, output, rejects, batch, client)
-    else:
-        chunk_rows = chunk_rows or batch.chunk_rows
-        if job.top_reasons:  # TreeSHAP dominates: small chunks keep every thread busy
-            chunk_rows = min(chunk_rows, batch.reasons_chunk_rows)
-        counts = run_pandas(files, job, output, rejects, batch, chunk_rows, report)
-    if counts.rows_in != counts.scored + counts.rejected:  # guarded invariant
-        raise PipelineError(f"row counts do not reconcile: {counts.rows_in} != {counts.scored} + {counts.rejected}")
+            counts = run_dask(files, job, scored_to, rejects_to, batch, client)
+        else:
+            chunk_rows = chunk_rows or batch.chunk_rows
+            if job.top_reasons:  # TreeSHAP dominates: small chunks keep every thread busy
+                chunk_rows = min(chunk_rows, batch.reasons_chunk_rows)
+            counts = run_pandas(files, job, scored_to, rejects_to, batch, chunk_rows, report)
+        if counts.rows_in != counts.scored + counts.rejected:  # guarded invariant
+            raise PipelineError(f"row counts do not reconcile: {counts.rows_in} != {counts.scored} + "
+                                f"{counts.rejected}")
+    except BaseException:
+        discard(scored_to, rejects_to)
+        raise
+    publish(scored_to, output)
+    publish(rejects_to, rejects)
     seconds = time.perf_counter() - started
     return {
         "input": source, "files": len(files), "engine": engine, "profile": job.profile.name,
@@ -63,6 +73,15 @@ def score_batch(source: str, output: str, job: BatchJob, batch: BatchSettings, *
         "reasons": job.top_reasons, "seconds": round(seconds, 3),
         "rows_per_second": round(counts.rows_in / seconds) if seconds > 0 else None,
     }
+
+
+def discard(*urls: str) -> None:
+    """Remove a failed run's partial results (best effort: the failure being raised is what matters)."""
+    for url in urls:
+        try:
+            remove_result(url)
+        except Exception as exc:  # e.g. the store that just failed the run
+            log.warning("could not remove the partial result %s: %s", url, exc)
 
 
 RUN_FACTS = ("scored_at", "seconds", "rows_per_second")

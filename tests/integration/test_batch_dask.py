@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 
+from src.batch import engine_dask
 from src.batch.chunk import BatchJob
 from src.batch.engine_pandas import default_rejects
 from src.batch.run import load_job, score_batch
@@ -108,6 +109,24 @@ def test_dask_splits_a_small_file_for_reasons(trained_project, job, batch_input,
     score_batch(str(batch_input), str(out), job, batch, engine="dask", client=threads_client)
     assert len(list(out.iterdir())) == ROWS // 1000
     same_rows(pd.read_parquet(out), pd.read_parquet(default_rejects(str(out))), pandas_result)
+
+
+def test_a_failed_dask_run_leaves_nothing_at_the_output(trained_project, job, batch_input, threads_client,
+                                                        tmp_path, monkeypatch) -> None:
+    """A partition fails half-way (SYNTHETIC): no part folder where the result belongs, the error raised."""
+    real = engine_dask.score_chunk
+
+    def failing(raw: pd.DataFrame, job: BatchJob, offset: int):
+        if offset >= ROWS // 2:
+            raise OSError("SYNTHETIC: the store went away")
+        return real(raw, job, offset)
+
+    monkeypatch.setattr(engine_dask, "score_chunk", failing)
+    out = tmp_path / "scored.parquet"
+    batch = trained_project.settings.batch.model_copy(update={"dask_partition_bytes": 1})  # 8 partitions
+    with pytest.raises(OSError, match="SYNTHETIC"):
+        score_batch(str(batch_input), str(out), job, batch, engine="dask", client=threads_client)
+    assert not out.exists() and not Path(default_rejects(str(out))).exists()
 
 
 def test_cli_on_a_real_tcp_scheduler(trained_project, batch_input, pandas_result, tmp_path) -> None:

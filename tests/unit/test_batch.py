@@ -21,6 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from src.batch import chunk as chunk_module
+from src.batch import engine_pandas
 from src.batch import inputs as inputs_module
 from src.batch.__main__ import main as batch_main
 from src.batch.chunk import BatchJob, score_chunk
@@ -403,6 +404,54 @@ def test_chunk_boundaries_do_not_change_the_output(job, raw_rows, tmp_path, trai
     pd.testing.assert_frame_equal(read(tmp_path / "one.rejects.parquet"), read(tmp_path / "many.rejects.parquet"))
     assert {k: one[k] for k in ("rows_in", "scored", "rejected", "decisions", "rejected_per_reason")} == \
            {k: many[k] for k in ("rows_in", "scored", "rejected", "decisions", "rejected_per_reason")}
+
+
+# --- a run that does not finish leaves no result ------------------------------------------------
+
+
+def fail_from_row(monkeypatch: pytest.MonkeyPatch, row: int, error: BaseException) -> None:
+    """SYNTHETIC failure: every chunk from input row ``row`` on raises ``error`` (a store, a disk, Ctrl-C)."""
+    real = engine_pandas.score_chunk
+
+    def failing(raw: pd.DataFrame, job: BatchJob, offset: int):
+        if offset >= row:
+            raise error
+        return real(raw, job, offset)
+
+    monkeypatch.setattr(engine_pandas, "score_chunk", failing)
+
+
+def test_a_run_that_fails_half_way_leaves_no_rows_and_keeps_the_earlier_result(trained_project, job, raw_rows,
+                                                                                tmp_path, monkeypatch) -> None:
+    src = tmp_path / "batch.parquet"
+    raw_rows.drop(columns=["default"]).to_parquet(src)
+    batch = trained_project.settings.batch
+    earlier = score(src, job, tmp_path / "earlier.parquet", batch, chunk_rows=50)
+    before = {name: (tmp_path / name).read_bytes() for name in ("earlier.parquet", "earlier.rejects.parquet")}
+    fail_from_row(monkeypatch, 150, OSError("SYNTHETIC: the disk went away"))
+    for out in ("earlier.parquet", "fresh.parquet"):
+        with pytest.raises(OSError, match="SYNTHETIC"):
+            score(src, job, tmp_path / out, batch, chunk_rows=50)
+    # the earlier whole result is untouched; the fresh run left nothing, not even a partial file
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert earlier["rows_in"] == len(raw_rows) == len(read(tmp_path / "earlier.parquet"))
+    assert not (tmp_path / "fresh.parquet").exists() and not (tmp_path / "fresh.rejects.parquet").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.parquet", *sorted(before)]
+
+
+def test_ctrl_c_is_one_line_exit_130_and_no_output(trained_project, raw_rows, tmp_path, monkeypatch, caplog) -> None:
+    src = tmp_path / "batch.parquet"
+    raw_rows.drop(columns=["default"]).to_parquet(src)
+    fail_from_row(monkeypatch, 150, KeyboardInterrupt())
+    out = tmp_path / "s.parquet"
+    try:
+        code, text = run_cli([str(src), "--output", str(out), "--params", str(cli_params(tmp_path)),
+                              "--model-uri", str(trained_project.model_dir), "--chunk-rows", "50"], caplog)
+    except KeyboardInterrupt:  # (not let through: it would stop the whole test session)
+        pytest.fail("Ctrl-C left the CLI as a traceback")
+    assert code == 130
+    assert f"interrupted: {out} was not written" in text and "Traceback" not in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.parquet", "params.yaml"]
 
 
 # --- CLI errors: one line, exit code 2 ---------------------------------------------------------
