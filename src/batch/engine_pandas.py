@@ -63,9 +63,11 @@ def publish(partial: str, final: str) -> None:
     object store (s3://), which has no folders to rename, a part folder's files are moved one by one."""
     fs, source = fsspec.core.url_to_fs(partial)
     target = fsspec.core.url_to_fs(final)[1]
-    remove_result(final)
-    if isinstance(fs, LocalFileSystem) or not fs.isdir(source):
-        fs.mv(source, target)
+    folder = fs.isdir(source)
+    if folder or fs.isdir(target):  # a folder is not replaced by a rename: clear it first
+        remove_result(final)
+    if isinstance(fs, LocalFileSystem) or not folder:
+        fs.mv(source, target)  # a file replaces an earlier one at once: a reader sees the old or the new
         return
     for path in fs.find(source):
         fs.mv(path, target + path[len(source):])

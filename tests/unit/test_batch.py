@@ -439,6 +439,31 @@ def test_a_run_that_fails_half_way_leaves_no_rows_and_keeps_the_earlier_result(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.parquet", *sorted(before)]
 
 
+@pytest.mark.parametrize("earlier", ["none", "file", "folder"])
+@pytest.mark.parametrize("result", ["file", "folder"])
+def test_a_whole_result_replaces_whatever_was_there(tmp_path, earlier, result) -> None:
+    """publish(): a file (pandas engine) or a part folder (Dask) takes the place of an earlier file or folder."""
+    final = tmp_path / "scored.parquet"
+    if earlier == "file":
+        final.write_bytes(b"earlier")
+    elif earlier == "folder":
+        final.mkdir()
+        (final / "part-00007.parquet").write_bytes(b"earlier")
+    partial = Path(engine_pandas.partial_url(str(final)))
+    if result == "file":
+        partial.write_bytes(b"new")
+    else:
+        partial.mkdir()
+        (partial / "part-00000.parquet").write_bytes(b"new")
+    engine_pandas.publish(str(partial), str(final))
+    assert not partial.exists()
+    if result == "file":
+        assert final.read_bytes() == b"new"
+    else:
+        assert sorted(p.name for p in final.iterdir()) == ["part-00000.parquet"]
+        assert (final / "part-00000.parquet").read_bytes() == b"new"
+
+
 def test_ctrl_c_is_one_line_exit_130_and_no_output(trained_project, raw_rows, tmp_path, monkeypatch, caplog) -> None:
     src = tmp_path / "batch.parquet"
     raw_rows.drop(columns=["default"]).to_parquet(src)
